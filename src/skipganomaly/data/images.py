@@ -1,0 +1,111 @@
+"""Image files -> uint8 arrays at the model's size and channel count.
+
+Every reader and ``predict`` go through :func:`load_image`, so a file is prepared the same way
+for training and for scoring: any format Pillow reads; palette, RGBA (alpha dropped), CMYK,
+16-bit and float images converted; resized to ``size`` x ``size``; 1 or 3 channels.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import UserError
+
+IMAGE_EXTENSIONS = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+)
+
+
+class BadImageError(UserError):
+    """An image file that cannot be read: names the file."""
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def list_image_files(folder: str | os.PathLike) -> list[Path]:
+    """All image files below ``folder``, sorted, hidden files skipped."""
+    folder = Path(folder)
+    found = [
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and is_image_file(p)
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    ]
+    return sorted(found)
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Bring 16-bit and float modes to 8-bit by their actual value range (1-bit, P, CMYK stay)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16"):
+            high = 65535.0
+        elif image.mode == "I":
+            high = 65535.0 if array.max() > 255 else 255.0
+        else:
+            high = 1.0 if array.max() <= 1.0 else max(float(array.max()), 1.0)
+        array = np.clip(array / high * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(array)
+    return image
+
+
+def prepare_image(image: Image.Image, size: int, channels: int) -> np.ndarray:
+    """Convert one PIL image to a (size, size, channels) uint8 array."""
+    image = _to_8bit(image)
+    if channels == 1:
+        image = image.convert("L")
+    else:
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            image = image.convert("RGBA").convert("RGB")
+        else:
+            image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+    array = np.array(image, dtype=np.uint8)  # a writable copy, as torch.from_numpy wants
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return np.ascontiguousarray(array)
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open and fully decode an image, raising :class:`BadImageError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadImageError(f"image {path} does not exist")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy() if image.mode != "P" else image.convert("RGBA")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BadImageError(
+            f"image {path} cannot be read ({reason}); remove or replace it, or pass --skip-bad-images"
+        ) from None
+
+
+def load_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
+    """Read an image file as a (size, size, channels) uint8 array."""
+    return prepare_image(open_image(path), size, channels)
+
+
+def native_channels(path: str | os.PathLike) -> int:
+    """1 for grayscale files, 3 for anything with colour."""
+    image = open_image(path)
+    return 1 if _to_8bit(image).mode in ("L", "1") else 3

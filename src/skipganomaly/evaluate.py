@@ -1,0 +1,224 @@
+"""Scoring image sets and turning scores into metrics, normalisation and thresholds.
+
+Honest scoring: networks in eval mode (BatchNorm running statistics), under ``inference_mode``, so
+an image's score does not depend on the other images in its batch or on the order of the set.
+The ``paper`` protocol alone scores with BatchNorm in training mode, as the official code does;
+it saves and restores the BatchNorm buffers so that scoring leaves the model unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import Config, EvalConfig
+from .data.base import ImageSet, Splits
+from .data.loading import BadImageCounter, iterate_batches, to_model_input
+from .metrics import best_f1_threshold, detection_summary
+from .objective import ScoreNormalization
+from .runtime import autocast
+
+# Heatmaps are drawn on a fixed scale: this quantile of the per-pixel errors of normal validation
+# images is the middle of the colour scale; twice it saturates.
+MAP_QUANTILE = 0.99
+PIXEL_SAMPLE = 256
+
+
+@dataclass
+class ScoredSet:
+    """Per-image scores of one image set, aligned with ``indices`` into that set."""
+
+    score: np.ndarray
+    reconstruction: np.ndarray
+    latent: np.ndarray
+    labels: np.ndarray
+    indices: np.ndarray
+    anomaly_maps: np.ndarray | None = None
+    reconstructed: np.ndarray | None = None
+    features: np.ndarray | None = None
+    pixel_errors: np.ndarray | None = None
+    skipped: int = 0
+
+
+@contextlib.contextmanager
+def batchnorm_train_mode(model: nn.Module):
+    """Run ``model`` in training mode (batch statistics) and restore its BatchNorm buffers after.
+
+    This reproduces how the official code scores; it leaks information between the images of a
+    batch, which is why only the ``paper`` protocol uses it.
+    """
+    saved = {name: buf.detach().clone() for name, buf in model.named_buffers()}
+    was_training = model.training
+    model.train()
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for name, buf in model.named_buffers():
+                buf.copy_(saved[name])
+        model.train(was_training)
+
+
+def score_set(
+    model: nn.Module,
+    image_set: ImageSet,
+    *,
+    image_size: int,
+    channels: int,
+    batch_size: int,
+    device: torch.device,
+    score_lambda: float = 0.9,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    details: bool = False,
+    batchnorm_train: bool = False,
+    workers: int = 0,
+    skip_bad: bool = False,
+    pixel_sample: int = 0,
+) -> ScoredSet:
+    """Score every image of ``image_set`` in its stored order (Eq. 5, raw, unscaled).
+
+    ``details`` keeps anomaly maps, reconstructions and features. ``pixel_sample`` > 0 keeps that
+    many randomly drawn (seeded) anomaly-map pixels of each normal image, from which the run fixes
+    the colour scale of its heatmaps without holding every map in memory.
+    """
+    parts: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("score", "reconstruction", "latent", "labels", "indices")
+    }
+    extra: dict[str, list[np.ndarray]] = {"anomaly_maps": [], "reconstructed": [], "features": []}
+    counter = BadImageCounter()
+    pixels: list[np.ndarray] = []
+    pixel_rng = torch.Generator().manual_seed(0)
+    mode = batchnorm_train_mode(model) if batchnorm_train else _eval_mode(model)
+    with mode, torch.inference_mode():
+        for batch in iterate_batches(
+            image_set,
+            batch_size,
+            image_size=image_size,
+            channels=channels,
+            workers=workers,
+            skip_bad=skip_bad,
+            counter=counter,
+        ):
+            x = to_model_input(batch.images, device, channels_last)
+            with autocast(device, amp_dtype):
+                out = model.score(x, score_lambda, details=details or pixel_sample > 0)
+            parts["score"].append(out.score.float().cpu().numpy())
+            parts["reconstruction"].append(out.reconstruction.float().cpu().numpy())
+            parts["latent"].append(out.latent.float().cpu().numpy())
+            parts["labels"].append(batch.labels.numpy())
+            parts["indices"].append(batch.indices.numpy())
+            if details:
+                extra["anomaly_maps"].append(out.anomaly_map.float().cpu().numpy().astype(np.float16))
+                extra["reconstructed"].append(out.reconstructed.float().cpu().numpy().astype(np.float16))
+                extra["features"].append(out.features.float().cpu().numpy())
+            if pixel_sample > 0:
+                maps = out.anomaly_map.float().flatten(1)[batch.labels.to(x.device) <= 0].cpu()
+                if len(maps):
+                    pick = torch.randint(maps.shape[1], (len(maps), pixel_sample), generator=pixel_rng)
+                    pixels.append(maps.gather(1, pick).numpy().ravel())
+
+    def join(values: list[np.ndarray], dtype=None) -> np.ndarray:
+        return np.concatenate(values) if values else np.zeros(0, dtype=dtype or np.float64)
+
+    scored = ScoredSet(
+        score=join(parts["score"]).astype(np.float64),
+        reconstruction=join(parts["reconstruction"]).astype(np.float64),
+        latent=join(parts["latent"]).astype(np.float64),
+        labels=join(parts["labels"], np.int64).astype(np.int64),
+        indices=join(parts["indices"], np.int64).astype(np.int64),
+        skipped=counter.skipped,
+        pixel_errors=np.concatenate(pixels) if pixels else None,
+    )
+    if details and parts["score"]:
+        scored.anomaly_maps = np.concatenate(extra["anomaly_maps"])
+        scored.reconstructed = np.concatenate(extra["reconstructed"])
+        scored.features = np.concatenate(extra["features"])
+    return scored
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def fit_normalization(val: ScoredSet, cfg: EvalConfig) -> ScoreNormalization:
+    """Fix the deployment scaling and threshold on validation scores (never on test).
+
+    Scaling: min and max raw score of the normal validation images. Threshold: the F1-best cut on
+    validation when it holds labelled anomalies and ``eval.threshold`` is ``f1``; otherwise the
+    ``eval.threshold_quantile`` quantile of the normal validation images' scaled scores.
+    """
+    normal = val.score[val.labels == 0]
+    if len(normal) == 0:
+        normal = val.score
+    low, high = float(np.min(normal)), float(np.max(normal))
+    normalization = ScoreNormalization(low=low, high=high, threshold=1.0)
+    if val.pixel_errors is not None and len(val.pixel_errors):
+        normalization.map_high = float(np.quantile(val.pixel_errors, MAP_QUANTILE))
+    scaled = normalization(val.score)
+    has_anomalies = bool((val.labels == 1).any() and (val.labels == 0).any())
+    if cfg.threshold == "f1" and has_anomalies:
+        _, threshold = best_f1_threshold(val.labels, scaled)
+        normalization.threshold = float(threshold)
+        normalization.method = "validation normal min-max; threshold = best F1 on validation"
+    else:
+        normalization.threshold = float(np.quantile(normalization(normal), cfg.threshold_quantile))
+        normalization.method = f"validation normal min-max; threshold = {cfg.threshold_quantile:g} quantile of normal validation scores"
+    return normalization
+
+
+def selection_value(val: ScoredSet, metric: str) -> tuple[str, float]:
+    """(metric used, value) for model selection; higher is better for both."""
+    has_anomalies = bool((val.labels == 1).any() and (val.labels == 0).any())
+    if metric == "auto":
+        metric = "auroc" if has_anomalies else "loss"
+    if metric == "auroc":
+        return "val.auroc", detection_summary(val.labels, val.score)["auroc"]
+    normal = val.score[val.labels <= 0]
+    return "val.mean_normal_score", -float(np.mean(normal))
+
+
+def split_metrics(scored: ScoredSet, normalization: ScoreNormalization) -> dict:
+    """Metrics of one split on the deployment-scaled scores, at the stored threshold."""
+    summary = detection_summary(scored.labels, normalization(scored.score), normalization.threshold)
+    summary["mean_normal_raw_score"] = (
+        float(np.mean(scored.score[scored.labels == 0])) if (scored.labels == 0).any() else float("nan")
+    )
+    return summary
+
+
+def scoring_kwargs(config: Config, channels: int, device: torch.device, amp_dtype) -> dict:
+    """The keyword arguments of :func:`score_set` that a run's configuration fixes."""
+    return {
+        "image_size": config.data.image_size,
+        "channels": channels,
+        "batch_size": config.data.eval_batch_size,
+        "device": device,
+        "score_lambda": config.eval.score_lambda,
+        "amp_dtype": amp_dtype,
+        "channels_last": config.train.channels_last,
+        "workers": config.data.workers,
+        "skip_bad": config.data.skip_bad_images,
+    }
+
+
+def score_splits(model, splits: Splits, config: Config, device, amp_dtype, details: bool = False):
+    """Score validation and test as the protocol says: eval mode, or (``paper``) the official
+    code's train-mode BatchNorm over the class-ordered set with the training batch size."""
+    kwargs = scoring_kwargs(config, splits.channels, device, amp_dtype)
+    if splits.protocol == "paper":
+        kwargs.update(batchnorm_train=True, batch_size=config.data.batch_size)
+    test = score_set(model, splits.test, details=details, **kwargs)
+    if splits.val is splits.test:
+        return test, test
+    return score_set(model, splits.val, pixel_sample=PIXEL_SAMPLE, **kwargs), test

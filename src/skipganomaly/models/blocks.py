@@ -1,0 +1,104 @@
+"""Building blocks shared by every model: DCGAN encoder/decoder stacks and weight initialisation.
+
+DCGAN (Radford et al., 2016) conventions throughout: 4x4 kernels with stride 2, BatchNorm on every
+layer but the first of an encoder, LeakyReLU(0.2) in encoders, ReLU in decoders, Tanh output, no
+biases before BatchNorm.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def check_image_size(image_size: int, minimum: int = 16) -> int:
+    """Return log2(image_size); the networks halve the resolution once per block."""
+    if image_size < minimum or image_size & (image_size - 1):
+        raise ValueError(f"image_size must be a power of two >= {minimum}, got {image_size}")
+    return int(math.log2(image_size))
+
+
+@torch.no_grad()
+def dcgan_init_(module: nn.Module) -> None:
+    """DCGAN initialisation of one module: conv weights N(0, 0.02), BatchNorm weights N(1, 0.02),
+    biases 0. Apply with ``net.apply(dcgan_init_)`` so every submodule is reached."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d, nn.SyncBatchNorm)):
+        if module.weight is not None:
+            nn.init.normal_(module.weight, 1.0, 0.02)
+            nn.init.zeros_(module.bias)
+        if module.track_running_stats:
+            module.reset_running_stats()
+
+
+def init_weights(net: nn.Module) -> nn.Module:
+    net.apply(dcgan_init_)
+    return net
+
+
+class DCGANEncoder(nn.Module):
+    """Image -> feature vector: Conv(4, s2) blocks halving the resolution down to 4x4, widths
+    doubling from ``width``, then a 4x4 valid convolution to ``out_features`` channels at 1x1.
+
+    Returns a tensor of shape (N, out_features, 1, 1).
+    """
+
+    def __init__(self, image_size: int, channels: int, width: int, out_features: int):
+        super().__init__()
+        check_image_size(image_size)
+        layers: list[nn.Module] = [
+            nn.Conv2d(channels, width, 4, 2, 1, bias=False),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
+        size, current = image_size // 2, width
+        while size > 4:
+            layers += [
+                nn.Conv2d(current, current * 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(current * 2),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
+            current *= 2
+            size //= 2
+        layers.append(nn.Conv2d(current, out_features, 4, 1, 0, bias=False))
+        self.layers = nn.Sequential(*layers)
+        self.final_width = current
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class DCGANDecoder(nn.Module):
+    """Latent (N, in_features, 1, 1) -> image: a 4x4 transposed convolution, then ConvTranspose
+    (4, s2) blocks doubling the resolution and halving the width, Tanh output in [-1, 1]."""
+
+    def __init__(self, image_size: int, channels: int, width: int, in_features: int):
+        super().__init__()
+        check_image_size(image_size)
+        current, size = width // 2, 4
+        while size != image_size:
+            current *= 2
+            size *= 2
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(in_features, current, 4, 1, 0, bias=False),
+            nn.BatchNorm2d(current),
+            nn.ReLU(inplace=True),
+        ]
+        size = 4
+        while size < image_size // 2:
+            layers += [
+                nn.ConvTranspose2d(current, current // 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(current // 2),
+                nn.ReLU(inplace=True),
+            ]
+            current //= 2
+            size *= 2
+        layers += [nn.ConvTranspose2d(current, channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.layers(z)

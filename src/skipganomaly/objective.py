@@ -1,0 +1,142 @@
+"""Training losses (Eq. 1-4) and the anomaly score (Eq. 5-6) of Skip-GANomaly.
+
+Everything here is a pure function of tensors, shared by the models that use the same terms.
+Images are in [-1, 1]. Discriminator outputs are logits, so the adversarial terms use
+``binary_cross_entropy_with_logits`` (stable where a sigmoid + BCE saturates).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class LossWeights:
+    """w_adv, w_con, w_lat of Eq. 4."""
+
+    adversarial: float = 1.0
+    contextual: float = 50.0
+    latent: float = 1.0
+
+
+@dataclass
+class TrainingLosses:
+    """One step's losses: ``generator`` and ``discriminator`` are differentiable scalars, each
+    to be back-propagated into its own network only; ``parts`` holds detached terms for logs."""
+
+    generator: torch.Tensor
+    discriminator: torch.Tensor
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class ScoreOutput:
+    """Per-image results of scoring a batch. ``score`` is A of Eq. 5 before any scaling."""
+
+    score: torch.Tensor
+    reconstruction: torch.Tensor
+    latent: torch.Tensor
+    anomaly_map: torch.Tensor | None = None
+    reconstructed: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+
+
+def generator_adversarial_loss(logit_fake: torch.Tensor) -> torch.Tensor:
+    """The generator's side of Eq. 1 in its non-saturating form: -log D(x_hat)."""
+    return F.binary_cross_entropy_with_logits(logit_fake, torch.ones_like(logit_fake))
+
+
+def discriminator_loss(logit_real: torch.Tensor, logit_fake: torch.Tensor) -> torch.Tensor:
+    """The discriminator's side of Eq. 1: -log D(x) - log(1 - D(x_hat))."""
+    real = F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real))
+    fake = F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake))
+    return real + fake
+
+
+def contextual_loss(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """Eq. 2: mean absolute error ||x - x_hat||_1 between the input and its reconstruction."""
+    return (x - x_hat).abs().mean()
+
+
+def latent_loss(features_real: torch.Tensor, features_fake: torch.Tensor) -> torch.Tensor:
+    """Eq. 3: mean squared error ||f(x) - f(x_hat)||_2 between discriminator features."""
+    return (features_real - features_fake).pow(2).mean()
+
+
+def reconstruction_score(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """R of Eq. 5 per image: the contextual loss (Eq. 2) averaged over one image's pixels.
+
+    The official code scores with squared error while it trains with L1; we score with the
+    same L1 the model was trained on, so R and the per-pixel map agree (R = map.mean()).
+    """
+    return (x - x_hat).abs().flatten(1).mean(1)
+
+
+def latent_score(features_real: torch.Tensor, features_fake: torch.Tensor) -> torch.Tensor:
+    """L of Eq. 5 per image: the latent loss (Eq. 3) averaged over one image's features."""
+    return (features_real - features_fake).pow(2).flatten(1).mean(1)
+
+
+def anomaly_score(reconstruction: torch.Tensor, latent: torch.Tensor, score_lambda: float = 0.9):
+    """Eq. 5: A = lambda * R + (1 - lambda) * L, per image."""
+    return score_lambda * reconstruction + (1.0 - score_lambda) * latent
+
+
+def anomaly_map(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """Per-pixel anomaly map |x - x_hat| averaged over channels: (N, C, H, W) -> (N, H, W)."""
+    return (x - x_hat).abs().mean(1)
+
+
+def min_max_scale(scores: np.ndarray) -> np.ndarray:
+    """Eq. 6: scale the scores of one evaluated set to [0, 1]. Depends on the whole set, so it is
+    for paper-style reporting only; AUROC is unchanged by it. A constant set maps to zeros."""
+    scores = np.asarray(scores, dtype=np.float64)
+    low, high = scores.min(), scores.max()
+    if high <= low:
+        return np.zeros_like(scores)
+    return (scores - low) / (high - low)
+
+
+@dataclass
+class ScoreNormalization:
+    """Deployment scaling fixed at training time, so one image's score never depends on others.
+
+    ``low`` and ``high`` are the smallest and largest raw score (Eq. 5) of the normal validation
+    images: a normalised score of 1 is as anomalous as the most anomalous-looking normal image seen
+    in validation. ``threshold`` is on the normalised scale: scores >= threshold are anomalous.
+    """
+
+    low: float
+    high: float
+    threshold: float
+    method: str = ""
+    map_high: float = 0.5  # per-pixel error at the middle of the heatmap colour scale
+
+    def __call__(self, raw_scores):
+        span = self.high - self.low
+        if span <= 0:
+            span = 1.0
+        return (raw_scores - self.low) / span
+
+    def to_dict(self) -> dict:
+        return {
+            "low": self.low,
+            "high": self.high,
+            "threshold": self.threshold,
+            "method": self.method,
+            "map_high": self.map_high,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ScoreNormalization:
+        return cls(
+            low=float(values["low"]),
+            high=float(values["high"]),
+            threshold=float(values["threshold"]),
+            method=str(values.get("method", "")),
+            map_high=float(values.get("map_high", 0.5)),
+        )

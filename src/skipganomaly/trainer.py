@@ -1,0 +1,374 @@
+"""The training loop shared by every model: optimisers, learning-rate decay, discriminator
+re-initialisation, per-epoch validation and test scoring, model selection, checkpoints, logs.
+
+A model plugs in through four methods: ``parameter_groups()`` (``generator`` and
+``discriminator`` parameter lists, one Adam optimiser each), ``training_losses(x, weights,
+input_noise_std)``, ``reset_discriminator()`` and ``score(x, score_lambda, details)``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from .config import Config, dump_yaml
+from .data.base import Splits
+from .data.loading import BadImageCounter, epoch_order, iterate_batches, to_model_input
+from .errors import UserError
+from .evaluate import ScoredSet, fit_normalization, score_splits, selection_value, split_metrics
+from .files import write_json, write_text
+from .metrics import auroc
+from .models import build_model
+from .objective import LossWeights, ScoreNormalization
+from .runtime import autocast, resolve_device, resolve_precision, seed_everything
+
+PROTOCOL_NOTES = {
+    "val-split": "epoch and threshold chosen on a validation split of the labelled evaluation data; "
+    "metrics on the disjoint test split",
+    "normal-only": "no labelled anomalies used for selection: epoch chosen on the mean score of held-out "
+    "normal training images, threshold at a quantile of their scores",
+    "paper": "OPTIMISTIC: the official code's procedure; the epoch is chosen on the test set itself, "
+    "scored with BatchNorm in training mode over the class-ordered test set (batch statistics leak labels)",
+}
+
+
+class RunLog:
+    """JSON lines in ``RUN_DIR/log.jsonl``: per-step losses and per-epoch metrics."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, allow_nan=True) + "\n")
+
+
+def lr_factor(epoch: int, epochs: int, decay: str, decay_start: float) -> float:
+    """Learning-rate multiplier of (0-based) ``epoch``: constant, then a linear ("lambda") decay.
+
+    With ``linear`` the rate stays at its initial value for the first ``decay_start`` fraction of
+    the epochs and then falls linearly, reaching 1/(k+1) of it in the last epoch, k being the
+    number of decaying epochs (the pix2pix rule the official code defines but never steps).
+    """
+    if decay == "none":
+        return 1.0
+    start = int(round(decay_start * epochs))
+    decaying = epochs - start
+    if epoch < start or decaying <= 0:
+        return 1.0
+    return 1.0 - (epoch - start + 1) / (decaying + 1)
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: Config,
+        splits: Splits,
+        run_dir: str | Path,
+        *,
+        log: Callable[[str], None] = print,
+        progress: bool | None = None,
+    ):
+        self.config = config
+        self.splits = splits
+        self.run_dir = Path(run_dir)
+        self.log = log
+        self.progress = progress
+        self.device = resolve_device(config.train.device)
+        self.amp_dtype = resolve_precision(config.train.precision, self.device)
+        self.channels = splits.channels
+
+        seed_everything(config.train.seed)
+        m = config.model
+        self.model = build_model(
+            m.name, image_size=config.data.image_size, channels=self.channels, ngf=m.ngf, ndf=m.ndf, nz=m.nz
+        ).to(self.device)
+        if config.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        t = config.train
+        self.optimizers = {
+            name: torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2))
+            for name, params in self.model.parameter_groups().items()
+        }
+        self.weights = LossWeights(adversarial=t.w_adv, contextual=t.w_con, latent=t.w_lat)
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 0
+        self.best: dict[str, Any] | None = None
+        self.best_scores: tuple[ScoredSet, ScoredSet] | None = None
+        self.callbacks: list[Callable[[Trainer, int], None]] = []
+        self.elapsed = 0.0
+
+    # ------------------------------------------------------------------ state
+    def _payload(self, epoch: int, normalization: ScoreNormalization) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "model": {"name": self.config.model.name, "args": dict(self.model.args)},
+            "config": self.config.to_dict(),
+            "data": dict(self.splits.info),
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "epoch": epoch,
+            "rng": rng,
+            "normalization": normalization.to_dict(),
+            "history": self.history,
+            "best": self.best,
+            "elapsed_s": self.elapsed,
+            "torch_version": torch.__version__,
+        }
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        """Continue from a ``last`` checkpoint: weights, optimisers, RNG, history, selection."""
+        self.model.load_state_dict(payload["state_dict"])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(payload["optimizers"][name])
+        torch.set_rng_state(payload["rng"]["torch"])
+        if "cuda" in payload["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+        self.history = list(payload["history"])
+        self.best = payload["best"]
+        self.start_epoch = int(payload["epoch"])
+        self.elapsed = float(payload.get("elapsed_s", 0.0))
+
+    # ------------------------------------------------------------------ loop
+    def _set_lr(self, epoch: int) -> float:
+        t = self.config.train
+        lr = t.lr * lr_factor(epoch, t.epochs, t.lr_decay, t.lr_decay_start)
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = lr
+        return lr
+
+    def train_epoch(self, epoch: int, runlog: RunLog) -> dict[str, float]:
+        cfg = self.config
+        self.model.train()
+        train = self.splits.train
+        bs = min(cfg.data.batch_size, len(train))
+        steps = len(train) // bs
+        params = {
+            name: [p for g in opt.param_groups for p in g["params"]] for name, opt in self.optimizers.items()
+        }
+        sums: dict[str, float] = {}
+        count, reinits = 0, 0
+        counter = BadImageCounter()
+        bar = tqdm(
+            total=steps,
+            desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+            leave=False,
+            disable=None if self.progress is None else not self.progress,
+            dynamic_ncols=True,
+        )
+        batches = iterate_batches(
+            train,
+            bs,
+            image_size=cfg.data.image_size,
+            channels=self.channels,
+            order=epoch_order(len(train), cfg.train.seed, epoch),
+            drop_last=True,
+            workers=cfg.data.workers,
+            skip_bad=cfg.data.skip_bad_images,
+            counter=counter,
+        )
+        for step, batch in enumerate(batches):
+            if len(batch.images) < 2:
+                continue  # BatchNorm cannot train on one image (a bad file left a batch of one)
+            x = to_model_input(batch.images, self.device, cfg.train.channels_last)
+            with autocast(self.device, self.amp_dtype):
+                losses = self.model.training_losses(x, self.weights, cfg.train.input_noise_std)
+            for opt in self.optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            # Both gradients come from the same forward pass, before either network steps,
+            # each loss reaching only its own network's parameters.
+            losses.generator.backward(inputs=params["generator"], retain_graph=True)
+            losses.discriminator.backward(inputs=params["discriminator"])
+            for opt in self.optimizers.values():
+                opt.step()
+            values = {k: float(v) for k, v in losses.parts.items()}
+            if values["d"] < cfg.train.d_reinit_threshold:
+                self.model.reset_discriminator()
+                self.optimizers["discriminator"].state.clear()
+                reinits += 1
+                runlog.write({"event": "d_reinit", "epoch": epoch + 1, "step": step + 1, "d": values["d"]})
+                self.log(
+                    f"  discriminator loss {values['d']:.2e} < {cfg.train.d_reinit_threshold:g}: re-initialised D"
+                )
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            if step % cfg.train.log_every == 0:
+                runlog.write({"event": "step", "epoch": epoch + 1, "step": step + 1} | values)
+            bar.update(1)
+            if step % cfg.train.log_every == 0:
+                bar.set_postfix({k: f"{values[k]:.3g}" for k in ("g", "g_con", "g_lat", "d")})
+        bar.close()
+        if count == 0:
+            raise UserError(
+                "no training batch could be formed; the training set needs at least 2 readable images"
+            )
+        means = {k: v / count for k, v in sums.items()}
+        means["d_reinits"] = reinits
+        means["skipped_images"] = counter.skipped
+        return means
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+        write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+        runlog = RunLog(self.run_dir / "log.jsonl")
+        runlog.write(
+            {"event": "start", "resumed_from_epoch": self.start_epoch, "counts": self.splits.counts()}
+        )
+        for epoch in range(self.start_epoch, cfg.train.epochs):
+            started = time.perf_counter()
+            lr = self._set_lr(epoch)
+            losses = self.train_epoch(epoch, runlog)
+            val, test = score_splits(self.model, self.splits, cfg, self.device, self.amp_dtype)
+            normalization = fit_normalization(val, cfg.eval)
+            selection_name, value = selection_value(val, cfg.eval.selection_metric)
+            seconds = time.perf_counter() - started
+            self.elapsed += seconds
+            record = {
+                "epoch": epoch + 1,
+                "lr": lr,
+                "losses": losses,
+                "val": {
+                    "auroc": auroc(val.labels, val.score),
+                    "mean_normal_score": float(np.mean(val.score[val.labels == 0]))
+                    if (val.labels == 0).any()
+                    else math.nan,
+                },
+                "test": {"auroc": auroc(test.labels, test.score)},
+                "selection": {"metric": selection_name, "value": value},
+                "seconds": seconds,
+            }
+            improved = self.best is None or value > self.best["value"]
+            if improved:
+                self.best = {"epoch": epoch + 1, "metric": selection_name, "value": value}
+                self.best_scores = (val, test)
+            self.history.append(record)
+            runlog.write({"event": "epoch"} | record | {"best": improved})
+            payload = self._payload(epoch + 1, normalization)
+            if improved:
+                save_checkpoint(checkpoint_path(self.run_dir, "best"), payload)
+            save_checkpoint(checkpoint_path(self.run_dir, "last"), payload)
+            self.log(
+                f"epoch {epoch + 1:>3}/{cfg.train.epochs}  g {losses['g']:.4f} (con {losses['g_con']:.4f} "
+                f"lat {losses['g_lat']:.4f})  d {losses['d']:.4f}  val AUROC {record['val']['auroc']:.4f}  "
+                f"test AUROC {record['test']['auroc']:.4f}  {seconds:.1f}s" + ("  *best*" if improved else "")
+            )
+            for callback in self.callbacks:
+                callback(self, epoch + 1)
+        return self.finish(runlog)
+
+    def finish(self, runlog: RunLog) -> dict[str, Any]:
+        """Write ``metrics.json`` and ``scores.csv`` for the best checkpoint."""
+        best = load_checkpoint(checkpoint_path(self.run_dir, "best"))
+        if self.best_scores is None:  # resumed after the best epoch: score the best weights again
+            self.model.load_state_dict(best["state_dict"])
+            self.best_scores = score_splits(self.model, self.splits, self.config, self.device, self.amp_dtype)
+        val, test = self.best_scores
+        normalization = ScoreNormalization.from_dict(best["normalization"])
+        metrics = build_metrics(self.config, self.splits, val, test, normalization, best, self.history)
+        metrics["wall_time_s"] = self.elapsed
+        write_json(self.run_dir / "metrics.json", metrics)
+        write_scores_csv(self.run_dir / "scores.csv", self.splits, {"val": val, "test": test}, normalization)
+        runlog.write(
+            {"event": "end", "epoch_best": metrics["epoch_best"], "test_auroc": metrics["test"]["auroc"]}
+        )
+        return metrics
+
+
+def build_metrics(
+    config: Config,
+    splits: Splits,
+    val: ScoredSet,
+    test: ScoredSet,
+    normalization: ScoreNormalization,
+    best_payload: dict[str, Any],
+    history: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The ``metrics.json`` contract: protocol, epoch_best, val.auroc, test.auroc and more."""
+    test_aurocs = [h["test"]["auroc"] for h in history]
+    finite = [i for i, v in enumerate(test_aurocs) if not math.isnan(v)]
+    paper_style = None
+    if finite:
+        i = max(finite, key=lambda j: test_aurocs[j])
+        paper_style = {
+            "test_auroc": test_aurocs[i],
+            "epoch": history[i]["epoch"],
+            "note": "OPTIMISTIC: the best test AUROC over epochs (the epoch chosen on the test set), "
+            "as the official code reports",
+        }
+    info = splits.info
+    return {
+        "protocol": splits.protocol,
+        "protocol_note": PROTOCOL_NOTES[splits.protocol],
+        "model": config.model.name,
+        "dataset": info.get("dataset", config.data.dataset),
+        "setting": info.get("setting"),
+        "normal_classes": info.get("normal_classes"),
+        "abnormal_classes": info.get("abnormal_classes"),
+        "counts": splits.counts(),
+        "seed": config.train.seed,
+        "preset": config.train.preset,
+        "epochs": config.train.epochs,
+        "epoch_best": best_payload["best"]["epoch"],
+        "selection": best_payload["best"]["metric"],
+        "val": split_metrics(val, normalization),
+        "test": split_metrics(test, normalization),
+        "paper_style": paper_style,
+        "normalization": normalization.to_dict(),
+        "history": history,
+    }
+
+
+def write_scores_csv(
+    path: Path, splits: Splits, scored: dict[str, ScoredSet], normalization: ScoreNormalization
+) -> None:
+    """Per-image scores of validation and test (for reports, histograms, ROC curves)."""
+    names = list(splits.info.get("class_names", []))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(
+        ["split", "index", "label", "class", "score", "raw_score", "reconstruction", "latent", "path"]
+    )
+    seen = set()
+    for split_name, result in scored.items():
+        if id(result) in seen:  # the paper protocol validates on the test set itself
+            continue
+        seen.add(id(result))
+        image_set = getattr(splits, split_name)
+        scaled = normalization(result.score)
+        for k, i in enumerate(result.indices):
+            class_id = int(image_set.class_ids[i])
+            if image_set.groups is not None:
+                class_name = image_set.groups[i]
+            else:
+                class_name = names[class_id] if 0 <= class_id < len(names) else str(class_id)
+            writer.writerow(
+                [
+                    split_name,
+                    int(i),
+                    int(result.labels[k]),
+                    class_name,
+                    f"{scaled[k]:.6g}",
+                    f"{result.score[k]:.6g}",
+                    f"{result.reconstruction[k]:.6g}",
+                    f"{result.latent[k]:.6g}",
+                    image_set.paths[i] if image_set.paths is not None else "",
+                ]
+            )
+    write_text(path, buffer.getvalue())

@@ -1,0 +1,105 @@
+"""Shared fixtures: tiny configs and synthetic data sets written by the tests themselves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from skipganomaly.config import build_config
+from skipganomaly.data.base import ImageSet, Splits
+
+torch.set_num_threads(2)
+
+
+def smooth_images(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Normal images: soft horizontal stripes with a random phase and contrast."""
+    rows = np.arange(size, dtype=np.float64)[:, None]
+    out = np.empty((n, size, size, 1), np.uint8)
+    for i in range(n):
+        phase, contrast = rng.uniform(0, 2 * np.pi), rng.uniform(0.6, 1.0)
+        stripe = 0.5 + 0.5 * contrast * np.sin(2 * np.pi * rows / size * 2 + phase)
+        out[i, :, :, 0] = np.clip(np.repeat(stripe, size, axis=1) * 255, 0, 255).astype(np.uint8)
+    return out
+
+
+def anomalous_images(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Obvious anomalies: the stripes overlaid with a bright square of salt-and-pepper noise."""
+    out = smooth_images(n, size, rng)
+    for i in range(n):
+        half = size // 2
+        y, x = rng.integers(0, size - half, 2)
+        out[i, y : y + half, x : x + half, 0] = rng.choice([0, 255], size=(half, half))
+    return out
+
+
+def synthetic_splits(
+    size: int = 16, n_train: int = 160, n_eval: int = 40, seed: int = 0, protocol: str = "val-split"
+) -> Splits:
+    rng = np.random.default_rng(seed)
+
+    def labelled(n_normal: int, n_abnormal: int) -> ImageSet:
+        images = np.concatenate([smooth_images(n_normal, size, rng), anomalous_images(n_abnormal, size, rng)])
+        labels = np.r_[np.zeros(n_normal, np.int64), np.ones(n_abnormal, np.int64)]
+        return ImageSet(class_ids=labels.copy(), images=images, labels=labels)
+
+    train = ImageSet(
+        class_ids=np.zeros(n_train, np.int64),
+        images=smooth_images(n_train, size, rng),
+        labels=np.zeros(n_train, np.int64),
+    )
+    info = {
+        "dataset": "synthetic",
+        "class_names": ["stripes", "noise"],
+        "setting": "synthetic",
+        "normal_classes": ["stripes"],
+        "abnormal_classes": ["noise"],
+    }
+    return Splits(
+        train=train,
+        val=labelled(n_eval, n_eval),
+        test=labelled(n_eval, n_eval),
+        protocol=protocol,
+        channels=1,
+        info=info,
+    )
+
+
+def tiny_config(**overrides):
+    values = {
+        "data.image_size": 16,
+        "data.batch_size": 16,
+        "data.eval_batch_size": 32,
+        "model.ngf": 8,
+        "model.ndf": 8,
+        "model.nz": 16,
+        "train.epochs": 2,
+        "train.device": "cpu",
+        "train.log_every": 1,
+    }
+    values.update(overrides)
+    return build_config(values)
+
+
+@pytest.fixture
+def splits() -> Splits:
+    return synthetic_splits()
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """A folder of PNG files: normal stripes, obvious anomalies, one RGBA and one 16-bit image."""
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "images"
+    (folder / "normal").mkdir(parents=True)
+    (folder / "abnormal").mkdir()
+    for i, image in enumerate(smooth_images(4, 16, rng)):
+        Image.fromarray(image[:, :, 0]).save(folder / "normal" / f"n{i}.png")
+    for i, image in enumerate(anomalous_images(4, 16, rng)):
+        Image.fromarray(image[:, :, 0]).save(folder / "abnormal" / f"a{i}.png")
+    rgba = np.dstack([smooth_images(1, 24, rng)[0, :, :, 0]] * 3 + [np.full((24, 24), 128, np.uint8)])
+    Image.fromarray(rgba).save(folder / "normal" / "rgba.png")
+    sixteen = smooth_images(1, 20, rng)[0, :, :, 0].astype(np.uint16) * 257
+    Image.fromarray(sixteen).save(folder / "normal" / "sixteen.png")
+    return folder

@@ -1,0 +1,158 @@
+"""The command line end to end, in subprocesses, as a user runs it."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+TINY = [
+    "--image-size",
+    "16",
+    "--set",
+    "model.ngf=8",
+    "--set",
+    "model.ndf=8",
+    "--set",
+    "model.nz=16",
+    "--quiet",
+]
+
+
+def run(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "skipganomaly", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    result = run(
+        "train",
+        "--dataset",
+        "digits",
+        "--abnormal-class",
+        "0",
+        "--epochs",
+        "2",
+        "--seed",
+        "0",
+        "--output",
+        run_dir,
+        *TINY,
+    )
+    assert result.returncode == 0, result.stderr
+    return run_dir, result
+
+
+def test_train_writes_the_contract_files(trained_run):
+    run_dir, result = trained_run
+    for name in (
+        "config.yaml",
+        "checkpoints/best.pt",
+        "checkpoints/last.pt",
+        "metrics.json",
+        "scores.csv",
+        "log.jsonl",
+    ):
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["protocol"] == "val-split"
+    assert metrics["epoch_best"] in (1, 2)
+    assert 0.0 <= metrics["val"]["auroc"] <= 1.0 and 0.0 <= metrics["test"]["auroc"] <= 1.0
+    assert f"test AUROC {metrics['test']['auroc']:.4f}" in result.stdout
+    assert "train 1,295 normal images" in result.stdout  # counts printed at the start
+
+
+def test_test_verb_reproduces_the_metrics(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    before = json.loads((run_dir / "metrics.json").read_text())
+    out = tmp_path / "again.json"
+    result = run("test", "--run", run_dir, "--output", out)
+    assert result.returncode == 0, result.stderr
+    after = json.loads(out.read_text())
+    assert after["test"]["auroc"] == pytest.approx(before["test"]["auroc"], abs=1e-9)
+    assert after["val"]["auroc"] == pytest.approx(before["val"]["auroc"], abs=1e-9)
+    assert after["epoch_best"] == before["epoch_best"]
+
+
+def test_predict_files_folders_and_heatmaps(trained_run, image_folder, tmp_path):
+    run_dir, _ = trained_run
+    out, heat = tmp_path / "pred.csv", tmp_path / "heat"
+    result = run("predict", "--run", run_dir, image_folder, "--output", out, "--heatmaps", heat)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 10
+    assert {"path", "score", "is_anomalous"} <= set(rows[0])
+    assert all(r["is_anomalous"] in ("0", "1") for r in rows)
+    assert len(list(heat.glob("*.png"))) == 10
+    # A file's score does not depend on what else is scored with it.
+    single = tmp_path / "single.csv"
+    target = rows[3]["path"]
+    assert run("predict", "--run", run_dir, target, "--output", single, "--batch-size", "1").returncode == 0
+    alone = list(csv.DictReader(single.open()))[0]
+    assert float(alone["score"]) == pytest.approx(float(rows[3]["score"]), abs=1e-5)
+
+
+def test_predict_corrupt_image(trained_run, image_folder, tmp_path):
+    run_dir, _ = trained_run
+    (image_folder / "normal" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    result = run("predict", "--run", run_dir, image_folder, "--output", tmp_path / "p.csv")
+    assert result.returncode == 2
+    assert "broken.png" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    skipped = run(
+        "predict", "--run", run_dir, image_folder, "--output", tmp_path / "p.csv", "--skip-bad-images"
+    )
+    assert skipped.returncode == 0, skipped.stderr
+    assert "1 unreadable skipped" in skipped.stdout
+    assert len(list(csv.DictReader((tmp_path / "p.csv").open()))) == 10
+
+
+def test_resume_of_a_finished_run_and_refusal_to_overwrite(trained_run):
+    run_dir, _ = trained_run
+    again = run("train", "--output", run_dir, *TINY)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    resumed = run("train", "--resume", run_dir)
+    assert resumed.returncode == 0 and "nothing to resume" in resumed.stdout
+    conflicting = run("train", "--resume", run_dir, "--epochs", "5")
+    assert conflicting.returncode == 2 and "--epochs" in conflicting.stderr
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["train", "--dataset", "nope"], "dataset 'nope' is unknown"),
+        (["train", "--abnormal-class", "x"], "choose one of: 0, 1"),
+        (["train", "--set", "train.lr=abc"], "train.lr"),
+        (["train", "--image-size", "20"], "power of two"),
+        (["train", "--config", "missing.yaml"], "missing.yaml"),
+        (["test", "--run", "no/such/run"], "no/such/run"),
+        (["predict", "--run", "no/such/run", "x.png"], "no/such/run"),
+        (["train", "--epochs", "many"], "invalid int"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(args, fragment, tmp_path):
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = run("train", "--dataset", "nope", "--debug", cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+@pytest.mark.parametrize("verb", ["train", "test", "predict"])
+def test_help(verb):
+    result = run(verb, "--help")
+    assert result.returncode == 0 and "usage:" in result.stdout
