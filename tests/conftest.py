@@ -13,6 +13,22 @@ from skipganomaly.data.base import ImageSet, Splits
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Readers cache decoded data sets; tests (and the CLI subprocesses they start, which inherit
+    the environment) use a temporary cache, never the user's ~/.cache/skipganomaly."""
+    import os
+
+    folder = tmp_path_factory.mktemp("cache")
+    previous = os.environ.get("SKIPGANOMALY_CACHE")
+    os.environ["SKIPGANOMALY_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("SKIPGANOMALY_CACHE", None)
+    else:
+        os.environ["SKIPGANOMALY_CACHE"] = previous
+
+
 def smooth_images(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """Normal images: soft horizontal stripes with a random phase and contrast."""
     rows = np.arange(size, dtype=np.float64)[:, None]

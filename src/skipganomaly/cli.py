@@ -81,8 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(PRESETS),
         help="training preset: paper (Sec. IV-B) or reference (official code)",
     )
-    train.add_argument("--dataset", help="data set name (default: digits, embedded, offline)")
-    train.add_argument("--data-root", metavar="DIR", help="where the data set's files are")
+    train.add_argument(
+        "--dataset",
+        help="digits (default: embedded, offline), cifar10, mnist, fashion-mnist, folder or mvtec (README, Data sets)",
+    )
+    train.add_argument(
+        "--data-root",
+        metavar="DIR",
+        help="the data set's folder or archive (.tar.gz, .zip; unpacked once into the cache); cifar10, mnist "
+        "and fashion-mnist download into the cache without it",
+    )
     which = train.add_mutually_exclusive_group()
     which.add_argument(
         "--abnormal-class",
@@ -212,6 +220,7 @@ def default_run_dir(config: Config) -> Path:
 
 
 def describe_splits(splits) -> str:
+    """The data lines printed at the start of every run: what was read, how it was split, counts."""
     c = splits.counts()
     info = splits.info
     fmt = "{:,}".format
@@ -219,6 +228,14 @@ def describe_splits(splits) -> str:
         f"data: {info.get('dataset')} ({info.get('setting')}); normal: {', '.join(info.get('normal_classes') or ['-'])}; "
         f"abnormal: {', '.join(info.get('abnormal_classes') or ['-'])}",
     ]
+    if info.get("storage"):
+        where = f" from {info['root']}" if info.get("root") else ""
+        lines.append(f"images{where}: {info['storage']}")
+    if info.get("skipped_bad_images"):
+        named = ", ".join(info.get("skipped_files", [])[:5])
+        lines.append(
+            f"skipped {fmt(info['skipped_bad_images'])} unreadable images (--skip-bad-images): {named}"
+        )
     pool = info.get("evaluation_pool")
     if pool:
         lines.append(f"evaluation pool: {fmt(pool['normal'])}:{fmt(pool['abnormal'])} (normal:abnormal)")
@@ -227,6 +244,10 @@ def describe_splits(splits) -> str:
         f"validation {fmt(c['val']['normal'])}:{fmt(c['val']['abnormal'])}; "
         f"test {fmt(c['test']['normal'])}:{fmt(c['test']['abnormal'])} (normal:abnormal)"
     )
+    if info.get("masks"):
+        lines.append(
+            f"ground-truth masks: {fmt(info['masks'])} abnormal evaluation images (pixel AUROC reported)"
+        )
     return "\n".join(lines)
 
 
@@ -292,6 +313,8 @@ def print_summary(metrics: dict, run_dir: Path, seconds: float | None = None) ->
         f"test at the stored threshold {test['threshold']:.3f}: precision {test['precision']:.3f} "
         f"recall {test['recall']:.3f} F1 {test['f1']:.3f}; AUPRC {test['auprc']:.4f}"
     )
+    if "pixel_auroc" in test:
+        print(f"test pixel AUROC {test['pixel_auroc']:.4f} over {test['pixel_images']} images with masks")
     paper = metrics.get("paper_style")
     if paper and metrics["protocol"] != "paper":
         print(
@@ -305,7 +328,7 @@ def print_summary(metrics: dict, run_dir: Path, seconds: float | None = None) ->
 def cmd_test(args: argparse.Namespace) -> int:
     from .checkpoint import checkpoint_path, config_from_checkpoint, load_checkpoint, model_from_checkpoint
     from .data import prepare_data
-    from .evaluate import score_splits
+    from .evaluate import add_pixel_metrics, score_splits
     from .files import write_json
     from .objective import ScoreNormalization
     from .runtime import resolve_device, resolve_precision
@@ -326,6 +349,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     val, test = score_splits(model, splits, config, device, amp_dtype)
     normalization = ScoreNormalization.from_dict(payload["normalization"])
     metrics = build_metrics(config, splits, val, test, normalization, payload, payload["history"])
+    add_pixel_metrics(metrics, model, splits, config, device, amp_dtype)
     metrics["checkpoint"] = args.checkpoint
     output = Path(args.output) if args.output else run_dir / "metrics.json"
     if output.exists() and not args.output:

@@ -49,6 +49,7 @@ class DataConfig:
     cache_dir: str | None = None
     skip_bad_images: bool = False
     download: bool = True
+    max_memory_mb: int = 4096
 
 
 @dataclass
@@ -238,6 +239,8 @@ def validate(config: Config) -> None:
         raise UserError("data.batch_size must be at least 2 (BatchNorm needs a batch)")
     if d.workers < 0:
         raise UserError(f"data.workers={d.workers}: use 0 or more")
+    if d.max_memory_mb < 0:
+        raise UserError(f"data.max_memory_mb={d.max_memory_mb}: use 0 (always stream) or more")
     if d.abnormal_class is not None and d.normal_class is not None:
         raise UserError(
             "give either --abnormal-class (leave one class out) or --normal-class (one class), not both"

@@ -17,8 +17,9 @@ from torch import nn
 
 from .config import Config, EvalConfig
 from .data.base import ImageSet, Splits
+from .data.images import load_mask
 from .data.loading import BadImageCounter, iterate_batches, to_model_input
-from .metrics import best_f1_threshold, detection_summary
+from .metrics import best_f1_threshold, detection_summary, pixel_auroc
 from .objective import ScoreNormalization
 from .runtime import autocast
 
@@ -222,3 +223,50 @@ def score_splits(model, splits: Splits, config: Config, device, amp_dtype, detai
     if splits.val is splits.test:
         return test, test
     return score_set(model, splits.val, pixel_sample=PIXEL_SAMPLE, **kwargs), test
+
+
+def has_masks(image_set: ImageSet) -> bool:
+    return image_set.masks is not None and any(m is not None for m in image_set.masks)
+
+
+def pixel_metrics(
+    model, image_set: ImageSet, config: Config, channels: int, device, amp_dtype, protocol: str
+):
+    """Pixel AUROC of the anomaly maps against ground-truth masks, or None without masks.
+
+    Maps are compared at the model's resolution, masks resized to it (:func:`load_mask`). Normal
+    images count with an all-normal mask; abnormal images without a mask file are left out (their
+    pixels' labels are unknown). Scored as :func:`score_splits` scores (the ``paper`` protocol in
+    BatchNorm training mode).
+    """
+    if not has_masks(image_set):
+        return None
+    kwargs = scoring_kwargs(config, channels, device, amp_dtype)
+    if protocol == "paper":
+        kwargs.update(batchnorm_train=True, batch_size=config.data.batch_size)
+    scored = score_set(model, image_set, details=True, **kwargs)
+    size = config.data.image_size
+    maps, masks = [], []
+    for k, i in enumerate(scored.indices):
+        mask_file = image_set.masks[i]
+        if mask_file is None:
+            if image_set.labels is None or image_set.labels[i] != 0:
+                continue
+            masks.append(np.zeros((size, size), dtype=bool))
+        else:
+            masks.append(load_mask(mask_file, size))
+        maps.append(scored.anomaly_maps[k].astype(np.float32))
+    if not masks:
+        return None
+    return {"pixel_auroc": pixel_auroc(np.stack(masks), np.stack(maps)), "pixel_images": len(masks)}
+
+
+def add_pixel_metrics(metrics: dict, model, splits: Splits, config: Config, device, amp_dtype) -> None:
+    """Add ``pixel_auroc`` (and the number of images it covers) to ``metrics["val"]`` and
+    ``metrics["test"]`` for the splits whose images have ground-truth masks."""
+    args = (config, splits.channels, device, amp_dtype, splits.protocol)
+    test = pixel_metrics(model, splits.test, *args)
+    val = test if splits.val is splits.test else pixel_metrics(model, splits.val, *args)
+    for name, result in (("val", val), ("test", test)):
+        if result is not None:
+            metrics[name].update(result)

@@ -25,6 +25,11 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
+def write_atomic(path: str | os.PathLike, write) -> None:
+    """Write a file through ``write(handle)`` (a binary handle): complete or absent."""
+    _atomic(Path(path), write)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     _atomic(Path(path), lambda handle: handle.write(text.encode("utf-8")))
 

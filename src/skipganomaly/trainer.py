@@ -21,12 +21,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import Config, dump_yaml
 from .data.base import Splits
 from .data.loading import BadImageCounter, epoch_order, iterate_batches, to_model_input
 from .errors import UserError
-from .evaluate import ScoredSet, fit_normalization, score_splits, selection_value, split_metrics
+from .evaluate import (
+    ScoredSet,
+    add_pixel_metrics,
+    fit_normalization,
+    has_masks,
+    score_splits,
+    selection_value,
+    split_metrics,
+)
 from .files import write_json, write_text
 from .metrics import auroc
 from .models import build_model
@@ -229,7 +237,12 @@ class Trainer:
         write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
         runlog = RunLog(self.run_dir / "log.jsonl")
         runlog.write(
-            {"event": "start", "resumed_from_epoch": self.start_epoch, "counts": self.splits.counts()}
+            {
+                "event": "start",
+                "resumed_from_epoch": self.start_epoch,
+                "counts": self.splits.counts(),
+                "skipped_bad_images": self.splits.info.get("skipped_bad_images", 0),
+            }
         )
         for epoch in range(self.start_epoch, cfg.train.epochs):
             started = time.perf_counter()
@@ -282,6 +295,9 @@ class Trainer:
         val, test = self.best_scores
         normalization = ScoreNormalization.from_dict(best["normalization"])
         metrics = build_metrics(self.config, self.splits, val, test, normalization, best, self.history)
+        if has_masks(self.splits.val) or has_masks(self.splits.test):  # pixel AUROC of the best weights
+            best_model = model_from_checkpoint(best).to(self.device)
+            add_pixel_metrics(metrics, best_model, self.splits, self.config, self.device, self.amp_dtype)
         metrics["wall_time_s"] = self.elapsed
         write_json(self.run_dir / "metrics.json", metrics)
         write_scores_csv(self.run_dir / "scores.csv", self.splits, {"val": val, "test": test}, normalization)

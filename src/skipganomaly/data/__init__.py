@@ -11,7 +11,11 @@ from collections.abc import Callable
 from ..config import DataConfig
 from ..errors import UserError
 from .base import ImageSet, LabelledSource, Splits
+from .cifar import read_cifar10
 from .digits import load_digits_source
+from .folders import read_folder
+from .mnist import read_fashion_mnist, read_mnist
+from .mvtec import read_mvtec
 from .protocols import make_splits
 
 
@@ -23,6 +27,11 @@ def _digits(cfg: DataConfig) -> LabelledSource:
 # own normal/abnormal split (MVTec AD, the reference layout) return Splits directly instead.
 READERS: dict[str, Callable[[DataConfig], LabelledSource | Splits]] = {
     "digits": _digits,
+    "cifar10": read_cifar10,
+    "mnist": read_mnist,
+    "fashion-mnist": read_fashion_mnist,
+    "folder": read_folder,
+    "mvtec": read_mvtec,
 }
 
 

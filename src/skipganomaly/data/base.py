@@ -2,7 +2,9 @@
 
 * :class:`ImageSet`: images held in memory as one uint8 array (N, H, W, C), or as file paths that
   are decoded when batches are drawn (for folders too large for memory), with per-image class ids,
-  anomaly labels (0 normal, 1 abnormal), and optional pixel masks.
+  anomaly labels (0 normal, 1 abnormal), optional pixel masks, group names (MVTec defect types)
+  and stable per-image ids (e.g. ``test/cat/0001.jpg``, ``mnist:train:00017``) that name every
+  image independently of how the sets were split, so tests can prove the splits disjoint.
 * :class:`LabelledSource`: what a reader returns for a class-labelled data set: its own train and
   test pools with class ids (CIFAR-10, MNIST, class folders, digits).
 * :class:`Splits`: what a protocol returns: train (normal images only), validation and test.
@@ -26,6 +28,7 @@ class ImageSet:
     labels: np.ndarray | None = None
     masks: list[str | None] | None = None
     groups: list[str] | None = None
+    ids: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.class_ids = np.asarray(self.class_ids, dtype=np.int64)
@@ -36,6 +39,8 @@ class ImageSet:
             raise ValueError("images and class_ids differ in length")
         if self.paths is not None and len(self.paths) != n:
             raise ValueError("paths and class_ids differ in length")
+        if self.ids is not None and len(self.ids) != n:
+            raise ValueError("ids and class_ids differ in length")
         if self.labels is not None:
             self.labels = np.asarray(self.labels, dtype=np.int64)
 
@@ -59,11 +64,12 @@ class ImageSet:
             labels=None if self.labels is None else self.labels[idx],
             masks=pick(self.masks),
             groups=pick(self.groups),
+            ids=pick(self.ids),
         )
 
     def with_labels(self, labels: np.ndarray | int) -> ImageSet:
         labels = np.broadcast_to(np.asarray(labels, dtype=np.int64), (len(self),)).copy()
-        return ImageSet(self.class_ids, self.images, self.paths, labels, self.masks, self.groups)
+        return ImageSet(self.class_ids, self.images, self.paths, labels, self.masks, self.groups, self.ids)
 
     @staticmethod
     def concatenate(parts: list[ImageSet]) -> ImageSet:
@@ -89,6 +95,7 @@ class ImageSet:
             else np.concatenate([p.labels for p in parts]),
             masks=joined("masks"),
             groups=joined("groups"),
+            ids=joined("ids"),
         )
 
 
@@ -102,6 +109,7 @@ class LabelledSource:
     test: ImageSet
     channels: int
     default_abnormal_class: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -39,8 +39,13 @@ def load_digits_source(
     return LabelledSource(
         name="digits",
         class_names=CLASS_NAMES,
-        train=ImageSet(class_ids=targets[train_idx], images=images[train_idx]),
-        test=ImageSet(class_ids=targets[test_idx], images=images[test_idx]),
+        train=ImageSet(class_ids=targets[train_idx], images=images[train_idx], ids=_ids(train_idx)),
+        test=ImageSet(class_ids=targets[test_idx], images=images[test_idx], ids=_ids(test_idx)),
         channels=channels,
         default_abnormal_class="0",
+        info={"storage": "in memory (embedded in scikit-learn)"},
     )
+
+
+def _ids(index: np.ndarray) -> list[str]:
+    return [f"digits:{i:04d}" for i in index]

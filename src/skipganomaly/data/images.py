@@ -105,7 +105,30 @@ def load_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
     return prepare_image(open_image(path), size, channels)
 
 
+def load_mask(path: str | os.PathLike, size: int) -> np.ndarray:
+    """A ground-truth mask file as a (size, size) bool array: a pixel is anomalous when at least
+    half of the mask's area that falls into it is marked (area resampling, so thin defects are
+    not lost to nearest-neighbour sampling when a 900x900 mask shrinks to the model's size)."""
+    mask = open_image(path).convert("L")
+    if mask.size != (size, size):
+        mask = mask.resize((size, size), Image.BOX)
+    return np.asarray(mask) >= 128
+
+
 def native_channels(path: str | os.PathLike) -> int:
     """1 for grayscale files, 3 for anything with colour."""
     image = open_image(path)
     return 1 if _to_8bit(image).mode in ("L", "1") else 3
+
+
+def prepare_array(images: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """(N, H, W, C) uint8 images -> (N, size, size, channels), each converted as :func:`prepare_image`
+    converts a file (so a data set read from arrays matches the same images read from files)."""
+    if images.shape[1:] == (size, size, channels):
+        return np.ascontiguousarray(images)
+    out = np.empty((len(images), size, size, channels), np.uint8)
+    for i, image in enumerate(images):
+        out[i] = prepare_image(
+            Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image), size, channels
+        )
+    return out

@@ -51,7 +51,10 @@ def _stratified_split(
             return np.sort(first), np.sort(second)
         except ValueError:
             continue
-    raise UserError(f"cannot split {n} images into validation and test; the data set is too small")
+    raise UserError(
+        f"cannot split {n} images {fraction:.0%}:{1 - fraction:.0%} (validation and the rest); "
+        "the data set is too small"
+    )
 
 
 def _pools(source: LabelledSource, cfg: DataConfig) -> tuple[ImageSet, ImageSet, dict]:
@@ -84,6 +87,7 @@ def _pools(source: LabelledSource, cfg: DataConfig) -> tuple[ImageSet, ImageSet,
     if len(train) == 0:
         raise UserError(f"{source.name} has no normal training images for this choice of classes")
     info = {
+        **source.info,
         "dataset": source.name,
         "class_names": list(source.class_names),
         "setting": setting,
