@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import PRESETS, PROTOCOLS, Config, build_config, flatten_keys, load_yaml, parse_override
+from .config import (
+    MODEL_NAMES,
+    PRESETS,
+    PROTOCOLS,
+    Config,
+    build_config,
+    flatten_keys,
+    load_yaml,
+    parse_override,
+)
 from .errors import UserError
 
 # Dedicated flags of ``train`` and the config keys they set (they win over --config and --set).
@@ -109,7 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--seed", type=int, metavar="S", help="random seed for weights, shuffling and noise (default 0)"
     )
-    train.add_argument("--model", help="model name (default skipganomaly)")
+    train.add_argument(
+        "--model",
+        choices=MODEL_NAMES,
+        help="skipganomaly (default) or a baseline of the paper's Table I; each gets its own preset "
+        "values (README, Baselines)",
+    )
     train.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     train.add_argument(
         "--precision", choices=["fp32", "bf16", "auto"], help="arithmetic precision (default fp32)"
@@ -216,7 +230,8 @@ def default_run_dir(config: Config) -> Path:
         if d.normal_class is not None
         else f"abnormal{d.abnormal_class or 'default'}"
     )
-    return Path("runs") / f"{d.dataset}-{which}-seed{config.train.seed}"
+    model = "" if config.model.name == "skipganomaly" else f"-{config.model.name}"
+    return Path("runs") / f"{d.dataset}-{which}{model}-seed{config.train.seed}"
 
 
 def describe_splits(splits) -> str:

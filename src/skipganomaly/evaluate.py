@@ -1,7 +1,8 @@
 """Scoring image sets and turning scores into metrics, normalisation and thresholds.
 
-Honest scoring: networks in eval mode (BatchNorm running statistics), under ``inference_mode``, so
-an image's score does not depend on the other images in its batch or on the order of the set.
+Honest scoring: networks in eval mode (BatchNorm running statistics), under ``inference_mode`` (or
+``no_grad`` for a model whose ``score_needs_grad``), so an image's score does not depend on the
+other images in its batch or on the order of the set.
 The ``paper`` protocol alone scores with BatchNorm in training mode, as the official code does;
 it saves and restores the BatchNorm buffers so that scoring leaves the model unchanged.
 """
@@ -95,7 +96,10 @@ def score_set(
     pixels: list[np.ndarray] = []
     pixel_rng = torch.Generator().manual_seed(0)
     mode = batchnorm_train_mode(model) if batchnorm_train else _eval_mode(model)
-    with mode, torch.inference_mode():
+    # A model that searches at test time (AnoGAN) needs autograd: no_grad outside, and the model
+    # enables gradients for its own search; every other model keeps inference_mode's speed.
+    grad_mode = torch.no_grad() if getattr(model, "score_needs_grad", False) else torch.inference_mode()
+    with mode, grad_mode:
         for batch in iterate_batches(
             image_set,
             batch_size,

@@ -1,4 +1,5 @@
-"""Training losses (Eq. 1-4) and the anomaly score (Eq. 5-6) of Skip-GANomaly.
+"""Training losses (Eq. 1-4) and the anomaly score (Eq. 5-6) of Skip-GANomaly, and the terms its
+baselines (GANomaly, EGBAD, AnoGAN) add.
 
 Everything here is a pure function of tensors, shared by the models that use the same terms.
 Images are in [-1, 1]. Discriminator outputs are logits, so the adversarial terms use
@@ -57,6 +58,14 @@ def discriminator_loss(logit_real: torch.Tensor, logit_fake: torch.Tensor) -> to
     return real + fake
 
 
+def bigan_generator_loss(logit_real: torch.Tensor, logit_fake: torch.Tensor) -> torch.Tensor:
+    """The generator-and-encoder side of a BiGAN (Donahue et al., 2017), non-saturating: the
+    discriminator's labels flipped, -log D(G(z), z) - log(1 - D(x, E(x))). Used by EGBAD."""
+    fake = F.binary_cross_entropy_with_logits(logit_fake, torch.ones_like(logit_fake))
+    real = F.binary_cross_entropy_with_logits(logit_real, torch.zeros_like(logit_real))
+    return fake + real
+
+
 def contextual_loss(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     """Eq. 2: mean absolute error ||x - x_hat||_1 between the input and its reconstruction."""
     return (x - x_hat).abs().mean()
@@ -81,8 +90,19 @@ def latent_score(features_real: torch.Tensor, features_fake: torch.Tensor) -> to
     return (features_real - features_fake).pow(2).flatten(1).mean(1)
 
 
+def feature_matching_score(features_real: torch.Tensor, features_fake: torch.Tensor) -> torch.Tensor:
+    """Per image, the mean absolute difference between discriminator features: the L1
+    feature-matching ("discrimination") loss of AnoGAN (Schlegl et al., 2017) and EGBAD
+    (Zenati et al., 2018), averaged over features instead of summed."""
+    return (features_real - features_fake).abs().flatten(1).mean(1)
+
+
 def anomaly_score(reconstruction: torch.Tensor, latent: torch.Tensor, score_lambda: float = 0.9):
-    """Eq. 5: A = lambda * R + (1 - lambda) * L, per image."""
+    """Eq. 5: A = lambda * R + (1 - lambda) * L, per image.
+
+    Every model scores this way, lambda always weighting the image-space term R: EGBAD's alpha
+    and AnoGAN's 1 - lambda are this lambda; GANomaly's score is L alone (lambda = 0).
+    """
     return score_lambda * reconstruction + (1.0 - score_lambda) * latent
 
 

@@ -3,7 +3,9 @@ re-initialisation, per-epoch validation and test scoring, model selection, check
 
 A model plugs in through four methods: ``parameter_groups()`` (``generator`` and
 ``discriminator`` parameter lists, one Adam optimiser each), ``training_losses(x, weights,
-input_noise_std)``, ``reset_discriminator()`` and ``score(x, score_lambda, details)``.
+input_noise_std)`` (whose ``parts`` hold at least ``g`` and ``d``, generator terms named ``g_*``),
+``reset_discriminator()`` and ``score(x, score_lambda, details)``; and ``score_needs_grad``
+(scoring under autograd, see :func:`skipganomaly.evaluate.score_set`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from .evaluate import (
 )
 from .files import write_json, write_text
 from .metrics import auroc
-from .models import build_model
+from .models import build_model, model_args
 from .objective import LossWeights, ScoreNormalization
 from .runtime import autocast, resolve_device, resolve_precision, seed_everything
 
@@ -98,9 +100,8 @@ class Trainer:
         self.channels = splits.channels
 
         seed_everything(config.train.seed)
-        m = config.model
         self.model = build_model(
-            m.name, image_size=config.data.image_size, channels=self.channels, ngf=m.ngf, ndf=m.ndf, nz=m.nz
+            config.model.name, **model_args(config.model, config.data.image_size, self.channels)
         ).to(self.device)
         if config.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -219,7 +220,7 @@ class Trainer:
                 runlog.write({"event": "step", "epoch": epoch + 1, "step": step + 1} | values)
             bar.update(1)
             if step % cfg.train.log_every == 0:
-                bar.set_postfix({k: f"{values[k]:.3g}" for k in ("g", "g_con", "g_lat", "d")})
+                bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()})
         bar.close()
         if count == 0:
             raise UserError(
@@ -277,10 +278,12 @@ class Trainer:
             if improved:
                 save_checkpoint(checkpoint_path(self.run_dir, "best"), payload)
             save_checkpoint(checkpoint_path(self.run_dir, "last"), payload)
+            # The generator's terms are model-specific (g_con, g_lat, g_enc, ...): show those present.
+            terms = " ".join(f"{k[2:]} {v:.4f}" for k, v in losses.items() if k.startswith("g_"))
             self.log(
-                f"epoch {epoch + 1:>3}/{cfg.train.epochs}  g {losses['g']:.4f} (con {losses['g_con']:.4f} "
-                f"lat {losses['g_lat']:.4f})  d {losses['d']:.4f}  val AUROC {record['val']['auroc']:.4f}  "
-                f"test AUROC {record['test']['auroc']:.4f}  {seconds:.1f}s" + ("  *best*" if improved else "")
+                f"epoch {epoch + 1:>3}/{cfg.train.epochs}  g {losses['g']:.4f} ({terms})  d {losses['d']:.4f}  "
+                f"val AUROC {record['val']['auroc']:.4f}  test AUROC {record['test']['auroc']:.4f}  "
+                f"{seconds:.1f}s" + ("  *best*" if improved else "")
             )
             for callback in self.callbacks:
                 callback(self, epoch + 1)

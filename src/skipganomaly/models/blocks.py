@@ -41,6 +41,29 @@ def init_weights(net: nn.Module) -> nn.Module:
     return net
 
 
+def dcgan_trunk_layers(image_size: int, channels: int, width: int) -> tuple[list[nn.Module], int]:
+    """The convolutional trunk of a DCGAN encoder: Conv(4, s2) blocks from ``image_size`` down to
+    4x4, widths doubling from ``width``, BatchNorm on all but the first, LeakyReLU(0.2).
+
+    Returns the layers and the width of the final (N, width, 4, 4) map.
+    """
+    check_image_size(image_size)
+    layers: list[nn.Module] = [
+        nn.Conv2d(channels, width, 4, 2, 1, bias=False),
+        nn.LeakyReLU(0.2, inplace=True),
+    ]
+    size, current = image_size // 2, width
+    while size > 4:
+        layers += [
+            nn.Conv2d(current, current * 2, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(current * 2),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
+        current *= 2
+        size //= 2
+    return layers, current
+
+
 class DCGANEncoder(nn.Module):
     """Image -> feature vector: Conv(4, s2) blocks halving the resolution down to 4x4, widths
     doubling from ``width``, then a 4x4 valid convolution to ``out_features`` channels at 1x1.
@@ -50,20 +73,7 @@ class DCGANEncoder(nn.Module):
 
     def __init__(self, image_size: int, channels: int, width: int, out_features: int):
         super().__init__()
-        check_image_size(image_size)
-        layers: list[nn.Module] = [
-            nn.Conv2d(channels, width, 4, 2, 1, bias=False),
-            nn.LeakyReLU(0.2, inplace=True),
-        ]
-        size, current = image_size // 2, width
-        while size > 4:
-            layers += [
-                nn.Conv2d(current, current * 2, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(current * 2),
-                nn.LeakyReLU(0.2, inplace=True),
-            ]
-            current *= 2
-            size //= 2
+        layers, current = dcgan_trunk_layers(image_size, channels, width)
         layers.append(nn.Conv2d(current, out_features, 4, 1, 0, bias=False))
         self.layers = nn.Sequential(*layers)
         self.final_width = current
@@ -102,3 +112,24 @@ class DCGANDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.layers(z)
+
+
+class DCGANDiscriminator(nn.Module):
+    """The DCGAN discriminator (Radford et al., 2016) of GANomaly and AnoGAN.
+
+    ``features``: the DCGAN trunk down to a (N, C, 4, 4) map, C = ndf * image_size / 8; ``classifier``: a 4x4 valid
+    convolution of that map to one real/fake logit. The features used for feature matching are
+    the flattened 4x4 map, the layer below the classifier, as in the official GANomaly code.
+    """
+
+    def __init__(self, image_size: int, channels: int, ndf: int):
+        super().__init__()
+        layers, width = dcgan_trunk_layers(image_size, channels, ndf)
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Conv2d(width, 1, 4, 1, 0, bias=False)
+        self.feature_size = width * 16
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(logit, features)`` of shapes (N,) and (N, feature_size)."""
+        features = self.features(x)
+        return self.classifier(features).flatten(), features.flatten(1)

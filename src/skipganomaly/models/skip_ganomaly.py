@@ -26,7 +26,8 @@ from ..objective import (
     latent_score,
     reconstruction_score,
 )
-from .blocks import DCGANEncoder, check_image_size, dcgan_init_, init_weights
+from .base import AdversarialAnomalyModel
+from .blocks import DCGANEncoder, check_image_size, init_weights
 
 
 class UNetGenerator(nn.Module):
@@ -113,7 +114,7 @@ class Discriminator(nn.Module):
         return logit, features.flatten(1)
 
 
-class SkipGANomaly(nn.Module):
+class SkipGANomaly(AdversarialAnomalyModel):
     """Generator and discriminator of Skip-GANomaly with its losses and its anomaly score."""
 
     name = "skipganomaly"
@@ -128,17 +129,6 @@ class SkipGANomaly(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruct ``x``: x_hat = G(x)."""
         return self.generator(x)
-
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters per optimiser: G and D are trained by separate Adam optimisers."""
-        return {
-            "generator": list(self.generator.parameters()),
-            "discriminator": list(self.discriminator.parameters()),
-        }
-
-    def reset_discriminator(self) -> None:
-        """Re-initialise D, used when its loss collapses and it stops giving G a signal."""
-        self.discriminator.apply(dcgan_init_)
 
     def training_losses(
         self, x: torch.Tensor, weights: LossWeights, input_noise_std: float = 0.0
