@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import synthetic_splits, tiny_config
 
+from skipganomaly import cli
 from skipganomaly.config import MODEL_NAMES, build_config, config_from_dict
 from skipganomaly.data.base import ImageSet
 from skipganomaly.errors import UserError
@@ -422,5 +423,7 @@ def test_cli_trains_tests_and_predicts_with_a_baseline(tmp_path, image_folder):
         rows = list(csv.DictReader(handle))
     assert len(rows) == 10 and all(np.isfinite(float(row["score"])) for row in rows)
 
-    result = run_cli("train", "--model", "vae", "--output", tmp_path / "other")
-    assert result.returncode == 2 and "invalid choice: 'vae'" in result.stderr
+
+def test_cli_rejects_an_unknown_model_in_one_line(capsys):
+    assert cli.main(["train", "--model", "vae"]) == 2
+    assert "invalid choice: 'vae'" in capsys.readouterr().err
