@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from skipganomaly.config import build_config
-from skipganomaly.data.base import ImageSet, Splits
+from skipganomaly.data.base import ImageSet, LabelledSource, Splits
 
 torch.set_num_threads(2)
 
@@ -95,6 +95,30 @@ def synthetic_splits(
         protocol=protocol,
         channels=1,
         info=info,
+    )
+
+
+def labelled_source(size: int = 16, per_class: int = 60, seed: int = 0) -> LabelledSource:
+    """Three classes: horizontal stripes, vertical stripes, and stripes with a noise square."""
+    rng = np.random.default_rng(seed)
+
+    def pool(n):
+        images = np.concatenate(
+            [
+                smooth_images(n, size, rng),
+                smooth_images(n, size, rng).transpose(0, 2, 1, 3),
+                anomalous_images(n, size, rng),
+            ]
+        )
+        return ImageSet(class_ids=np.repeat(np.arange(3), n), images=images)
+
+    return LabelledSource(
+        name="synthetic",
+        class_names=["horizontal", "vertical", "noise"],
+        train=pool(per_class),
+        test=pool(per_class // 3),
+        channels=1,
+        default_abnormal_class="noise",
     )
 
 

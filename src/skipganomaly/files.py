@@ -34,6 +34,10 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     _atomic(Path(path), lambda handle: handle.write(text.encode("utf-8")))
 
 
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    _atomic(Path(path), lambda handle: handle.write(data))
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
 

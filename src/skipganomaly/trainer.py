@@ -41,7 +41,9 @@ from .files import write_json, write_text
 from .metrics import auroc
 from .models import build_model, model_args
 from .objective import LossWeights, ScoreNormalization
+from .paper_protocol import score_paper_protocol, summarize_paper_protocol
 from .runtime import autocast, resolve_device, resolve_precision, seed_everything
+from .tensorboard_log import open_event_mirror
 
 PROTOCOL_NOTES = {
     "val-split": "epoch and threshold chosen on a validation split of the labelled evaluation data; "
@@ -54,14 +56,18 @@ PROTOCOL_NOTES = {
 
 
 class RunLog:
-    """JSON lines in ``RUN_DIR/log.jsonl``: per-step losses and per-epoch metrics."""
+    """JSON lines in ``RUN_DIR/log.jsonl``: per-step losses and per-epoch metrics; ``mirror``
+    (TensorBoard, when installed) receives every record too."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, mirror: Callable[[dict[str, Any]], None] | None = None):
         self.path = path
+        self.mirror = mirror
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, allow_nan=True) + "\n")
+        if self.mirror is not None:
+            self.mirror(record)
 
 
 def lr_factor(epoch: int, epochs: int, decay: str, decay_start: float) -> float:
@@ -236,7 +242,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "checkpoints").mkdir(exist_ok=True)
         write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
-        runlog = RunLog(self.run_dir / "log.jsonl")
+        steps_per_epoch = len(self.splits.train) // max(min(cfg.data.batch_size, len(self.splits.train)), 1)
+        runlog = RunLog(self.run_dir / "log.jsonl", open_event_mirror(self.run_dir, steps_per_epoch))
         runlog.write(
             {
                 "event": "start",
@@ -252,6 +259,9 @@ class Trainer:
             val, test = score_splits(self.model, self.splits, cfg, self.device, self.amp_dtype)
             normalization = fit_normalization(val, cfg.eval)
             selection_name, value = selection_value(val, cfg.eval.selection_metric)
+            paper = None
+            if cfg.eval.paper_each_epoch and self.splits.protocol != "paper":
+                paper = score_paper_protocol(self.model, self.splits, cfg, self.device, self.amp_dtype)
             seconds = time.perf_counter() - started
             self.elapsed += seconds
             record = {
@@ -268,6 +278,8 @@ class Trainer:
                 "selection": {"metric": selection_name, "value": value},
                 "seconds": seconds,
             }
+            if paper is not None:
+                record["paper"] = paper
             improved = self.best is None or value > self.best["value"]
             if improved:
                 self.best = {"epoch": epoch + 1, "metric": selection_name, "value": value}
@@ -282,8 +294,10 @@ class Trainer:
             terms = " ".join(f"{k[2:]} {v:.4f}" for k, v in losses.items() if k.startswith("g_"))
             self.log(
                 f"epoch {epoch + 1:>3}/{cfg.train.epochs}  g {losses['g']:.4f} ({terms})  d {losses['d']:.4f}  "
-                f"val AUROC {record['val']['auroc']:.4f}  test AUROC {record['test']['auroc']:.4f}  "
-                f"{seconds:.1f}s" + ("  *best*" if improved else "")
+                f"val AUROC {record['val']['auroc']:.4f}  test AUROC {record['test']['auroc']:.4f}"
+                + (f"  paper-protocol AUROC {record['paper']['auroc']:.4f}" if "paper" in record else "")
+                + f"  {seconds:.1f}s"
+                + ("  *best*" if improved else "")
             )
             for callback in self.callbacks:
                 callback(self, epoch + 1)
@@ -349,6 +363,7 @@ def build_metrics(
         "val": split_metrics(val, normalization),
         "test": split_metrics(test, normalization),
         "paper_style": paper_style,
+        "paper_protocol": summarize_paper_protocol(history),
         "normalization": normalization.to_dict(),
         "history": history,
     }

@@ -122,6 +122,9 @@ class Splits:
     protocol: str
     channels: int
     info: dict[str, Any] = field(default_factory=dict)
+    # The labelled evaluation pool before the protocol split it (val-split: val + test), in its
+    # stored order, so the paper protocol's evaluation can be scored beside any protocol.
+    pool: ImageSet | None = None
 
     def counts(self) -> dict[str, dict[str, int]]:
         def count(images: ImageSet) -> dict[str, int]:

@@ -127,7 +127,9 @@ def apply_protocol(
     else:  # validated in config
         raise UserError(f"unknown protocol {protocol!r}")
     info = dict(info, protocol=protocol)
-    return Splits(train=train, val=val, test=test, protocol=protocol, channels=channels, info=info)
+    return Splits(
+        train=train, val=val, test=test, protocol=protocol, channels=channels, info=info, pool=evaluation
+    )
 
 
 def make_splits(source: LabelledSource, cfg: DataConfig) -> Splits:

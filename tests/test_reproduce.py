@@ -1,0 +1,286 @@
+"""``reproduce``: runs per class x seed, resumable, with results, summary and a self-contained report."""
+
+import base64
+import csv
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import labelled_source
+
+from skipganomaly.checkpoint import checkpoint_path, load_checkpoint
+from skipganomaly.data import READERS
+from skipganomaly.errors import UserError
+from skipganomaly.models import MODELS, SkipGANomaly
+from skipganomaly.report import ReproduceOptions, make_plan, resolve_profile, run_plan
+from skipganomaly.report.published import TABLE_I, is_table_i_classes, paper_class_name, table_i_order
+from skipganomaly.report.render import markdown
+from skipganomaly.report.results import collect_rows, summarize
+from skipganomaly.report.runner import run_state, training_protocols
+from skipganomaly.trainer import Trainer
+
+TINY = ["--image-size", "16", "--set", "model.ngf=4", "--set", "model.ndf=4", "--set", "model.nz=8"]
+REPRODUCE = ["reproduce", "--dataset", "digits", "--classes", "0", "1", "--seeds", "0", "1", "--epochs", "1"]
+REPORT_FILES = ("results.csv", "summary.json", "report.md", "report.html")
+
+
+def cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "skipganomaly", *map(str, args)], capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    output = tmp_path_factory.mktemp("reproduce") / "out"
+    result = cli(*REPRODUCE, *TINY, "--output", output, "--quiet")
+    assert result.returncode == 0, result.stderr
+    return output, result
+
+
+def _rows(output: Path) -> list[dict]:
+    return list(csv.DictReader((output / "results.csv").open()))
+
+
+def test_reproduce_writes_every_file(reproduced):
+    output, result = reproduced
+    for name in REPORT_FILES:
+        assert (output / name).is_file(), name
+    run_dirs = sorted((output / "runs" / "skipganomaly").iterdir())
+    assert [d.name for d in run_dirs] == [f"val-split-abnormal-{c}-seed{s}" for c in (0, 1) for s in (0, 1)]
+    for run in run_dirs:
+        for name in (
+            "config.yaml",
+            "metrics.json",
+            "scores.csv",
+            "log.jsonl",
+            "examples.npz",
+            "checkpoints/best.pt",
+        ):
+            assert (run / name).is_file(), (run, name)
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["classes"] == ["0", "1"] and summary["seeds"] == [0, 1]
+    assert summary["protocols"] == ["val-split", "paper"]
+    assert summary["profile"]["name"] == "light"
+    assert summary["config"]["train"]["epochs"] == 1 and summary["config"]["model"]["ngf"] == 4
+    figures = {Path(f).name for f in summary["figures"]}
+    assert {"fig4_auroc_bars.png", "fig5_histograms.png", "fig6_tsne.png", "roc_curves.png"} <= figures
+    assert {
+        "fig7_examples_0.png",
+        "fig7_examples_1.png",
+        "training_auroc.png",
+        "training_losses.png",
+    } <= figures
+    for name in figures:
+        assert (output / "figures" / name).read_bytes().startswith(b"\x89PNG")
+    assert "Skip-GANomaly, ours, val-split (honest)" in result.stdout
+    assert "4 trained, 0 resumed, 0 already finished" in result.stdout
+
+
+def test_results_rows_come_from_the_runs(reproduced):
+    output, _ = reproduced
+    rows = _rows(output)
+    assert len(rows) == 2 * 2 * 2  # classes x seeds x protocols, one training each
+    for row in rows:
+        metrics = json.loads((output / row["run_dir"] / "metrics.json").read_text())
+        if row["protocol"] == "val-split":
+            assert float(row["auroc"]) == pytest.approx(metrics["test"]["auroc"], abs=1e-6)
+            assert float(row["f1"]) == pytest.approx(metrics["test"]["f1"], abs=1e-6)
+            assert row["optimistic"] == "0"
+        else:
+            assert row["protocol"] == "paper" and row["optimistic"] == "1"
+            assert float(row["auroc"]) == pytest.approx(metrics["paper_protocol"]["auroc"], abs=1e-6)
+            assert int(row["epoch_best"]) == metrics["paper_protocol"]["epoch"]
+        assert row["trained_with"] == "val-split" and int(row["epochs"]) == 1
+    summary = json.loads((output / "summary.json").read_text())
+    for protocol in ("val-split", "paper"):
+        entry = summary["table"]["skipganomaly"][protocol]
+        for name in ("0", "1"):
+            values = [float(r["auroc"]) for r in rows if r["protocol"] == protocol and r["class"] == name]
+            assert entry["per_class"][name]["mean"] == pytest.approx(np.mean(values), abs=1e-6)
+            assert entry["per_class"][name]["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-6)
+        per_seed = [
+            np.mean([float(r["auroc"]) for r in rows if r["protocol"] == protocol and r["seed"] == str(s)])
+            for s in (0, 1)
+        ]
+        assert entry["overall"]["mean"] == pytest.approx(np.mean(per_seed), abs=1e-6)
+        assert entry["overall"]["std"] == pytest.approx(np.std(per_seed, ddof=1), abs=1e-6)
+    assert summary["published"] is None  # digits: Table I is shown apart, as another data set's
+
+
+def test_html_is_self_contained(reproduced):
+    output, _ = reproduced
+    text = (output / "report.html").read_text()
+    # Outside the embedded images (whose base64 may hold any letters), no address of any kind.
+    outside = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", text)
+    assert not re.search(r"https?:|ftp:|www\.|//[a-z0-9]", outside, re.IGNORECASE)
+    assert not re.search(r"<script|<link|<iframe|@import|url\(", outside, re.IGNORECASE)
+    sources = re.findall(r'src="([^"]*)"', text)
+    summary = json.loads((output / "summary.json").read_text())
+    assert len(sources) == len(summary["figures"])
+    for source in sources:
+        assert source.startswith("data:image/png;base64,")
+        assert base64.b64decode(source.split(",", 1)[1]).startswith(b"\x89PNG")
+    assert "OPTIMISTIC" in text and "LIGHT profile" in text
+    markdown = (output / "report.md").read_text()
+    assert "| Skip-GANomaly, ours, val-split (honest) |" in markdown
+    assert "*Skip-GANomaly, ours, paper protocol (OPTIMISTIC)*" in markdown
+
+
+def test_rerun_skips_finished_runs_and_gives_the_same_table(reproduced):
+    output, first = reproduced
+    before = {name: (output / name).read_text() for name in ("results.csv", "summary.json")}
+    stamps = {p: p.stat().st_mtime_ns for p in output.glob("runs/*/*/metrics.json")}
+    again = cli(*REPRODUCE, *TINY, "--output", output, "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert "0 trained, 0 resumed, 4 already finished" in again.stdout
+    assert {name: (output / name).read_text() for name in before} == before
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    # The printed table is the same too (after the lines of runs trained, before counts and time).
+    def table(stdout):
+        return [line for line in stdout.splitlines() if not line.startswith("[")][:-2]
+
+    assert table(again.stdout) == table(first.stdout) and len(table(first.stdout)) == 5
+
+
+def test_other_settings_in_the_same_output_are_refused(reproduced):
+    output, _ = reproduced
+    result = cli(*REPRODUCE[:-1], "2", *TINY, "--output", output, "--quiet")
+    assert result.returncode == 2
+    assert "train.epochs" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def synthetic_dataset(monkeypatch):
+    """A class-labelled data set registered the way the data readers are."""
+    source = labelled_source()
+    monkeypatch.setitem(READERS, "synthetic", lambda cfg: source)
+    return source
+
+
+def _tiny_options(output, **changes):
+    values = {
+        "output": output,
+        "dataset": "synthetic",
+        "classes": ["noise"],
+        "seeds": [0],
+        "profile": "faithful",
+        "user": {
+            "data.image_size": 16,
+            "data.batch_size": 16,
+            "model.ngf": 4,
+            "model.ndf": 4,
+            "model.nz": 8,
+            "train.epochs": 2,
+            "train.device": "cpu",
+        },
+    }
+    values.update(changes)
+    return ReproduceOptions(**values)
+
+
+def test_an_interrupted_run_is_resumed_to_the_same_weights(tmp_path, synthetic_dataset):
+    from skipganomaly.data import prepare_data
+
+    class Interrupt(Exception):
+        pass
+
+    # Interrupt the planned run after its first epoch, as a killed process would leave it.
+    plan = make_plan(_tiny_options(tmp_path / "cut"))
+    spec = plan.runs[0]
+    trainer = Trainer(
+        spec.config, prepare_data(spec.config.data), spec.run_dir, log=lambda s: None, progress=False
+    )
+
+    def stop(_trainer, epoch):
+        raise Interrupt
+
+    trainer.callbacks.append(stop)
+    with pytest.raises(Interrupt):
+        trainer.fit()
+    assert run_state(spec) == "interrupted"
+    counts = run_plan(plan, progress=False, log=lambda s: None)
+    assert counts == {"trained": 0, "resumed": 1, "skipped": 0}
+    whole = make_plan(_tiny_options(tmp_path / "whole"))
+    assert run_plan(whole, progress=False, log=lambda s: None) == {"trained": 1, "resumed": 0, "skipped": 0}
+    resumed = load_checkpoint(checkpoint_path(spec.run_dir, "last"))["state_dict"]
+    uninterrupted = load_checkpoint(checkpoint_path(whole.runs[0].run_dir, "last"))["state_dict"]
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+    rows, whole_rows = collect_rows(plan), collect_rows(whole)
+    assert [r["auroc"] for r in rows] == [r["auroc"] for r in whole_rows] and len(rows) == 2
+    assert run_plan(plan, progress=False, log=lambda s: None) == {"trained": 0, "resumed": 0, "skipped": 1}
+
+
+def test_registered_models_and_protocols_plug_in(tmp_path, synthetic_dataset, monkeypatch):
+    class Variant(SkipGANomaly):
+        name = "variant"
+
+    monkeypatch.setitem(MODELS, "variant", Variant)
+    options = _tiny_options(
+        tmp_path / "out",
+        models=["skipganomaly", "variant"],
+        protocols=["normal-only", "paper"],
+        user=_tiny_options(tmp_path).user | {"train.epochs": 1},
+    )
+    plan = make_plan(options)
+    assert run_plan(plan, progress=False, log=lambda s: None)["trained"] == 2
+    rows = collect_rows(plan)
+    assert {(r["model"], r["protocol"], r["trained_with"]) for r in rows} == {
+        ("skipganomaly", "normal-only", "normal-only"),
+        ("skipganomaly", "paper", "normal-only"),
+        ("variant", "normal-only", "normal-only"),
+        ("variant", "paper", "normal-only"),
+    }
+    summary = summarize(plan, rows)
+    assert list(summary["table"]) == ["skipganomaly", "variant"]
+    assert summary["classes"] == ["noise"]
+    assert "| variant, ours, normal-only (honest) |" in markdown(summary, rows, [])
+
+
+def test_training_protocols():
+    assert training_protocols(["val-split", "paper"]) == [("val-split", True)]
+    assert training_protocols(["paper"]) == [("paper", False)]
+    assert training_protocols(["paper", "normal-only", "val-split"]) == [
+        ("val-split", True),
+        ("normal-only", False),
+    ]
+    with pytest.raises(UserError, match="protocol 'honest' is unknown"):
+        training_protocols(["honest"])
+
+
+def test_profiles_and_their_overrides(tmp_path):
+    assert resolve_profile("digits").name == "light"
+    assert resolve_profile("digits", "faithful").overrides == {}
+    assert resolve_profile("cifar10").name == "faithful"
+    with pytest.raises(UserError, match="no light profile"):
+        resolve_profile("cifar10", "light")
+    plan = make_plan(ReproduceOptions(output=tmp_path, classes=["3"], user={"train.epochs": 2}))
+    config = plan.runs[0].config
+    light = resolve_profile("digits").overrides
+    assert config.data.image_size == light["data.image_size"] and config.model.ngf == light["model.ngf"]
+    assert config.train.epochs == 2  # the user's value wins over the profile's
+    assert config.data.abnormal_class == "3" and config.eval.paper_each_epoch
+    with pytest.raises(UserError, match="choose one of: 0, 1"):
+        make_plan(ReproduceOptions(output=tmp_path, classes=["cat"]))
+    with pytest.raises(UserError, match="model 'nope' is unknown"):
+        make_plan(ReproduceOptions(output=tmp_path, models=["nope"]))
+
+
+def test_table_i_columns_for_cifar10_names():
+    cifar = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert is_table_i_classes(cifar) and not is_table_i_classes([str(d) for d in range(10)])
+    ordered = [paper_class_name(n) for n in table_i_order(cifar)]
+    assert ordered == list(TABLE_I["skipganomaly"])
+    assert ordered[:2] == ["bird", "car"] and ordered[7] == "plane"
+
+
+def test_reproduce_help():
+    result = cli("reproduce", "--help")
+    assert result.returncode == 0 and "--protocols" in result.stdout and "--profile" in result.stdout
