@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import labelled_source
+from fixture_data import write_cifar_python, write_mvtec
 
 from skipganomaly.checkpoint import checkpoint_path, load_checkpoint
 from skipganomaly.data import READERS
@@ -144,17 +145,18 @@ def test_rerun_skips_finished_runs_and_gives_the_same_table(reproduced):
 
     # The printed table is the same too (after the lines of runs trained, before counts and time).
     def table(stdout):
-        return [line for line in stdout.splitlines() if not line.startswith("[")][:-2]
+        return [line for line in stdout.splitlines() if not line.startswith(("[", "writing the report"))][:-2]
 
     assert table(again.stdout) == table(first.stdout) and len(table(first.stdout)) == 5
 
 
 def test_other_settings_in_the_same_output_are_refused(reproduced):
     output, _ = reproduced
-    result = cli(*REPRODUCE[:-1], "2", *TINY, "--output", output, "--quiet")
-    assert result.returncode == 2
-    assert "train.epochs" in result.stderr and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    user = {"data.image_size": 16, "model.ngf": 4, "model.ndf": 4, "model.nz": 8, "train.epochs": 2}
+    plan = make_plan(ReproduceOptions(output=output, classes=["0", "1"], seeds=[0, 1], user=user))
+    with pytest.raises(UserError, match=r"was made with train.epochs=1, not 2; repeat the original settings"):
+        run_plan(plan, progress=False, log=lambda s: None)
+    assert json.loads((plan.runs[0].run_dir / "metrics.json").read_text())["epochs"] == 1  # untouched
 
 
 @pytest.fixture
@@ -242,6 +244,53 @@ def test_registered_models_and_protocols_plug_in(tmp_path, synthetic_dataset, mo
     assert list(summary["table"]) == ["skipganomaly", "variant"]
     assert summary["classes"] == ["noise"]
     assert "| variant, ours, normal-only (honest) |" in markdown(summary, rows, [])
+
+
+def test_cifar10_gets_table_i_columns_and_the_published_rows(tmp_path):
+    root = write_cifar_python(tmp_path / "cifar", per_class_batch=2, per_class_test=3)
+    options = _tiny_options(
+        tmp_path / "out",
+        dataset="cifar10",
+        classes=["automobile", "airplane"],
+        user=_tiny_options(tmp_path).user | {"data.root": str(root), "train.epochs": 1},
+    )
+    plan = make_plan(options)
+    assert [s.class_name for s in plan.runs] == ["airplane", "automobile"]  # the data set's order
+    run_plan(plan, progress=False, log=lambda s: None)
+    rows = collect_rows(plan)
+    summary = summarize(plan, rows)
+    assert summary["classes"] == ["car", "plane"]  # Table I's names and order
+    published = summary["published"]["rows"]["skipganomaly"]
+    assert published["per_class"] == {"car": 0.953, "plane": 0.797}
+    assert published["mean"] == pytest.approx((0.953 + 0.797) / 2)
+    car = [r["auroc"] for r in rows if r["class"] == "automobile" and r["protocol"] == "val-split"]
+    assert summary["table"]["skipganomaly"]["val-split"]["per_class"]["car"]["mean"] == pytest.approx(car[0])
+    text = markdown(summary, rows, [])
+    assert "| *Skip-GANomaly (Proposed), published (Table I, OPTIMISTIC)* | 0.953 | 0.797 | 0.875 |" in text
+    assert "| *AnoGAN [9], published (Table I, OPTIMISTIC)* | 0.492 | 0.516 | 0.504 |" in text
+    assert "as published (CIFAR-10, a different data set" not in text
+
+
+def test_a_data_set_with_its_own_split_runs_once_per_seed(tmp_path):
+    category = write_mvtec(tmp_path / "widget")
+    options = _tiny_options(
+        tmp_path / "out",
+        dataset="mvtec",
+        classes=None,
+        seeds=[0, 1],
+        user=_tiny_options(tmp_path).user | {"data.root": str(category), "train.epochs": 1},
+    )
+    plan = make_plan(options)
+    assert [(s.class_name, s.seed, s.run_dir.name) for s in plan.runs] == [
+        (None, 0, "val-split-seed0"),
+        (None, 1, "val-split-seed1"),
+    ]
+    run_plan(plan, progress=False, log=lambda s: None)
+    summary = summarize(plan, collect_rows(plan))
+    assert summary["classes"] == ["mvtec"] and summary["setting"] == "own split"
+    assert summary["table"]["skipganomaly"]["paper"]["per_class"]["mvtec"]["n"] == 2
+    with pytest.raises(UserError, match="drop --classes"):
+        make_plan(_tiny_options(tmp_path / "x", dataset="mvtec", classes=["crack"], user=options.user))
 
 
 def test_training_protocols():

@@ -48,6 +48,8 @@ IGNORED_WHEN_REUSING = {
     "data.cache_dir",
     "data.eval_batch_size",
     "data.skip_bad_images",
+    "data.max_memory_mb",
+    "data.download",
     "train.device",
     "train.log_every",
 }
@@ -256,11 +258,11 @@ class OverallProgress:
         self.bar = tqdm(
             total=total,
             initial=done,
-            desc="reproduce",
             unit="run",
             position=0,
             dynamic_ncols=True,
-            bar_format="{desc}: {n_fmt}/{total_fmt} runs |{bar}| {postfix}",
+            # The description carries the time left, estimated here (see the class docstring).
+            bar_format="reproduce: {n_fmt}/{total_fmt} runs |{bar}| {desc}",
             disable=None if enabled is None else not enabled,
         )
         self._refresh()
@@ -271,7 +273,7 @@ class OverallProgress:
             eta = _clock(elapsed / self.epochs_done * self.epochs_left)
         else:
             eta = "?" if self.epochs_left else "0:00"
-        self.bar.set_postfix_str(f"elapsed {_clock(elapsed)}, ETA {eta}")
+        self.bar.set_description_str(f"elapsed {_clock(elapsed)}, ETA {eta}")
 
     def epoch_done(self) -> None:
         self.epochs_done += 1
