@@ -69,7 +69,7 @@ def bar_chart(
 ) -> bytes:
     """Grouped bars: one group per class (and the mean), one bar per series with its seed
     standard deviation as an error bar; reference values (published) as black markers."""
-    fig = _figure(max(6.0, 0.45 * len(labels) * max(1, len(series)) + 2.0), 4.0)
+    fig = _figure(max(7.0, 0.45 * len(labels) * max(1, len(series)) + 2.0), 4.2)
     ax = fig.subplots()
     x = np.arange(len(labels))
     width = 0.8 / max(1, len(series))
@@ -86,7 +86,8 @@ def bar_chart(
     ax.set_ylabel("AUROC")
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.set_title(title, fontsize=10)
-    fig.legend(fontsize=7, ncols=min(3, len(series) + len(reference or [])), loc="outside lower center")
+    # Two legend columns of about 3 inches each fit the figure's minimum width.
+    fig.legend(fontsize=7, ncols=min(2, len(series) + len(reference or [])), loc="outside lower center")
     return to_png(fig)
 
 
