@@ -22,7 +22,7 @@ from skipganomaly.report import ReproduceOptions, make_plan, resolve_profile, ru
 from skipganomaly.report.published import TABLE_I, is_table_i_classes, paper_class_name, table_i_order
 from skipganomaly.report.render import markdown
 from skipganomaly.report.results import collect_rows, summarize
-from skipganomaly.report.runner import run_state, training_protocols
+from skipganomaly.report.runner import run_state, training_protocols, values_for_model
 from skipganomaly.trainer import Trainer
 
 TINY = ["--image-size", "16", "--set", "model.ngf=4", "--set", "model.ndf=4", "--set", "model.nz=8"]
@@ -291,6 +291,13 @@ def test_a_data_set_with_its_own_split_runs_once_per_seed(tmp_path):
     assert summary["table"]["skipganomaly"]["paper"]["per_class"]["mvtec"]["n"] == 2
     with pytest.raises(UserError, match="drop --classes"):
         make_plan(_tiny_options(tmp_path / "x", dataset="mvtec", classes=["crack"], user=options.user))
+
+
+def test_model_specific_settings_go_to_their_models_only():
+    base = {"model.latent_search_steps": 5, "train.w_con": 40.0, "model.ngf": 8}
+    assert values_for_model(base, "anogan") == {"model.latent_search_steps": 5, "model.ngf": 8}
+    assert values_for_model(base, "skipganomaly") == {"train.w_con": 40.0, "model.ngf": 8}
+    assert values_for_model(base, "egbad") == {"model.ngf": 8}
 
 
 def test_training_protocols():

@@ -53,7 +53,8 @@ LIGHT: dict[str, Profile] = {
         },
         "LIGHT profile (reduced to run in minutes on 2 CPU cores): 16x16 px inputs (the digits are 8x8 "
         "images, so nothing is lost), ngf = ndf = 16 instead of 64, batch 32, 8 epochs instead of 15, and "
-        "the paper preset (lr 2e-3, w_con 40), which converges in fewer epochs; --profile faithful runs "
+        "the paper preset (for Skip-GANomaly lr 2e-3, w_con 40), which converges in fewer epochs; "
+        "--profile faithful runs "
         "the full-size settings",
     ),
 }

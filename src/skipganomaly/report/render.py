@@ -22,6 +22,13 @@ from .examples import GROUPS, load_run_examples, read_test_scores, run_tsne
 from .results import collect_rows, column_label, column_order, results_csv, summarize
 from .runner import Plan, RunSpec, slug
 
+# What the features returned by each model's score(details=True) are (Fig. 6 shows them).
+FEATURE_NAMES = {
+    "skipganomaly": "f(x), the last convolutional features of the discriminator (Eq. 3),",
+    "ganomaly": "the latent code z = G_E(x),",
+    "egbad": "the latent code z = E(x),",
+    "anogan": "the latent code z found by the test-time search,",
+}
 DISPLAY_NAMES = {
     "skipganomaly": "Skip-GANomaly",
     "ganomaly": "GANomaly",
@@ -208,7 +215,7 @@ def build_figures(plan: Plan, summary: dict[str, Any]) -> list[Figure]:
                 Figure(
                     f"fig6_tsne{tag}",
                     f"{prefix}Fig. 6: t-SNE of discriminator features f(x)",
-                    f"t-SNE (scikit-learn) of f(x), the last convolutional features of the discriminator (Eq. 3), "
+                    f"t-SNE (scikit-learn) of {FEATURE_NAMES.get(model, 'the features the model scores with')} "
                     f"of up to 1,000 randomly subsampled images of the {where}.",
                     figures.tsne_panels(tsne),
                 )

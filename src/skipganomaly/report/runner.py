@@ -29,7 +29,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..checkpoint import checkpoint_path, load_checkpoint
-from ..config import PROTOCOLS, Config, build_config
+from ..config import MODEL_KEYS, MODEL_LOSS_WEIGHTS, PROTOCOLS, Config, build_config
 from ..data import READERS, prepare_data
 from ..data.base import Splits
 from ..data.protocols import resolve_class
@@ -142,8 +142,9 @@ def discover_classes(options: ReproduceOptions, base: dict[str, Any]) -> tuple[l
     normal/abnormal split has no classes to leave out: it is run once per seed and model."""
     if options.dataset not in READERS:
         raise UserError(f"dataset {options.dataset!r} is unknown; choose one of {', '.join(READERS)}")
+    # Only the data settings matter here; the model's are checked per run.
     config = build_config(
-        {k: v for k, v in base.items() if k not in ("data.abnormal_class", "data.normal_class")}
+        {k: v for k, v in base.items() if k.startswith("data.") and not k.endswith("_class")}
     )
     loaded = READERS[options.dataset](config.data)
     if isinstance(loaded, Splits):
@@ -157,6 +158,16 @@ def discover_classes(options: ReproduceOptions, base: dict[str, Any]) -> tuple[l
     else:
         chosen = list(loaded.class_names)
     return list(loaded.class_names), chosen
+
+
+def values_for_model(base: dict[str, Any], model: str) -> dict[str, Any]:
+    """The settings that apply to ``model``: with several models, a model-specific setting (say
+    ``model.latent_search_steps`` of AnoGAN, or ``train.w_con``, which EGBAD has no term for)
+    is meant for the models that have it, so the others leave it out."""
+    foreign = {f"model.{k}" for owner, keys in MODEL_KEYS.items() if owner != model for k in keys}
+    if model in MODEL_LOSS_WEIGHTS:
+        foreign |= {f"train.{w}" for w in ("w_adv", "w_con", "w_lat") if w not in MODEL_LOSS_WEIGHTS[model]}
+    return {k: v for k, v in base.items() if k not in foreign}
 
 
 def make_plan(options: ReproduceOptions) -> Plan:
@@ -180,7 +191,7 @@ def make_plan(options: ReproduceOptions) -> Plan:
         for class_name in classes:
             for seed in dict.fromkeys(options.seeds):
                 for protocol, paper in trainings:
-                    values = dict(base)
+                    values = values_for_model(base, model)
                     values.update(
                         {
                             "model.name": model,
