@@ -214,7 +214,8 @@ def build_figures(plan: Plan, summary: dict[str, Any]) -> list[Figure]:
             out.append(
                 Figure(
                     f"fig6_tsne{tag}",
-                    f"{prefix}Fig. 6: t-SNE of discriminator features f(x)",
+                    f"{prefix}Fig. 6: t-SNE of "
+                    + ("discriminator features f(x)" if model == "skipganomaly" else "the scoring features"),
                     f"t-SNE (scikit-learn) of {FEATURE_NAMES.get(model, 'the features the model scores with')} "
                     f"of up to 1,000 randomly subsampled images of the {where}.",
                     figures.tsne_panels(tsne),
@@ -285,8 +286,9 @@ def build_figures(plan: Plan, summary: dict[str, Any]) -> list[Figure]:
             Figure(
                 f"training_losses{tag}",
                 f"{prefix}Training losses",
-                f"Losses logged during training (seed {seed}), per class: g = generator total (Eq. 4), g_adv, "
-                "g_con (Eq. 2), g_lat (Eq. 3), d = discriminator (Eq. 1).",
+                f"Losses logged during training (seed {seed}), per class: g = generator total, d = discriminator, "
+                "and the generator's terms (for Skip-GANomaly g_adv, g_con of Eq. 2 and g_lat of Eq. 3; Eq. 4 "
+                "weights them into g).",
                 figures.loss_curves(loss_runs),
             )
         )
