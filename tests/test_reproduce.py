@@ -15,6 +15,7 @@ from conftest import labelled_source
 from fixture_data import write_cifar_python, write_mvtec
 
 from skipganomaly.checkpoint import checkpoint_path, load_checkpoint
+from skipganomaly.config import MODEL_PRESETS
 from skipganomaly.data import READERS
 from skipganomaly.errors import UserError
 from skipganomaly.models import MODELS, SkipGANomaly
@@ -224,7 +225,8 @@ def test_registered_models_and_protocols_plug_in(tmp_path, synthetic_dataset, mo
     class Variant(SkipGANomaly):
         name = "variant"
 
-    monkeypatch.setitem(MODELS, "variant", Variant)
+    monkeypatch.setitem(MODELS, "variant", Variant)  # a model registers its class and its presets
+    monkeypatch.setitem(MODEL_PRESETS, "variant", MODEL_PRESETS["skipganomaly"])
     options = _tiny_options(
         tmp_path / "out",
         models=["skipganomaly", "variant"],

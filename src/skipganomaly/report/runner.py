@@ -11,8 +11,9 @@ honest training also scores the paper protocol's evaluation each epoch
 (``eval.paper_each_epoch``), so both figures come from the same training. Only ``--protocols
 paper`` alone trains with the paper protocol itself.
 
-Data sets and models plug in through ``data.READERS`` and ``models.MODELS``: the classes are the
-reader's class names, the models any registered name.
+Data sets and models plug in through ``data.READERS`` and ``models.MODELS`` (with the model's
+presets in ``config.MODEL_PRESETS``): the classes are the reader's class names, the models any
+registered name.
 """
 
 from __future__ import annotations
