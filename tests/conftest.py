@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import skipganomaly  # noqa: F401  (first: it sets OpenMP's passive waiting before PyTorch loads)
+
+# isort: split
 import numpy as np
 import pytest
 import torch

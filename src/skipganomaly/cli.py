@@ -1,11 +1,12 @@
-"""Command line: ``skipganomaly train | test | predict | reproduce``. Each verb is a thin wrapper over the
-library; ``main(argv)`` returns the exit code. User errors print one line and exit with 2
-(``--debug`` shows the traceback)."""
+"""Command line: ``skipganomaly train | test | predict | reproduce | benchmark``. Each verb is a thin
+wrapper over the library; ``main(argv)`` returns the exit code. User errors print one line and exit
+with 2 (``--debug`` shows the traceback)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -202,6 +203,46 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     _add_common(predict)
     _add_reproduce(verbs)
+
+    bench = verbs.add_parser(
+        "benchmark",
+        help="measure training and scoring speed, plain versus optimised",
+        description=(
+            "Measure training and scoring images/s and peak memory of a plain implementation (fp32, "
+            "eager, the official code's procedure) and of this package's optimised one, in one "
+            "process with interleaved rounds, on synthetic images; print medians and ratios."
+        ),
+    )
+    bench.add_argument(
+        "--sizes", default="32,128", metavar="N,N", help="image sizes, comma-separated (default 32,128)"
+    )
+    bench.add_argument("--batch-size", type=int, default=64, metavar="N", help="training batch (default 64)")
+    bench.add_argument(
+        "--score-batch-size", type=int, default=256, metavar="N", help="optimised scoring batch (default 256)"
+    )
+    bench.add_argument(
+        "--steps", type=int, default=3, metavar="N", help="training steps per round (default 3)"
+    )
+    bench.add_argument(
+        "--score-images", type=int, default=512, metavar="N", help="images scored per round (default 512)"
+    )
+    bench.add_argument("--repeats", type=int, default=5, metavar="N", help="timed rounds (default 5)")
+    bench.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed rounds first (default 1)")
+    bench.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    bench.add_argument(
+        "--precision", default="auto", choices=["fp32", "bf16", "auto"], help="optimised mode's precision"
+    )
+    bench.add_argument(
+        "--channels-last", action="store_true", help="optimised mode in channels_last memory format"
+    )
+    bench.add_argument(
+        "--threads", type=int, default=0, metavar="N", help="intra-op threads (default: all cores)"
+    )
+    bench.add_argument("--ngf", type=int, default=64, metavar="N", help="generator width (default 64)")
+    bench.add_argument("--ndf", type=int, default=64, metavar="N", help="discriminator width (default 64)")
+    bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
+    bench.add_argument("--json", metavar="FILE.json", help="also write the figures as JSON")
+    _add_common(bench)
     return parser
 
 
@@ -371,9 +412,22 @@ def describe_splits(splits) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from . import distributed
+
+    try:
+        return _train(args)
+    finally:
+        distributed.shutdown()
+
+
+def _train(args: argparse.Namespace) -> int:
+    """Train in this process, or as one of the processes torchrun started (rank 0 prints)."""
     from .checkpoint import checkpoint_path, config_from_checkpoint, load_checkpoint
     from .data import prepare_data
+    from .distributed import context_from_env, launched_by_torchrun
     from .trainer import Trainer
+
+    say = print if int(os.environ.get("RANK", "0")) == 0 else (lambda *a, **k: None)
 
     payload = None
     if args.resume:
@@ -396,7 +450,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.device:
             config.train.device = args.device
         if payload["epoch"] >= config.train.epochs and (run_dir / "metrics.json").exists():
-            print(f"{run_dir} already finished all {config.train.epochs} epochs; nothing to resume")
+            say(f"{run_dir} already finished all {config.train.epochs} epochs; nothing to resume")
             return 0
     else:
         config = resolve_train_config(args)
@@ -406,19 +460,26 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --output"
             )
     started = time.perf_counter()
+    context = context_from_env(config.train.device) if launched_by_torchrun() else None
     splits = prepare_data(config.data)
-    print(describe_splits(splits))
-    trainer = Trainer(config, splits, run_dir, progress=False if args.quiet else None)
+    say(describe_splits(splits))
+    trainer = Trainer(config, splits, run_dir, progress=False if args.quiet else None, context=context)
     if payload is not None:
         trainer.restore(payload)
-        print(f"resuming {run_dir} after epoch {trainer.start_epoch} of {config.train.epochs}")
-    print(
+        say(f"resuming {run_dir} after epoch {trainer.start_epoch} of {config.train.epochs}")
+    where = (
+        f"{trainer.device}" if context is None else f"{context.world_size} processes ({trainer.device.type})"
+    )
+    if trainer.device.type == "cpu":
+        where += f", {trainer.threads} threads" + (" each" if context is not None else "")
+    say(
         f"training {config.model.name} ({config.train.preset} preset: lr {config.train.lr:g}, "
         f"w_adv {config.train.w_adv:g}, w_con {config.train.w_con:g}, w_lat {config.train.w_lat:g}) "
-        f"for {config.train.epochs} epochs on {trainer.device}; run folder {run_dir}"
+        f"for {config.train.epochs} epochs on {where}; run folder {run_dir}"
     )
     metrics = trainer.fit()
-    print_summary(metrics, run_dir, time.perf_counter() - started)
+    if metrics is not None:
+        print_summary(metrics, run_dir, time.perf_counter() - started)
     return 0
 
 
@@ -549,7 +610,53 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "test": cmd_test, "predict": cmd_predict, "reproduce": cmd_reproduce}
+# --------------------------------------------------------------------------- benchmark
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    try:
+        sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--sizes {args.sizes!r}: give image sizes like 32,128") from None
+    for size in sizes:
+        if size < 16 or size > 256 or size & (size - 1):
+            raise UserError(f"--sizes: {size} is not a power of two from 16 to 256")
+    for name in ("batch_size", "score_batch_size", "steps", "score_images", "repeats", "ngf", "ndf"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: use 1 or more")
+    if args.batch_size < 2:
+        raise UserError("--batch-size must be at least 2 (BatchNorm needs a batch)")
+    from .benchmark import BenchmarkSettings, run_benchmark
+    from .files import write_json
+
+    settings = BenchmarkSettings(
+        sizes=sizes,
+        batch_size=args.batch_size,
+        score_batch_size=args.score_batch_size,
+        steps=args.steps,
+        score_images=args.score_images,
+        repeats=args.repeats,
+        warmup=max(args.warmup, 0),
+        device=args.device,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        threads=max(args.threads, 0),
+        ngf=args.ngf,
+        ndf=args.ndf,
+        memory=not args.no_memory,
+    )
+    report = run_benchmark(settings)
+    if args.json:
+        write_json(Path(args.json), report)
+        print(f"wrote {args.json}")
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "test": cmd_test,
+    "predict": cmd_predict,
+    "reproduce": cmd_reproduce,
+    "benchmark": cmd_benchmark,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -132,6 +132,9 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "fp32"
     channels_last: bool = False
+    compile: str = "off"
+    threads: int = 0
+    sync_batchnorm: bool = False
     log_every: int = 10
 
 
@@ -330,6 +333,10 @@ def validate(config: Config) -> None:
         raise UserError(f"train.lr_decay_start={t.lr_decay_start}: a fraction of the epochs, 0 to 1")
     if t.precision not in ("fp32", "bf16", "auto"):
         raise UserError(f"train.precision={t.precision!r}: choose fp32, bf16 or auto")
+    if t.compile not in ("off", "default", "reduce-overhead", "max-autotune"):
+        raise UserError(f"train.compile={t.compile!r}: choose off, default, reduce-overhead or max-autotune")
+    if t.threads < 0:
+        raise UserError(f"train.threads={t.threads}: use 0 (automatic) or a positive number")
     if t.input_noise_std < 0:
         raise UserError(f"train.input_noise_std={t.input_noise_std}: use 0 or a positive std")
     if not 0.0 <= e.score_lambda <= 1.0:

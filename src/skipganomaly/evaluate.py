@@ -10,6 +10,7 @@ it saves and restores the BatchNorm buffers so that scoring leaves the model unc
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,9 +20,9 @@ from torch import nn
 from .config import Config, EvalConfig
 from .data.base import ImageSet, Splits
 from .data.images import load_mask
-from .data.loading import BadImageCounter, iterate_batches, to_model_input
+from .data.loading import BadImageCounter, Batch, iterate_batches, to_model_input
 from .metrics import best_f1_threshold, detection_summary, pixel_auroc
-from .objective import ScoreNormalization
+from .objective import ScoreNormalization, ScoreOutput
 from .runtime import autocast
 
 # Heatmaps are drawn on a fixed scale: this quantile of the per-pixel errors of normal validation
@@ -65,6 +66,56 @@ def batchnorm_train_mode(model: nn.Module):
         model.train(was_training)
 
 
+def scored_batches(
+    model: nn.Module,
+    image_set: ImageSet,
+    *,
+    image_size: int,
+    channels: int,
+    batch_size: int,
+    device: torch.device,
+    score_lambda: float = 0.9,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    details: bool = False,
+    batchnorm_train: bool = False,
+    workers: int = 0,
+    skip_bad: bool = False,
+    counter: BadImageCounter | None = None,
+) -> Iterator[tuple[Batch, ScoreOutput]]:
+    """Score ``image_set`` batch by batch, in its stored order: yields each batch with its
+    :class:`ScoreOutput` moved to the CPU as float32, so a caller can stream results (``predict``
+    writes them as they come) while memory stays bounded by one batch."""
+    mode = batchnorm_train_mode(model) if batchnorm_train else _eval_mode(model)
+    grad_mode = torch.no_grad if getattr(model, "score_needs_grad", False) else torch.inference_mode
+    with mode:
+        for batch in iterate_batches(
+            image_set,
+            batch_size,
+            image_size=image_size,
+            channels=channels,
+            workers=workers,
+            skip_bad=skip_bad,
+            counter=counter,
+            device=device,
+        ):
+            # Inference mode per batch, not around the yield: it is thread-local and would
+            # otherwise stay on in the caller's code while this generator is suspended. A model
+            # that searches at test time (AnoGAN) needs autograd: no_grad outside, and the model
+            # enables gradients for its own search; every other model keeps inference_mode's speed.
+            with grad_mode():
+                x = to_model_input(batch.images, device, channels_last)
+                with autocast(device, amp_dtype):
+                    out = model.score(x, score_lambda, details=details)
+                cpu = ScoreOutput(
+                    **{
+                        name: None if value is None else value.float().cpu()
+                        for name, value in vars(out).items()
+                    }
+                )
+            yield batch, cpu
+
+
 def score_set(
     model: nn.Module,
     image_set: ImageSet,
@@ -95,37 +146,36 @@ def score_set(
     counter = BadImageCounter()
     pixels: list[np.ndarray] = []
     pixel_rng = torch.Generator().manual_seed(0)
-    mode = batchnorm_train_mode(model) if batchnorm_train else _eval_mode(model)
-    # A model that searches at test time (AnoGAN) needs autograd: no_grad outside, and the model
-    # enables gradients for its own search; every other model keeps inference_mode's speed.
-    grad_mode = torch.no_grad() if getattr(model, "score_needs_grad", False) else torch.inference_mode()
-    with mode, grad_mode:
-        for batch in iterate_batches(
-            image_set,
-            batch_size,
-            image_size=image_size,
-            channels=channels,
-            workers=workers,
-            skip_bad=skip_bad,
-            counter=counter,
-        ):
-            x = to_model_input(batch.images, device, channels_last)
-            with autocast(device, amp_dtype):
-                out = model.score(x, score_lambda, details=details or pixel_sample > 0)
-            parts["score"].append(out.score.float().cpu().numpy())
-            parts["reconstruction"].append(out.reconstruction.float().cpu().numpy())
-            parts["latent"].append(out.latent.float().cpu().numpy())
-            parts["labels"].append(batch.labels.numpy())
-            parts["indices"].append(batch.indices.numpy())
-            if details:
-                extra["anomaly_maps"].append(out.anomaly_map.float().cpu().numpy().astype(np.float16))
-                extra["reconstructed"].append(out.reconstructed.float().cpu().numpy().astype(np.float16))
-                extra["features"].append(out.features.float().cpu().numpy())
-            if pixel_sample > 0:
-                maps = out.anomaly_map.float().flatten(1)[batch.labels.to(x.device) <= 0].cpu()
-                if len(maps):
-                    pick = torch.randint(maps.shape[1], (len(maps), pixel_sample), generator=pixel_rng)
-                    pixels.append(maps.gather(1, pick).numpy().ravel())
+    for batch, out in scored_batches(
+        model,
+        image_set,
+        image_size=image_size,
+        channels=channels,
+        batch_size=batch_size,
+        device=device,
+        score_lambda=score_lambda,
+        amp_dtype=amp_dtype,
+        channels_last=channels_last,
+        details=details or pixel_sample > 0,
+        batchnorm_train=batchnorm_train,
+        workers=workers,
+        skip_bad=skip_bad,
+        counter=counter,
+    ):
+        parts["score"].append(out.score.numpy())
+        parts["reconstruction"].append(out.reconstruction.numpy())
+        parts["latent"].append(out.latent.numpy())
+        parts["labels"].append(batch.labels.numpy())
+        parts["indices"].append(batch.indices.numpy())
+        if details:
+            extra["anomaly_maps"].append(out.anomaly_map.numpy().astype(np.float16))
+            extra["reconstructed"].append(out.reconstructed.numpy().astype(np.float16))
+            extra["features"].append(out.features.numpy())
+        if pixel_sample > 0:
+            maps = out.anomaly_map.flatten(1)[batch.labels <= 0]
+            if len(maps):
+                pick = torch.randint(maps.shape[1], (len(maps), pixel_sample), generator=pixel_rng)
+                pixels.append(maps.gather(1, pick).numpy().ravel())
 
     def join(values: list[np.ndarray], dtype=None) -> np.ndarray:
         return np.concatenate(values) if values else np.zeros(0, dtype=dtype or np.float64)
@@ -217,16 +267,58 @@ def scoring_kwargs(config: Config, channels: int, device: torch.device, amp_dtyp
     }
 
 
-def score_splits(model, splits: Splits, config: Config, device, amp_dtype, details: bool = False):
+def score_set_sharded(model: nn.Module, image_set: ImageSet, context, **kwargs) -> ScoredSet:
+    """:func:`score_set` with the images shared out over the processes of a torchrun job and the
+    results gathered on every rank, in the set's order. Exact: in eval mode an image's score does
+    not depend on the other images of its batch."""
+    from . import distributed
+
+    if context is None or not context.enabled:
+        return score_set(model, image_set, **kwargs)
+    mine = distributed.shard_indices(len(image_set), context)
+    part = score_set(model, image_set.subset(mine), **kwargs)
+    part.indices = mine[part.indices]
+    parts = distributed.gather_objects(part, context)
+    order = np.argsort(np.concatenate([p.indices for p in parts]), kind="stable")
+
+    def joined(name):
+        values = [getattr(p, name) for p in parts]
+        if any(v is None for v in values):
+            return None
+        return np.concatenate(values)[order]
+
+    pixels = [p.pixel_errors for p in parts if p.pixel_errors is not None]
+    return ScoredSet(
+        score=joined("score"),
+        reconstruction=joined("reconstruction"),
+        latent=joined("latent"),
+        labels=joined("labels"),
+        indices=joined("indices"),
+        anomaly_maps=joined("anomaly_maps"),
+        reconstructed=joined("reconstructed"),
+        features=joined("features"),
+        pixel_errors=np.concatenate(pixels) if pixels else None,
+        skipped=sum(p.skipped for p in parts),
+    )
+
+
+def score_splits(
+    model, splits: Splits, config: Config, device, amp_dtype, details: bool = False, context=None
+):
     """Score validation and test as the protocol says: eval mode, or (``paper``) the official
-    code's train-mode BatchNorm over the class-ordered set with the training batch size."""
+    code's train-mode BatchNorm over the class-ordered set with the training batch size.
+
+    ``context`` (a :class:`~skipganomaly.distributed.DistributedContext`) shares the eval-mode
+    scoring out over the processes of a torchrun job; the ``paper`` protocol's train-mode scoring
+    depends on batch composition, so there every process scores the whole set itself."""
     kwargs = scoring_kwargs(config, splits.channels, device, amp_dtype)
     if splits.protocol == "paper":
         kwargs.update(batchnorm_train=True, batch_size=config.data.batch_size)
-    test = score_set(model, splits.test, details=details, **kwargs)
+        context = None
+    test = score_set_sharded(model, splits.test, context, details=details, **kwargs)
     if splits.val is splits.test:
         return test, test
-    return score_set(model, splits.val, pixel_sample=PIXEL_SAMPLE, **kwargs), test
+    return score_set_sharded(model, splits.val, context, pixel_sample=PIXEL_SAMPLE, **kwargs), test
 
 
 def has_masks(image_set: ImageSet) -> bool:

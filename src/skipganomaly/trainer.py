@@ -5,7 +5,9 @@ A model plugs in through four methods: ``parameter_groups()`` (``generator`` and
 ``discriminator`` parameter lists, one Adam optimiser each), ``training_losses(x, weights,
 input_noise_std)`` (whose ``parts`` hold at least ``g`` and ``d``, generator terms named ``g_*``),
 ``reset_discriminator()`` and ``score(x, score_lambda, details)``; and ``score_needs_grad``
-(scoring under autograd, see :func:`skipganomaly.evaluate.score_set`).
+(scoring under autograd, see :func:`skipganomaly.evaluate.score_set`). For multi-process training
+(torchrun) it also names its networks, ``networks()``, and takes wrapped stand-ins for them in
+``training_losses(..., generator=, discriminator=)``; see distributed.py.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import csv
 import io
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,10 +26,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import Config, dump_yaml
 from .data.base import Splits
 from .data.loading import BadImageCounter, epoch_order, iterate_batches, to_model_input
+from .distributed import DistributedContext
 from .errors import UserError
 from .evaluate import (
     ScoredSet,
@@ -42,7 +47,16 @@ from .metrics import auroc
 from .models import build_model, model_args
 from .objective import LossWeights, ScoreNormalization
 from .paper_protocol import score_paper_protocol, summarize_paper_protocol
-from .runtime import autocast, resolve_device, resolve_precision, seed_everything
+from .runtime import (
+    adam,
+    autocast,
+    compile_networks,
+    configure_device,
+    configure_threads,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+)
 from .tensorboard_log import open_event_mirror
 
 PROTOCOL_NOTES = {
@@ -57,13 +71,16 @@ PROTOCOL_NOTES = {
 
 class RunLog:
     """JSON lines in ``RUN_DIR/log.jsonl``: per-step losses and per-epoch metrics; ``mirror``
-    (TensorBoard, when installed) receives every record too."""
+    (TensorBoard, when installed) receives every record too. With no path (processes other than
+    rank 0) it writes nothing."""
 
-    def __init__(self, path: Path, mirror: Callable[[dict[str, Any]], None] | None = None):
+    def __init__(self, path: Path | None, mirror: Callable[[dict[str, Any]], None] | None = None):
         self.path = path
         self.mirror = mirror
 
     def write(self, record: dict[str, Any]) -> None:
+        if self.path is None:
+            return
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, allow_nan=True) + "\n")
         if self.mirror is not None:
@@ -86,6 +103,24 @@ def lr_factor(epoch: int, epochs: int, decay: str, decay_start: float) -> float:
     return 1.0 - (epoch - start + 1) / (decaying + 1)
 
 
+def rank_seed(seed: int, rank: int, epoch: int = 0) -> int:
+    """The seed of process ``rank``'s random stream (input noise, D re-initialisation)."""
+    return (seed * 1_000_003 + rank * 7_919 + epoch) % 2**63
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def _set_rng_state(rng: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
 class Trainer:
     def __init__(
         self,
@@ -95,27 +130,57 @@ class Trainer:
         *,
         log: Callable[[str], None] = print,
         progress: bool | None = None,
+        context: DistributedContext | None = None,
     ):
         self.config = config
         self.splits = splits
         self.run_dir = Path(run_dir)
-        self.log = log
-        self.progress = progress
-        self.device = resolve_device(config.train.device)
-        self.amp_dtype = resolve_precision(config.train.precision, self.device)
-        self.channels = splits.channels
-
-        seed_everything(config.train.seed)
-        self.model = build_model(
-            config.model.name, **model_args(config.model, config.data.image_size, self.channels)
-        ).to(self.device)
-        if config.train.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.context = context or DistributedContext()
+        self.is_main = self.context.is_main
+        self.log = log if self.is_main else (lambda message: None)
+        self.progress = progress if self.is_main else False
         t = config.train
+        self.device = self.context.device if self.context.enabled else resolve_device(t.device)
+        self.amp_dtype = resolve_precision(t.precision, self.device)
+        self.channels = splits.channels
+        configure_device(self.device)
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if self.context.enabled else 1
+        self.threads = configure_threads(t.threads, local_processes)
+
+        seed_everything(t.seed)
+        m = config.model
+        self.model = build_model(m.name, **model_args(m, config.data.image_size, self.channels))
+        if t.sync_batchnorm and self.context.enabled:
+            if self.device.type != "cuda":
+                raise UserError(
+                    "train.sync_batchnorm needs GPUs (PyTorch's SyncBatchNorm has no CPU kernel); "
+                    "drop it for CPU processes"
+                )
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model = self.model.to(self.device)
+        if t.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizers = {
-            name: torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2))
+            name: adam(params, t.lr, (t.beta1, t.beta2), self.device)
             for name, params in self.model.parameter_groups().items()
         }
+        self.wrapped: dict[str, torch.nn.Module] = {}
+        if self.context.enabled:
+            if config.data.skip_bad_images:
+                raise UserError(
+                    "--skip-bad-images would give the processes unequal batches under torchrun; remove the "
+                    "unreadable images or train in one process"
+                )
+            if not hasattr(self.model, "networks"):
+                raise UserError(f"model {m.name!r} does not support multi-process training; run one process")
+            # Same initial weights everywhere (wrapping broadcasts rank 0's), own noise per rank.
+            self.wrapped = {
+                name: distributed.wrap(network, self.context)
+                for name, network in self.model.networks().items()
+            }
+            torch.manual_seed(rank_seed(t.seed, self.context.rank))
+        if t.compile != "off":  # each network (generator, discriminator, encoder...) in place
+            compile_networks(self.model.children(), t.compile)
         self.weights = LossWeights(adversarial=t.w_adv, contextual=t.w_con, latent=t.w_lat)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
@@ -126,9 +191,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def _payload(self, epoch: int, normalization: ScoreNormalization) -> dict[str, Any]:
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        """The checkpoint; in multi-process runs every rank must call it (RNG states are gathered)."""
+        rng = _rng_state(self.device)
+        if self.context.enabled:
+            rng = dict(
+                rng, ranks=distributed.gather_objects(rng, self.context), world_size=self.context.world_size
+            )
         return {
             "model": {"name": self.config.model.name, "args": dict(self.model.args)},
             "config": self.config.to_dict(),
@@ -149,9 +217,18 @@ class Trainer:
         self.model.load_state_dict(payload["state_dict"])
         for name, opt in self.optimizers.items():
             opt.load_state_dict(payload["optimizers"][name])
-        torch.set_rng_state(payload["rng"]["torch"])
-        if "cuda" in payload["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+        rng = payload["rng"]
+        if self.context.enabled:
+            if rng.get("world_size") == self.context.world_size:
+                _set_rng_state(rng["ranks"][self.context.rank], self.device)
+            else:  # another number of processes: fresh, still seeded, per-rank streams
+                torch.manual_seed(rank_seed(self.config.train.seed, self.context.rank, int(payload["epoch"])))
+                self.log(
+                    f"resuming with {self.context.world_size} processes after a run with "
+                    f"{rng.get('world_size', 1)}: batches are the same, random streams are re-seeded"
+                )
+        else:
+            _set_rng_state(rng, self.device)
         self.history = list(payload["history"])
         self.best = payload["best"]
         self.start_epoch = int(payload["epoch"])
@@ -166,15 +243,44 @@ class Trainer:
                 group["lr"] = lr
         return lr
 
+    def train_step(self, x: torch.Tensor) -> dict[str, float]:
+        """One optimisation step of both networks on batch ``x``; returns the loss terms (averaged
+        over the processes in multi-process runs)."""
+        cfg = self.config
+        with autocast(self.device, self.amp_dtype):
+            losses = self.model.training_losses(x, self.weights, cfg.train.input_noise_std, **self.wrapped)
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        # Both gradients come from the same forward pass, before either network steps,
+        # each loss reaching only its own network's parameters.
+        losses.generator.backward(inputs=self._params["generator"], retain_graph=True)
+        losses.discriminator.backward(inputs=self._params["discriminator"])
+        for opt in self.optimizers.values():
+            opt.step()
+        names = list(losses.parts)
+        parts = torch.stack([losses.parts[k].detach().float() for k in names])
+        if self.context.enabled:
+            torch.distributed.all_reduce(parts)
+            parts /= self.context.world_size
+        return dict(zip(names, parts.tolist(), strict=True))  # one device sync per step
+
+    @property
+    def _params(self) -> dict[str, list[torch.nn.Parameter]]:
+        return {
+            name: [p for g in opt.param_groups for p in g["params"]] for name, opt in self.optimizers.items()
+        }
+
     def train_epoch(self, epoch: int, runlog: RunLog) -> dict[str, float]:
         cfg = self.config
         self.model.train()
         train = self.splits.train
+        world, rank = self.context.world_size, self.context.rank
         bs = min(cfg.data.batch_size, len(train))
         steps = len(train) // bs
-        params = {
-            name: [p for g in opt.param_groups for p in g["params"]] for name, opt in self.optimizers.items()
-        }
+        order = epoch_order(len(train), cfg.train.seed, epoch)
+        if self.context.enabled:
+            order = distributed.shard_order(order, bs, rank, world)
+            bs //= world
         sums: dict[str, float] = {}
         count, reinits = 0, 0
         counter = BadImageCounter()
@@ -190,29 +296,22 @@ class Trainer:
             bs,
             image_size=cfg.data.image_size,
             channels=self.channels,
-            order=epoch_order(len(train), cfg.train.seed, epoch),
+            order=order,
             drop_last=True,
             workers=cfg.data.workers,
             skip_bad=cfg.data.skip_bad_images,
             counter=counter,
+            device=self.device,
         )
         for step, batch in enumerate(batches):
-            if len(batch.images) < 2:
+            if len(batch.images) < 2 and not self.context.enabled:
                 continue  # BatchNorm cannot train on one image (a bad file left a batch of one)
             x = to_model_input(batch.images, self.device, cfg.train.channels_last)
-            with autocast(self.device, self.amp_dtype):
-                losses = self.model.training_losses(x, self.weights, cfg.train.input_noise_std)
-            for opt in self.optimizers.values():
-                opt.zero_grad(set_to_none=True)
-            # Both gradients come from the same forward pass, before either network steps,
-            # each loss reaching only its own network's parameters.
-            losses.generator.backward(inputs=params["generator"], retain_graph=True)
-            losses.discriminator.backward(inputs=params["discriminator"])
-            for opt in self.optimizers.values():
-                opt.step()
-            values = {k: float(v) for k, v in losses.parts.items()}
-            if values["d"] < cfg.train.d_reinit_threshold:
+            values = self.train_step(x)
+            if values["d"] < cfg.train.d_reinit_threshold:  # the same decision on every rank
                 self.model.reset_discriminator()
+                if self.wrapped:  # re-initialised from each rank's own stream: take rank 0's
+                    distributed.broadcast_module(self.model.networks()["discriminator"])
                 self.optimizers["discriminator"].state.clear()
                 reinits += 1
                 runlog.write({"event": "d_reinit", "epoch": epoch + 1, "step": step + 1, "d": values["d"]})
@@ -239,24 +338,31 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         cfg = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "checkpoints").mkdir(exist_ok=True)
-        write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
-        steps_per_epoch = len(self.splits.train) // max(min(cfg.data.batch_size, len(self.splits.train)), 1)
-        runlog = RunLog(self.run_dir / "log.jsonl", open_event_mirror(self.run_dir, steps_per_epoch))
+        runlog = RunLog(None)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+            write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+            steps_per_epoch = len(self.splits.train) // max(
+                min(cfg.data.batch_size, len(self.splits.train)), 1
+            )
+            runlog = RunLog(self.run_dir / "log.jsonl", open_event_mirror(self.run_dir, steps_per_epoch))
         runlog.write(
             {
                 "event": "start",
                 "resumed_from_epoch": self.start_epoch,
                 "counts": self.splits.counts(),
                 "skipped_bad_images": self.splits.info.get("skipped_bad_images", 0),
+                "processes": self.context.world_size,
+                "device": str(self.device),
+                "threads": self.threads,
             }
         )
         for epoch in range(self.start_epoch, cfg.train.epochs):
             started = time.perf_counter()
             lr = self._set_lr(epoch)
             losses = self.train_epoch(epoch, runlog)
-            val, test = score_splits(self.model, self.splits, cfg, self.device, self.amp_dtype)
+            val, test = self.score()
             normalization = fit_normalization(val, cfg.eval)
             selection_name, value = selection_value(val, cfg.eval.selection_metric)
             paper = None
@@ -287,9 +393,10 @@ class Trainer:
             self.history.append(record)
             runlog.write({"event": "epoch"} | record | {"best": improved})
             payload = self._payload(epoch + 1, normalization)
-            if improved:
-                save_checkpoint(checkpoint_path(self.run_dir, "best"), payload)
-            save_checkpoint(checkpoint_path(self.run_dir, "last"), payload)
+            if self.is_main:
+                if improved:
+                    save_checkpoint(checkpoint_path(self.run_dir, "best"), payload)
+                save_checkpoint(checkpoint_path(self.run_dir, "last"), payload)
             # The generator's terms are model-specific (g_con, g_lat, g_enc, ...): show those present.
             terms = " ".join(f"{k[2:]} {v:.4f}" for k, v in losses.items() if k.startswith("g_"))
             self.log(
@@ -303,12 +410,24 @@ class Trainer:
                 callback(self, epoch + 1)
         return self.finish(runlog)
 
-    def finish(self, runlog: RunLog) -> dict[str, Any]:
-        """Write ``metrics.json`` and ``scores.csv`` for the best checkpoint."""
-        best = load_checkpoint(checkpoint_path(self.run_dir, "best"))
+    def score(self) -> tuple[ScoredSet, ScoredSet]:
+        """Validation and test scores of the current weights (sharded over the processes)."""
+        if self.context.enabled:
+            distributed.average_buffers(self.model)  # one model on every rank, and in the checkpoint
+        return score_splits(
+            self.model, self.splits, self.config, self.device, self.amp_dtype, context=self.context
+        )
+
+    def finish(self, runlog: RunLog) -> dict[str, Any] | None:
+        """Write ``metrics.json`` and ``scores.csv`` for the best checkpoint (rank 0; the other
+        processes return None)."""
+        best = load_checkpoint(checkpoint_path(self.run_dir, "best")) if self.is_main else None
         if self.best_scores is None:  # resumed after the best epoch: score the best weights again
-            self.model.load_state_dict(best["state_dict"])
-            self.best_scores = score_splits(self.model, self.splits, self.config, self.device, self.amp_dtype)
+            state = distributed.broadcast_object(best["state_dict"] if best else None, self.context)
+            self.model.load_state_dict(state)
+            self.best_scores = self.score()
+        if not self.is_main:
+            return None
         val, test = self.best_scores
         normalization = ScoreNormalization.from_dict(best["normalization"])
         metrics = build_metrics(self.config, self.splits, val, test, normalization, best, self.history)

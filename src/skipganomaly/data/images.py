@@ -115,6 +115,15 @@ def load_mask(path: str | os.PathLike, size: int) -> np.ndarray:
     return np.asarray(mask) >= 128
 
 
+def load_image_and_size(
+    path: str | os.PathLike, size: int, channels: int
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`load_image` plus the file's own (width, height), read in the same pass (heatmaps are
+    written at the original size without opening the file again)."""
+    image = open_image(path)
+    return prepare_image(image, size, channels), image.size
+
+
 def native_channels(path: str | os.PathLike) -> int:
     """1 for grayscale files, 3 for anything with colour."""
     image = open_image(path)

@@ -1,8 +1,10 @@
 """ImageSet -> batches of uint8 tensors -> model input in [-1, 1].
 
-In-memory sets are sliced straight from one uint8 tensor (no per-image Python work per epoch);
-file-backed sets are decoded by DataLoader workers as batches are drawn, so memory stays bounded.
-Shuffling is seeded per epoch (seed, epoch), so a resumed run draws the same batches.
+In-memory sets are sliced straight from one uint8 tensor (no per-image Python work per epoch); on
+a GPU that tensor is copied to the device once when it fits, so batches never cross the bus.
+File-backed sets are decoded by DataLoader workers as batches are drawn (into pinned memory for a
+GPU), so memory stays bounded. Shuffling is seeded per epoch (seed, epoch), so a resumed run draws
+the same batches.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .base import ImageSet
-from .images import BadImageError, load_image
+from .images import BadImageError, load_image_and_size
 
 
 @dataclass
@@ -23,15 +25,31 @@ class Batch:
     images: torch.Tensor  # uint8 (N, C, H, W)
     labels: torch.Tensor  # int64 (N,), -1 where unknown
     indices: torch.Tensor  # int64 (N,), positions in the ImageSet
+    sizes: torch.Tensor | None = None  # int64 (N, 2): each file's own (width, height); files only
 
 
-def images_tensor(image_set: ImageSet) -> torch.Tensor:
-    """The in-memory images as one uint8 (N, C, H, W) tensor, converted once and cached."""
+# Copy an in-memory set to the GPU when it takes at most this share of the free device memory.
+DEVICE_PRELOAD_SHARE = 0.25
+
+
+def images_tensor(image_set: ImageSet, device: torch.device | str | None = None) -> torch.Tensor:
+    """The in-memory images as one uint8 (N, C, H, W) tensor, converted once and cached; with a
+    CUDA ``device``, a copy on that device (also cached) when it fits, else the CPU tensor."""
     cached = getattr(image_set, "_tensor", None)
     if cached is None:
         cached = torch.from_numpy(np.ascontiguousarray(image_set.images)).permute(0, 3, 1, 2).contiguous()
         image_set._tensor = cached
-    return cached
+    device = torch.device(device) if device is not None else None
+    if device is None or device.type != "cuda":
+        return cached
+    on_device = getattr(image_set, "_device_tensor", None)
+    if on_device is not None and on_device.device == device:
+        return on_device
+    free, _ = torch.cuda.mem_get_info(device)
+    if cached.numel() > DEVICE_PRELOAD_SHARE * free:
+        return cached
+    image_set._device_tensor = cached.to(device)
+    return image_set._device_tensor
 
 
 class FileImageDataset(Dataset):
@@ -48,12 +66,12 @@ class FileImageDataset(Dataset):
 
     def __getitem__(self, index: int):
         try:
-            array = load_image(self.paths[index], self.image_size, self.channels)
+            array, size = load_image_and_size(self.paths[index], self.image_size, self.channels)
         except BadImageError:
             if self.skip_bad:
                 return None
             raise
-        return torch.from_numpy(array).permute(2, 0, 1), index
+        return torch.from_numpy(array).permute(2, 0, 1), index, size
 
 
 def _collate_skipping_bad(items):
@@ -61,9 +79,10 @@ def _collate_skipping_bad(items):
     skipped = len(items) - len(good)
     if not good:
         return None, skipped
-    images = torch.stack([image for image, _ in good])
-    indices = torch.tensor([index for _, index in good], dtype=torch.int64)
-    return (images, indices), skipped
+    images = torch.stack([image for image, _, _ in good])
+    indices = torch.tensor([index for _, index, _ in good], dtype=torch.int64)
+    sizes = torch.tensor([size for _, _, size in good], dtype=torch.int64)
+    return (images, indices, sizes), skipped
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -90,8 +109,13 @@ def iterate_batches(
     workers: int = 0,
     skip_bad: bool = False,
     counter: BadImageCounter | None = None,
+    device: torch.device | str | None = None,
 ) -> Iterator[Batch]:
-    """Yield batches of ``image_set`` in ``order`` (default: stored order)."""
+    """Yield batches of ``image_set`` in ``order`` (default: stored order).
+
+    ``device`` is where the batches go next: for a GPU, in-memory images are sliced on the device
+    when the set fits there, and file-backed batches arrive in pinned memory (fast, asynchronous
+    copies). ``Batch.labels`` and ``Batch.indices`` stay on the CPU."""
     n = len(image_set)
     order = torch.arange(n) if order is None else order
     labels_all = (
@@ -100,11 +124,16 @@ def iterate_batches(
         else torch.full((n,), -1, dtype=torch.int64)
     )
     stop = (len(order) // batch_size) * batch_size if drop_last and len(order) >= batch_size else len(order)
+    cuda = device is not None and torch.device(device).type == "cuda"
     if image_set.in_memory:
-        images = images_tensor(image_set)
+        images = images_tensor(image_set, device)
+        order_on_images = order.to(images.device)
         for start in range(0, stop, batch_size):
             index = order[start : start + batch_size]
-            yield Batch(images=images[index], labels=labels_all[index], indices=index)
+            batch = images[order_on_images[start : start + batch_size]]
+            if cuda and not batch.is_cuda:
+                batch = batch.pin_memory()
+            yield Batch(images=batch, labels=labels_all[index], indices=index)
         return
     dataset = FileImageDataset(image_set.paths, image_size, channels, skip_bad)
     loader = DataLoader(
@@ -114,14 +143,15 @@ def iterate_batches(
         num_workers=workers,
         collate_fn=_collate_skipping_bad,
         persistent_workers=False,
+        pin_memory=cuda,
     )
     for item, skipped in loader:
         if counter is not None:
             counter.skipped += skipped
         if item is None:
             continue
-        images, index = item
-        yield Batch(images=images, labels=labels_all[index], indices=index)
+        images, index, sizes = item
+        yield Batch(images=images, labels=labels_all[index], indices=index, sizes=sizes)
 
 
 def to_model_input(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -41,6 +42,77 @@ def init_weights(net: nn.Module) -> nn.Module:
     return net
 
 
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` that computes a convolution with a single output pixel as one matrix product.
+
+    At the narrow end of the networks (2x2 -> 1x1 in the UNet, 4x4 -> 1x1 for the features f(.))
+    a convolution is a dense layer over the taps that touch the input: ``x.flatten(1) @
+    W[:, :, p:p+H, p:p+W].flatten(1).T``. That is the same function with the same parameters (the
+    taps that only ever see padding get a zero gradient either way), but oneDNN's kernels for
+    such 1x1 outputs are many times slower on CPUs than a plain GEMM, their backward above all.
+    Set ``dense_fast_path = False`` to run the library convolution throughout.
+    """
+
+    dense_fast_path = True
+
+    def _dense_window(self, x: torch.Tensor) -> tuple[int, int] | None:
+        if not self.dense_fast_path or x.dim() != 4 or self.groups != 1 or self.padding_mode != "zeros":
+            return None
+        if isinstance(self.padding, str) or self.dilation != (1, 1):
+            return None
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        h, w = x.shape[-2:]
+        one_pixel = (h + 2 * ph - kh) // sh == 0 and (w + 2 * pw - kw) // sw == 0
+        if not one_pixel or h + ph > kh or w + pw > kw:
+            return None
+        return ph, pw
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        window = self._dense_window(x)
+        if window is None:
+            return super().forward(x)
+        (ph, pw), (h, w) = window, x.shape[-2:]
+        weight = self.weight[:, :, ph : ph + h, pw : pw + w].reshape(self.out_channels, -1)
+        return F.linear(x.reshape(x.shape[0], -1), weight, self.bias).view(x.shape[0], -1, 1, 1)
+
+
+class ConvTranspose2d(nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` that computes a transposed convolution of a 1x1 input as one matrix
+    product: output[:, o, a, b] = sum_c x[:, c] W[c, o, a + p, b + p]. Same function and parameters
+    as the library kernel (see :class:`Conv2d` for why); ``dense_fast_path = False`` turns it off."""
+
+    dense_fast_path = True
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        if (
+            not self.dense_fast_path
+            or output_size is not None
+            or x.dim() != 4
+            or x.shape[-2:] != (1, 1)
+            or self.groups != 1
+            or self.dilation != (1, 1)
+            or self.output_padding != (0, 0)
+            or kh - 2 * ph < 1
+            or kw - 2 * pw < 1
+        ):
+            return super().forward(x, output_size)
+        oh, ow = kh - 2 * ph, kw - 2 * pw
+        weight = self.weight[:, :, ph : ph + oh, pw : pw + ow].reshape(self.in_channels, -1)
+        out = (x.reshape(x.shape[0], -1) @ weight).view(x.shape[0], self.out_channels, oh, ow)
+        if self.bias is not None:
+            out = out + self.bias.view(1, -1, 1, 1)
+        return out
+
+
+def set_dense_fast_path(net: nn.Module, enabled: bool) -> nn.Module:
+    """Turn the matrix-product path of :class:`Conv2d` / :class:`ConvTranspose2d` on or off."""
+    for module in net.modules():
+        if isinstance(module, (Conv2d, ConvTranspose2d)):
+            module.dense_fast_path = enabled
+    return net
+
+
 def dcgan_trunk_layers(image_size: int, channels: int, width: int) -> tuple[list[nn.Module], int]:
     """The convolutional trunk of a DCGAN encoder: Conv(4, s2) blocks from ``image_size`` down to
     4x4, widths doubling from ``width``, BatchNorm on all but the first, LeakyReLU(0.2).
@@ -49,13 +121,13 @@ def dcgan_trunk_layers(image_size: int, channels: int, width: int) -> tuple[list
     """
     check_image_size(image_size)
     layers: list[nn.Module] = [
-        nn.Conv2d(channels, width, 4, 2, 1, bias=False),
+        Conv2d(channels, width, 4, 2, 1, bias=False),
         nn.LeakyReLU(0.2, inplace=True),
     ]
     size, current = image_size // 2, width
     while size > 4:
         layers += [
-            nn.Conv2d(current, current * 2, 4, 2, 1, bias=False),
+            Conv2d(current, current * 2, 4, 2, 1, bias=False),
             nn.BatchNorm2d(current * 2),
             nn.LeakyReLU(0.2, inplace=True),
         ]
@@ -74,7 +146,7 @@ class DCGANEncoder(nn.Module):
     def __init__(self, image_size: int, channels: int, width: int, out_features: int):
         super().__init__()
         layers, current = dcgan_trunk_layers(image_size, channels, width)
-        layers.append(nn.Conv2d(current, out_features, 4, 1, 0, bias=False))
+        layers.append(Conv2d(current, out_features, 4, 1, 0, bias=False))
         self.layers = nn.Sequential(*layers)
         self.final_width = current
 
@@ -94,20 +166,20 @@ class DCGANDecoder(nn.Module):
             current *= 2
             size *= 2
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(in_features, current, 4, 1, 0, bias=False),
+            ConvTranspose2d(in_features, current, 4, 1, 0, bias=False),
             nn.BatchNorm2d(current),
             nn.ReLU(inplace=True),
         ]
         size = 4
         while size < image_size // 2:
             layers += [
-                nn.ConvTranspose2d(current, current // 2, 4, 2, 1, bias=False),
+                ConvTranspose2d(current, current // 2, 4, 2, 1, bias=False),
                 nn.BatchNorm2d(current // 2),
                 nn.ReLU(inplace=True),
             ]
             current //= 2
             size *= 2
-        layers += [nn.ConvTranspose2d(current, channels, 4, 2, 1, bias=False), nn.Tanh()]
+        layers += [ConvTranspose2d(current, channels, 4, 2, 1, bias=False), nn.Tanh()]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -126,7 +198,7 @@ class DCGANDiscriminator(nn.Module):
         super().__init__()
         layers, width = dcgan_trunk_layers(image_size, channels, ndf)
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Conv2d(width, 1, 4, 1, 0, bias=False)
+        self.classifier = Conv2d(width, 1, 4, 1, 0, bias=False)
         self.feature_size = width * 16
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

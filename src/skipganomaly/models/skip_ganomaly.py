@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -27,7 +29,7 @@ from ..objective import (
     reconstruction_score,
 )
 from .base import AdversarialAnomalyModel
-from .blocks import DCGANEncoder, check_image_size, init_weights
+from .blocks import Conv2d, ConvTranspose2d, DCGANEncoder, check_image_size, init_weights
 
 
 class UNetGenerator(nn.Module):
@@ -49,11 +51,11 @@ class UNetGenerator(nn.Module):
         depth = check_image_size(image_size)
         widths = [ngf * min(2**i, 8) for i in range(depth)]
 
-        down: list[nn.Module] = [nn.Conv2d(channels, widths[0], 4, 2, 1, bias=False)]
+        down: list[nn.Module] = [Conv2d(channels, widths[0], 4, 2, 1, bias=False)]
         for i in range(1, depth):
             layers: list[nn.Module] = [
                 nn.LeakyReLU(0.2, inplace=False),
-                nn.Conv2d(widths[i - 1], widths[i], 4, 2, 1, bias=False),
+                Conv2d(widths[i - 1], widths[i], 4, 2, 1, bias=False),
             ]
             if i < depth - 1:
                 layers.append(nn.BatchNorm2d(widths[i]))
@@ -66,14 +68,14 @@ class UNetGenerator(nn.Module):
             up.append(
                 nn.Sequential(
                     nn.ReLU(inplace=False),
-                    nn.ConvTranspose2d(in_width, widths[i - 1], 4, 2, 1, bias=False),
+                    ConvTranspose2d(in_width, widths[i - 1], 4, 2, 1, bias=False),
                     nn.BatchNorm2d(widths[i - 1]),
                 )
             )
         up.append(
             nn.Sequential(
                 nn.ReLU(inplace=False),
-                nn.ConvTranspose2d(2 * widths[0], channels, 4, 2, 1, bias=True),
+                ConvTranspose2d(2 * widths[0], channels, 4, 2, 1, bias=True),
                 nn.Tanh(),
             )
         )
@@ -105,7 +107,7 @@ class Discriminator(nn.Module):
     def __init__(self, image_size: int = 32, channels: int = 3, ndf: int = 64, nz: int = 100):
         super().__init__()
         self.features = DCGANEncoder(image_size, channels, ndf, nz)
-        self.classifier = nn.Conv2d(nz, 1, 1, bias=False)
+        self.classifier = Conv2d(nz, 1, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(logit, features)`` of shapes (N,) and (N, nz)."""
@@ -130,8 +132,18 @@ class SkipGANomaly(AdversarialAnomalyModel):
         """Reconstruct ``x``: x_hat = G(x)."""
         return self.generator(x)
 
+    def networks(self) -> dict[str, nn.Module]:
+        """The networks by the names of :meth:`parameter_groups` (what data parallelism wraps)."""
+        return {"generator": self.generator, "discriminator": self.discriminator}
+
     def training_losses(
-        self, x: torch.Tensor, weights: LossWeights, input_noise_std: float = 0.0
+        self,
+        x: torch.Tensor,
+        weights: LossWeights,
+        input_noise_std: float = 0.0,
+        *,
+        generator: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        discriminator: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> TrainingLosses:
         """Losses of one training step on a batch of normal images ``x``.
 
@@ -144,13 +156,18 @@ class SkipGANomaly(AdversarialAnomalyModel):
         ``discriminator`` into D's only (``backward(inputs=...)``), before either optimiser
         steps, which gives the same gradients as the official update order while running D twice
         instead of three times.
+
+        ``generator`` and ``discriminator`` stand in for the two networks when they run wrapped
+        (``DistributedDataParallel``, which must see each forward call to synchronise gradients).
         """
+        generator = generator or self.generator
+        discriminator = discriminator or self.discriminator
         generator_input = x
         if input_noise_std > 0:
             generator_input = x + input_noise_std * torch.randn_like(x)
-        x_hat = self.generator(generator_input)
-        logit_real, features_real = self.discriminator(x)
-        logit_fake, features_fake = self.discriminator(x_hat)
+        x_hat = generator(generator_input)
+        logit_real, features_real = discriminator(x)
+        logit_fake, features_fake = discriminator(x_hat)
 
         adversarial = generator_adversarial_loss(logit_fake)
         contextual = contextual_loss(x, x_hat)

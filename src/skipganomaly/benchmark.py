@@ -1,0 +1,405 @@
+"""``skipganomaly benchmark``: training and scoring throughput, plain versus optimised, side by side.
+
+Both modes run the same networks (same sizes, same initial weights) on the same synthetic images
+in one process, their timed rounds interleaved (plain, optimised, plain, ...), so a busy machine
+slows both alike and the ratio holds. Each figure is the median over ``repeats`` rounds after
+``warmup`` rounds.
+
+* **plain**: the straightforward implementation, as the official code does it: fp32, eager,
+  contiguous tensors, the library convolutions throughout, PyTorch's default Adam; images decoded
+  per item into float tensors by a ``DataLoader``; a training step with three discriminator passes
+  (D(x), D(x_hat) for the generator, then D(x_hat.detach()) again for the discriminator, each
+  network's loss back-propagated into both networks); scoring under ``no_grad`` in batches of 64
+  with two discriminator passes.
+* **optimised**: what ``skipganomaly train`` and ``predict`` run: ``Trainer.train_epoch`` and
+  ``evaluate.score_set`` with the chosen precision, memory format and threads; images preloaded as
+  one uint8 tensor; one D pass per input; fused Adam; dense 1x1 layers as matrix products;
+  ``inference_mode`` and one D pass over [x; x_hat] for scoring.
+
+Peak memory is measured for each mode in a fresh child process (peak RSS on a CPU, peak allocated
+memory on a GPU), so one mode's allocations do not hide in the other's.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from .config import build_config
+from .data.base import ImageSet, Splits
+from .evaluate import score_set, scoring_kwargs
+from .models.blocks import set_dense_fast_path
+from .objective import LossWeights, discriminator_loss, generator_adversarial_loss
+from .runtime import cpu_has_native_bf16, resolve_device, resolve_precision
+from .trainer import RunLog, Trainer
+
+
+@dataclass
+class BenchmarkSettings:
+    sizes: list[int] = field(default_factory=lambda: [32, 128])
+    batch_size: int = 64
+    score_batch_size: int = 256
+    steps: int = 3  # training steps per timed round
+    score_images: int = 512  # images scored per timed round
+    repeats: int = 5
+    warmup: int = 1
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = False
+    threads: int = 0
+    channels: int = 3
+    ngf: int = 64
+    ndf: int = 64
+    nz: int = 100
+    memory: bool = True
+    modes: tuple[str, ...] = ("plain", "optimised")
+
+
+# --------------------------------------------------------------------------- data
+def synthetic_images(n: int, size: int, channels: int, seed: int = 0) -> np.ndarray:
+    """Smooth random uint8 images (N, H, W, C): upsampled 4x4 noise, like blurry photographs."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, channels, 4, 4, generator=generator)
+    smooth = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    return (smooth * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy().copy()
+
+
+def synthetic_splits(n_train: int, n_test: int, size: int, channels: int) -> Splits:
+    train = ImageSet(
+        class_ids=np.zeros(n_train, np.int64),
+        images=synthetic_images(n_train, size, channels, seed=0),
+        labels=np.zeros(n_train, np.int64),
+    )
+    labels = (np.arange(n_test) % 2).astype(np.int64)
+    test = ImageSet(class_ids=labels, images=synthetic_images(n_test, size, channels, seed=1), labels=labels)
+    return Splits(train=train, val=test, test=test, protocol="val-split", channels=channels, info={})
+
+
+class PerItemImages(Dataset):
+    """The straightforward input pipeline: each item converted to a float tensor in [-1, 1] when
+    drawn (what torchvision's ToTensor + Normalize((0.5,), (0.5,)) do per image)."""
+
+    def __init__(self, images: np.ndarray):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        image = torch.from_numpy(self.images[index]).permute(2, 0, 1).float().div(255.0)
+        return (image - 0.5) / 0.5, 0
+
+
+# --------------------------------------------------------------------------- plain mode
+class PlainMode:
+    """The official code's procedure on these networks (see the module docstring)."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, batch_size: int, lr: float = 2e-4):
+        self.model = set_dense_fast_path(copy.deepcopy(model), False).to(device)
+        self.device = device
+        self.batch_size = batch_size
+        self.opt_g = torch.optim.Adam(self.model.generator.parameters(), lr=lr, betas=(0.5, 0.999))
+        self.opt_d = torch.optim.Adam(self.model.discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
+        self.weights = LossWeights()
+
+    def train_step(self, x: torch.Tensor) -> float:
+        g, d, w = self.model.generator, self.model.discriminator, self.weights
+        fake = g(x)
+        logit_real, features_real = d(x)
+        logit_fake, features_fake = d(fake)
+        self.opt_g.zero_grad()
+        loss_g = (
+            w.adversarial * generator_adversarial_loss(logit_fake)
+            + w.contextual * (fake - x).abs().mean()
+            + w.latent * (features_fake - features_real).pow(2).mean()
+        )
+        loss_g.backward(retain_graph=True)
+        self.opt_g.step()
+        self.opt_d.zero_grad()
+        logit_fake_again, _ = d(fake.detach())
+        loss_d = discriminator_loss(logit_real, logit_fake_again)
+        loss_d.backward()
+        self.opt_d.step()
+        return loss_d.item()
+
+    def train_epoch(self, images: np.ndarray) -> None:
+        self.model.train()
+        loader = DataLoader(PerItemImages(images), batch_size=self.batch_size, shuffle=True, drop_last=True)
+        for x, _ in loader:
+            self.train_step(x.to(self.device))
+
+    def score(self, images: np.ndarray) -> np.ndarray:
+        self.model.eval()
+        scores = []
+        with torch.no_grad():
+            for x, _ in DataLoader(PerItemImages(images), batch_size=64):
+                x = x.to(self.device)
+                fake = self.model.generator(x)
+                _, features_real = self.model.discriminator(x)
+                _, features_fake = self.model.discriminator(fake)
+                rec = (x - fake).abs().flatten(1).mean(1)
+                lat = (features_real - features_fake).pow(2).flatten(1).mean(1)
+                scores.append((0.9 * rec + 0.1 * lat).cpu().numpy())
+        return np.concatenate(scores)
+
+
+# --------------------------------------------------------------------------- optimised mode
+class OptimisedMode:
+    """The package's own training epoch and scoring, configured as ``skipganomaly train`` is."""
+
+    def __init__(self, settings: BenchmarkSettings, size: int, splits: Splits, run_dir: str):
+        config = build_config(
+            {
+                "data.image_size": size,
+                "data.batch_size": settings.batch_size,
+                "data.eval_batch_size": settings.score_batch_size,
+                "model.ngf": settings.ngf,
+                "model.ndf": settings.ndf,
+                "model.nz": settings.nz,
+                "train.device": settings.device,
+                "train.precision": settings.precision,
+                "train.channels_last": settings.channels_last,
+                "train.threads": settings.threads,
+                "train.log_every": 10**9,
+            }
+        )
+        self.trainer = Trainer(config, splits, run_dir, log=lambda message: None, progress=False)
+        self.splits = splits
+        self.epoch = 0
+
+    def train_epoch(self) -> None:
+        self.trainer.train_epoch(self.epoch, RunLog(None))
+        self.epoch += 1
+
+    def score(self) -> np.ndarray:
+        t = self.trainer
+        kwargs = scoring_kwargs(t.config, t.channels, t.device, t.amp_dtype)
+        return score_set(t.model, self.splits.test, **kwargs).score
+
+
+# --------------------------------------------------------------------------- timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(run: Callable[[], Any], device: torch.device) -> float:
+    _sync(device)
+    started = time.perf_counter()
+    run()
+    _sync(device)
+    return time.perf_counter() - started
+
+
+def machine_description() -> dict[str, Any]:
+    model_name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    model_name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {
+        "cpu": model_name,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": cpu_has_native_bf16(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _build(settings: BenchmarkSettings, size: int, run_dir: str):
+    steps_images = settings.steps * settings.batch_size
+    splits = synthetic_splits(steps_images, settings.score_images, size, settings.channels)
+    optimised = OptimisedMode(settings, size, splits, run_dir)
+    plain = PlainMode(optimised.trainer.model, optimised.trainer.device, settings.batch_size)
+    # Same initial weights in both modes (the plain model is a copy, in the default memory format).
+    plain.model = plain.model.to(memory_format=torch.contiguous_format)
+    return splits, plain, optimised
+
+
+def measure_size(
+    settings: BenchmarkSettings, size: int, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Throughput of both modes at one image size, interleaved rounds, medians."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        splits, plain, optimised = _build(settings, size, run_dir)
+        device = optimised.trainer.device
+        train_images = splits.train.images
+        tasks = {
+            ("train", "plain"): lambda: plain.train_epoch(train_images),
+            ("train", "optimised"): optimised.train_epoch,
+            ("score", "plain"): lambda: plain.score(splits.test.images),
+            ("score", "optimised"): optimised.score,
+        }
+        counts = {
+            "train": len(train_images) // settings.batch_size * settings.batch_size,
+            "score": len(splits.test),
+        }
+        times: dict[tuple[str, str], list[float]] = {key: [] for key in tasks if key[1] in settings.modes}
+        for round_index in range(settings.warmup + settings.repeats):
+            for key in times:
+                seconds = _timed(tasks[key], device)
+                if round_index >= settings.warmup:
+                    times[key].append(seconds)
+            log(
+                f"  {size} px round {round_index + 1}/{settings.warmup + settings.repeats}"
+                + (" (warm-up)" if round_index < settings.warmup else "")
+                + ": "
+                + ", ".join(
+                    f"{task} {mode} {counts[task] / times[(task, mode)][-1]:.1f} img/s"
+                    for task, mode in times
+                    if times[(task, mode)] and round_index >= settings.warmup
+                )
+            )
+        result: dict[str, Any] = {"size": size}
+        for (task, mode), values in times.items():
+            result[f"{task}_{mode}_img_s"] = counts[task] / statistics.median(values)
+            result[f"{task}_{mode}_rounds_img_s"] = [counts[task] / v for v in values]
+        for task in ("train", "score"):
+            if (task, "plain") in times and (task, "optimised") in times:
+                # Paired: each round's plain and optimised runs saw the same machine load.
+                paired = [
+                    p / o for p, o in zip(times[(task, "plain")], times[(task, "optimised")], strict=True)
+                ]
+                result[f"{task}_ratio"] = statistics.median(paired)
+        return result
+
+
+def _child_peak(settings: BenchmarkSettings, size: int, task: str, mode: str) -> float | None:
+    """Peak memory (MiB) of one task in one mode, measured in a fresh process."""
+    payload = json.dumps({"settings": asdict(settings), "size": size, "task": task, "mode": mode})
+    code = "import sys, skipganomaly.benchmark as b; b._child_main(sys.argv[1])"
+    env = dict(os.environ)
+    result = subprocess.run(
+        [sys.executable, "-c", code, payload], capture_output=True, text=True, env=env, timeout=3600
+    )
+    if result.returncode != 0:
+        return None
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def _child_main(payload: str) -> None:
+    spec = json.loads(payload)
+    values = spec["settings"]
+    values["modes"] = tuple(values["modes"])
+    settings = BenchmarkSettings(**values)
+    with tempfile.TemporaryDirectory() as run_dir:
+        splits, plain, optimised = _build(settings, spec["size"], run_dir)
+        device = optimised.trainer.device
+        if spec["mode"] == "plain":
+            del optimised
+            run = (
+                (lambda: plain.train_epoch(splits.train.images))
+                if spec["task"] == "train"
+                else (lambda: plain.score(splits.test.images))
+            )
+        else:
+            del plain
+            run = optimised.train_epoch if spec["task"] == "train" else optimised.score
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        run()
+        run()
+        _sync(device)
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device) / 2**20
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(f"{peak:.1f}")
+
+
+def run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
+    device = resolve_device(settings.device)
+    if settings.threads > 0:
+        torch.set_num_threads(settings.threads)
+    amp = resolve_precision(settings.precision, device)
+    header = machine_description() | {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "optimised_dtype": str(amp).replace("torch.", "") if amp is not None else "float32",
+        "plain_dtype": "float32",
+        "channels_last": settings.channels_last,
+        "batch_size": settings.batch_size,
+        "score_batch_size": {"plain": 64, "optimised": settings.score_batch_size},
+        "networks": {
+            "ngf": settings.ngf,
+            "ndf": settings.ndf,
+            "nz": settings.nz,
+            "channels": settings.channels,
+        },
+        "protocol": f"median of {settings.repeats} rounds after {settings.warmup} warm-up, modes interleaved, "
+        "ratio = median of the per-round ratios; "
+        f"a training round is {settings.steps} steps of {settings.batch_size} images, a scoring round "
+        f"{settings.score_images} images",
+    }
+    log(format_header(header))
+    results = []
+    for size in settings.sizes:
+        result = measure_size(settings, size, log)
+        if settings.memory:
+            for task in ("train", "score"):
+                for mode in settings.modes:
+                    result[f"{task}_{mode}_peak_mib"] = _child_peak(settings, size, task, mode)
+        results.append(result)
+    report = {"machine": header, "results": results}
+    log(format_table(report))
+    return report
+
+
+def format_header(header: dict[str, Any]) -> str:
+    lines = [
+        f"machine: {header['cpu']} ({header['cores']} cores, {header['cpu_capability']}, "
+        f"native bf16: {'yes' if header['native_bf16'] else 'no'})"
+        + (f"; GPU {header['gpu']}" if "gpu" in header else ""),
+        f"torch {header['torch']}, python {header['python']}, device {header['device']}, threads {header['threads']}, "
+        f"load average {', '.join(f'{v:.1f}' for v in header['load_average'] or [])}",
+        f"plain: {header['plain_dtype']}; optimised: {header['optimised_dtype']}, channels_last "
+        f"{'on' if header['channels_last'] else 'off'}; training batch {header['batch_size']}, scoring batch "
+        f"{header['score_batch_size']['plain']} (plain) / {header['score_batch_size']['optimised']} (optimised)",
+        f"protocol: {header['protocol']}",
+    ]
+    return "\n".join(lines)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    rows = [
+        f"{'size':>5}  {'task':<6} {'plain img/s':>12} {'optimised img/s':>16} {'ratio':>6} "
+        f"{'plain peak MiB':>15} {'optimised peak MiB':>19}"
+    ]
+
+    def number(value, digits=1):
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    for result in report["results"]:
+        for task in ("train", "score"):
+            rows.append(
+                f"{result['size']:>5}  {task:<6} {number(result.get(f'{task}_plain_img_s')):>12} "
+                f"{number(result.get(f'{task}_optimised_img_s')):>16} {number(result.get(f'{task}_ratio'), 2):>6} "
+                f"{number(result.get(f'{task}_plain_peak_mib'), 0):>15} "
+                f"{number(result.get(f'{task}_optimised_peak_mib'), 0):>19}"
+            )
+    return "\n".join(rows)
