@@ -39,13 +39,13 @@ def test_overrides_are_typed():
             [
                 parse_override("train.epochs=3"),
                 parse_override("data.abnormal_class=7"),
-                parse_override("train.channels_last=true"),
+                parse_override("train.channels_last=false"),
             ]
         )
     )
     assert config.train.epochs == 3 and isinstance(config.train.epochs, int)
     assert config.data.abnormal_class == "7"
-    assert config.train.channels_last is True
+    assert config.train.channels_last is False
 
 
 def test_dump_and_reload_round_trip(tmp_path):

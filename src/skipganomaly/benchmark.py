@@ -61,7 +61,7 @@ class BenchmarkSettings:
     warmup: int = 1
     device: str = "auto"
     precision: str = "auto"
-    channels_last: bool = False
+    channels_last: bool = True
     threads: int = 0
     channels: int = 3
     ngf: int = 64
@@ -231,14 +231,22 @@ def machine_description() -> dict[str, Any]:
     return info
 
 
-def _build(settings: BenchmarkSettings, size: int, run_dir: str):
+def _build(settings: BenchmarkSettings, size: int, run_dir: str, modes=("plain", "optimised")):
+    """The data and the modes asked for; both start from the same initial weights (seeded)."""
     steps_images = settings.steps * settings.batch_size
     splits = synthetic_splits(steps_images, settings.score_images, size, settings.channels)
     optimised = OptimisedMode(settings, size, splits, run_dir)
-    plain = PlainMode(optimised.trainer.model, optimised.trainer.device, settings.batch_size)
-    # Same initial weights in both modes (the plain model is a copy, in the default memory format).
-    plain.model = plain.model.to(memory_format=torch.contiguous_format)
-    return splits, plain, optimised
+    plain = None
+    if "plain" in modes:
+        trainer = optimised.trainer
+        # A copy of the optimised model's initial weights, in the default memory format.
+        plain = PlainMode(trainer.model, trainer.device, settings.batch_size)
+        plain.model = plain.model.to(memory_format=torch.contiguous_format)
+    if "optimised" not in modes:
+        device = optimised.trainer.device
+        del optimised
+        return splits, plain, None, device
+    return splits, plain, optimised, optimised.trainer.device
 
 
 def measure_size(
@@ -246,15 +254,17 @@ def measure_size(
 ) -> dict[str, Any]:
     """Throughput of both modes at one image size, interleaved rounds, medians."""
     with tempfile.TemporaryDirectory() as run_dir:
-        splits, plain, optimised = _build(settings, size, run_dir)
-        device = optimised.trainer.device
+        splits, plain, optimised, device = _build(settings, size, run_dir, settings.modes)
         train_images = splits.train.images
-        tasks = {
-            ("train", "plain"): lambda: plain.train_epoch(train_images),
-            ("train", "optimised"): optimised.train_epoch,
-            ("score", "plain"): lambda: plain.score(splits.test.images),
-            ("score", "optimised"): optimised.score,
-        }
+        tasks = {}
+        if plain is not None:
+            tasks[("train", "plain")] = lambda: plain.train_epoch(train_images)
+        if optimised is not None:
+            tasks[("train", "optimised")] = optimised.train_epoch
+        if plain is not None:
+            tasks[("score", "plain")] = lambda: plain.score(splits.test.images)
+        if optimised is not None:
+            tasks[("score", "optimised")] = optimised.score
         counts = {
             "train": len(train_images) // settings.batch_size * settings.batch_size,
             "score": len(splits.test),
@@ -308,17 +318,14 @@ def _child_main(payload: str) -> None:
     values["modes"] = tuple(values["modes"])
     settings = BenchmarkSettings(**values)
     with tempfile.TemporaryDirectory() as run_dir:
-        splits, plain, optimised = _build(settings, spec["size"], run_dir)
-        device = optimised.trainer.device
+        splits, plain, optimised, device = _build(settings, spec["size"], run_dir, (spec["mode"],))
         if spec["mode"] == "plain":
-            del optimised
             run = (
                 (lambda: plain.train_epoch(splits.train.images))
                 if spec["task"] == "train"
                 else (lambda: plain.score(splits.test.images))
             )
         else:
-            del plain
             run = optimised.train_epoch if spec["task"] == "train" else optimised.score
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)

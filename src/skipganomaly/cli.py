@@ -233,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision", default="auto", choices=["fp32", "bf16", "auto"], help="optimised mode's precision"
     )
     bench.add_argument(
-        "--channels-last", action="store_true", help="optimised mode in channels_last memory format"
+        "--no-channels-last",
+        action="store_true",
+        help="optimised mode in the default memory format instead of channels_last",
     )
     bench.add_argument(
         "--threads", type=int, default=0, metavar="N", help="intra-op threads (default: all cores)"
@@ -637,7 +639,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         warmup=max(args.warmup, 0),
         device=args.device,
         precision=args.precision,
-        channels_last=args.channels_last,
+        channels_last=not args.no_channels_last,
         threads=max(args.threads, 0),
         ngf=args.ngf,
         ndf=args.ndf,

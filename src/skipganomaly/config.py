@@ -131,7 +131,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"
-    channels_last: bool = False
+    channels_last: bool = True  # measured faster for scoring on CPUs (oneDNN) and usual on GPUs
     compile: str = "off"
     threads: int = 0
     sync_batchnorm: bool = False
