@@ -214,3 +214,19 @@ def test_torchrun_matches_one_process(tmp_path):
     # statistics are the only difference here.
     assert abs(a["test"]["auroc"] - b["test"]["auroc"]) < 0.05
     assert a["counts"] == b["counts"] and a["epoch_best"] >= 1
+
+
+def test_what_torchrun_refuses(tmp_path):
+    """Checked before any collective call, so one process shows it."""
+    from skipganomaly.distributed import DistributedContext
+    from skipganomaly.errors import UserError
+
+    context = DistributedContext(rank=0, world_size=2, device=torch.device("cpu"))
+    cases = [
+        ({"model.name": "ganomaly"}, "does not support multi-process"),
+        ({"train.sync_batchnorm": True}, "SyncBatchNorm has no CPU kernel"),
+        ({"data.skip_bad_images": True}, "unequal batches"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(UserError, match=message):
+            Trainer(tiny_config(**overrides), synthetic_splits(), tmp_path, context=context)
