@@ -5,6 +5,9 @@ from __future__ import annotations
 import skipganomaly  # noqa: F401  (first: it sets OpenMP's passive waiting before PyTorch loads)
 
 # isort: split
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -162,3 +165,29 @@ def image_folder(tmp_path):
     sixteen = smooth_images(1, 20, rng)[0, :, :, 0].astype(np.uint16) * 257
     Image.fromarray(sixteen).save(folder / "normal" / "sixteen.png")
     return folder
+
+
+# --------------------------------------------------------------------------- the command line
+# Options that make a CLI training tiny (16 px, narrow networks, no progress bars).
+TINY_CLI = [
+    "--image-size",
+    "16",
+    "--set",
+    "model.ngf=8",
+    "--set",
+    "model.ndf=8",
+    "--set",
+    "model.nz=16",
+    "--quiet",
+]
+
+
+def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    """``python -m skipganomaly ARGS`` in a subprocess, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "skipganomaly", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )

@@ -2,38 +2,15 @@
 
 import csv
 import json
-import subprocess
-import sys
 
 import pytest
-
-TINY = [
-    "--image-size",
-    "16",
-    "--set",
-    "model.ngf=8",
-    "--set",
-    "model.ndf=8",
-    "--set",
-    "model.nz=16",
-    "--quiet",
-]
-
-
-def run(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "skipganomaly", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=600,
-    )
+from conftest import TINY_CLI, run_cli
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("cli") / "run"
-    result = run(
+    result = run_cli(
         "train",
         "--dataset",
         "digits",
@@ -45,7 +22,7 @@ def trained_run(tmp_path_factory):
         "0",
         "--output",
         run_dir,
-        *TINY,
+        *TINY_CLI,
     )
     assert result.returncode == 0, result.stderr
     return run_dir, result
@@ -74,7 +51,7 @@ def test_test_verb_reproduces_the_metrics(trained_run, tmp_path):
     run_dir, _ = trained_run
     before = json.loads((run_dir / "metrics.json").read_text())
     out = tmp_path / "again.json"
-    result = run("test", "--run", run_dir, "--output", out)
+    result = run_cli("test", "--run", run_dir, "--output", out)
     assert result.returncode == 0, result.stderr
     after = json.loads(out.read_text())
     assert after["test"]["auroc"] == pytest.approx(before["test"]["auroc"], abs=1e-9)
@@ -85,7 +62,7 @@ def test_test_verb_reproduces_the_metrics(trained_run, tmp_path):
 def test_predict_files_folders_and_heatmaps(trained_run, image_folder, tmp_path):
     run_dir, _ = trained_run
     out, heat = tmp_path / "pred.csv", tmp_path / "heat"
-    result = run("predict", "--run", run_dir, image_folder, "--output", out, "--heatmaps", heat)
+    result = run_cli("predict", "--run", run_dir, image_folder, "--output", out, "--heatmaps", heat)
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 10
@@ -95,7 +72,9 @@ def test_predict_files_folders_and_heatmaps(trained_run, image_folder, tmp_path)
     # A file's score does not depend on what else is scored with it.
     single = tmp_path / "single.csv"
     target = rows[3]["path"]
-    assert run("predict", "--run", run_dir, target, "--output", single, "--batch-size", "1").returncode == 0
+    assert (
+        run_cli("predict", "--run", run_dir, target, "--output", single, "--batch-size", "1").returncode == 0
+    )
     alone = list(csv.DictReader(single.open()))[0]
     assert float(alone["score"]) == pytest.approx(float(rows[3]["score"]), abs=1e-5)
 
@@ -103,11 +82,11 @@ def test_predict_files_folders_and_heatmaps(trained_run, image_folder, tmp_path)
 def test_predict_corrupt_image(trained_run, image_folder, tmp_path):
     run_dir, _ = trained_run
     (image_folder / "normal" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    result = run("predict", "--run", run_dir, image_folder, "--output", tmp_path / "p.csv")
+    result = run_cli("predict", "--run", run_dir, image_folder, "--output", tmp_path / "p.csv")
     assert result.returncode == 2
     assert "broken.png" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    skipped = run(
+    skipped = run_cli(
         "predict", "--run", run_dir, image_folder, "--output", tmp_path / "p.csv", "--skip-bad-images"
     )
     assert skipped.returncode == 0, skipped.stderr
@@ -117,11 +96,11 @@ def test_predict_corrupt_image(trained_run, image_folder, tmp_path):
 
 def test_resume_of_a_finished_run_and_refusal_to_overwrite(trained_run):
     run_dir, _ = trained_run
-    again = run("train", "--output", run_dir, *TINY)
+    again = run_cli("train", "--output", run_dir, *TINY_CLI)
     assert again.returncode == 2 and "--resume" in again.stderr
-    resumed = run("train", "--resume", run_dir)
+    resumed = run_cli("train", "--resume", run_dir)
     assert resumed.returncode == 0 and "nothing to resume" in resumed.stdout
-    conflicting = run("train", "--resume", run_dir, "--epochs", "5")
+    conflicting = run_cli("train", "--resume", run_dir, "--epochs", "5")
     assert conflicting.returncode == 2 and "--epochs" in conflicting.stderr
 
 
@@ -140,7 +119,7 @@ def test_resume_of_a_finished_run_and_refusal_to_overwrite(trained_run):
     ],
 )
 def test_user_errors_are_one_line_exit_2(args, fragment, tmp_path):
-    result = run(*args, cwd=tmp_path)
+    result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert fragment in result.stderr
     assert "Traceback" not in result.stderr
@@ -148,11 +127,11 @@ def test_user_errors_are_one_line_exit_2(args, fragment, tmp_path):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    result = run("train", "--dataset", "nope", "--debug", cwd=tmp_path)
+    result = run_cli("train", "--dataset", "nope", "--debug", cwd=tmp_path)
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
 @pytest.mark.parametrize("verb", ["train", "test", "predict"])
 def test_help(verb):
-    result = run(verb, "--help")
+    result = run_cli(verb, "--help")
     assert result.returncode == 0 and "usage:" in result.stdout

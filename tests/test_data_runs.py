@@ -4,13 +4,11 @@ to end in a subprocess, and the CLI's one-line errors on bad data."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import TINY_CLI, run_cli, tiny_config
 from fixture_data import write_class_folders, write_mvtec
 from torch import nn
 
@@ -19,28 +17,6 @@ from skipganomaly.config import build_config
 from skipganomaly.data import prepare_data
 from skipganomaly.evaluate import pixel_metrics
 from skipganomaly.objective import ScoreOutput
-
-TINY = [
-    "--image-size",
-    "16",
-    "--set",
-    "model.ngf=8",
-    "--set",
-    "model.ndf=8",
-    "--set",
-    "model.nz=16",
-    "--quiet",
-]
-
-
-def run(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "skipganomaly", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=600,
-    )
 
 
 class BrightnessModel(nn.Module):
@@ -99,7 +75,7 @@ def test_cli_trains_on_a_folder_data_set(tmp_path):
     counts = {"train": {"bolt": 24, "nut": 8}, "test": {"bolt": 6, "nut": 6}}
     root = write_class_folders(tmp_path / "parts", counts, size=20)
     run_dir = tmp_path / "run"
-    result = run(
+    result = run_cli(
         "train",
         "--dataset",
         "folder",
@@ -111,7 +87,7 @@ def test_cli_trains_on_a_folder_data_set(tmp_path):
         "1",
         "--output",
         run_dir,
-        *TINY,
+        *TINY_CLI,
     )
     assert result.returncode == 0, result.stderr
     assert "evaluation pool: 6:14 (normal:abnormal)" in result.stdout

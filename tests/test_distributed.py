@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import synthetic_splits, tiny_config
+from conftest import TINY_CLI, synthetic_splits, tiny_config
 
 from skipganomaly.checkpoint import checkpoint_path, load_checkpoint
 from skipganomaly.data.loading import epoch_order, to_model_input
@@ -173,18 +173,7 @@ def test_ddp_training_checkpoints_on_rank0_and_resumes_exactly(tmp_path):
 
 
 # --------------------------------------------------------------------------- the command line
-TINY = [
-    "--image-size",
-    "16",
-    "--set",
-    "model.ngf=8",
-    "--set",
-    "model.ndf=8",
-    "--set",
-    "model.nz=16",
-    "--quiet",
-]
-TRAIN = ["train", "--dataset", "digits", "--abnormal-class", "0", "--epochs", "2", "--seed", "0", *TINY]
+TRAIN = ["train", "--dataset", "digits", "--abnormal-class", "0", "--epochs", "2", "--seed", "0", *TINY_CLI]
 
 
 def test_torchrun_matches_one_process(tmp_path):

@@ -317,9 +317,19 @@ def test_profiles_and_their_overrides(tmp_path):
     assert resolve_profile("digits").name == "light"
     assert resolve_profile("digits", "faithful").overrides == {}
     assert resolve_profile("cifar10").name == "faithful"
+    assert resolve_profile("cifar10", "light").overrides["model.ngf"] == 16
     with pytest.raises(UserError, match="no light profile"):
-        resolve_profile("cifar10", "light")
+        resolve_profile("mnist", "light")
+    # Settings that change what is trained are named in the note the report puts at its top; a
+    # reduced width is never passed off as the faithful settings.
+    faithful = make_plan(ReproduceOptions(output=tmp_path, classes=["3"], profile="faithful"))
+    assert faithful.settings_changed == {} and "changed here" not in faithful.profile_note
+    narrowed = ReproduceOptions(
+        output=tmp_path, classes=["3"], profile="faithful", user={"model.ngf": 16, "data.workers": 2}
+    )
+    assert make_plan(narrowed).profile_note.endswith("(changed here: model.ngf=16)")
     plan = make_plan(ReproduceOptions(output=tmp_path, classes=["3"], user={"train.epochs": 2}))
+    assert "changed here: train.epochs=2" in plan.profile_note
     config = plan.runs[0].config
     light = resolve_profile("digits").overrides
     assert config.data.image_size == light["data.image_size"] and config.model.ngf == light["model.ngf"]

@@ -352,17 +352,24 @@ def _add_reproduce(verbs) -> None:
 
 
 # --------------------------------------------------------------------------- train
-def resolve_train_config(args: argparse.Namespace) -> Config:
+def user_settings(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
+    """The settings the user gave, in the order they win: ``--config`` file, ``--set`` values,
+    then the dedicated flags (``--epochs`` ...)."""
     user: dict[str, Any] = {}
     if args.config:
         user.update(flatten_keys(load_yaml(args.config)))
     for text in args.overrides:
         key, value = parse_override(text)
         user[key] = value
-    for flag, key in TRAIN_FLAGS.items():
+    for flag, key in flags.items():
         value = getattr(args, flag, None)
         if value is not None:
             user[key] = value
+    return user
+
+
+def resolve_train_config(args: argparse.Namespace) -> Config:
+    user = user_settings(args, TRAIN_FLAGS)
     if args.abnormal_class is not None:
         user["data.normal_class"] = None
     if args.normal_class is not None:
@@ -567,16 +574,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .report import ReproduceOptions, reproduce, summary_table_text
 
-    user: dict[str, Any] = {}
-    if args.config:
-        user.update(flatten_keys(load_yaml(args.config)))
-    for text in args.overrides:
-        key, value = parse_override(text)
-        user[key] = value
-    for flag, key in REPRODUCE_FLAGS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            user[key] = value
+    user = user_settings(args, REPRODUCE_FLAGS)
     output = Path(args.output) if args.output else Path("runs") / f"reproduce-{args.dataset}"
     options = ReproduceOptions(
         output=output,

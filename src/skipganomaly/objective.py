@@ -111,6 +111,30 @@ def anomaly_map(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     return (x - x_hat).abs().mean(1)
 
 
+def score_output(
+    x: torch.Tensor,
+    x_hat: torch.Tensor,
+    reconstruction: torch.Tensor,
+    latent: torch.Tensor,
+    score_lambda: float,
+    *,
+    details: bool = False,
+    features: torch.Tensor | None = None,
+) -> ScoreOutput:
+    """A model's scores of a batch: A (Eq. 5) from its R and L terms; with ``details`` also the
+    anomaly map |x - x_hat|, the reconstruction x_hat and the model's feature vector per image."""
+    output = ScoreOutput(
+        score=anomaly_score(reconstruction, latent, score_lambda),
+        reconstruction=reconstruction,
+        latent=latent,
+    )
+    if details:
+        output.anomaly_map = anomaly_map(x, x_hat)
+        output.reconstructed = x_hat
+        output.features = features
+    return output
+
+
 def min_max_scale(scores: np.ndarray) -> np.ndarray:
     """Eq. 6: scale the scores of one evaluated set to [0, 1]. Depends on the whole set, so it is
     for paper-style reporting only; AUROC is unchanged by it. A constant set maps to zeros."""

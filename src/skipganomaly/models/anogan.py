@@ -27,12 +27,12 @@ from ..objective import (
     LossWeights,
     ScoreOutput,
     TrainingLosses,
-    anomaly_map,
     anomaly_score,
     discriminator_loss,
     feature_matching_score,
     generator_adversarial_loss,
     reconstruction_score,
+    score_output,
 )
 from .base import AdversarialAnomalyModel
 from .blocks import DCGANDecoder, DCGANDiscriminator, init_weights
@@ -137,13 +137,6 @@ class AnoGAN(AdversarialAnomalyModel):
         with torch.no_grad():
             _, features_real = self.discriminator(x)
             x_gen, reconstruction, latent = self._search_terms(x, features_real, z)
-        output = ScoreOutput(
-            score=anomaly_score(reconstruction, latent, score_lambda),
-            reconstruction=reconstruction,
-            latent=latent,
+        return score_output(
+            x, x_gen, reconstruction, latent, score_lambda, details=details, features=z.flatten(1)
         )
-        if details:
-            output.anomaly_map = anomaly_map(x, x_gen)
-            output.reconstructed = x_gen
-            output.features = z.flatten(1)
-        return output

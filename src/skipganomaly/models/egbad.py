@@ -21,12 +21,11 @@ from ..objective import (
     LossWeights,
     ScoreOutput,
     TrainingLosses,
-    anomaly_map,
-    anomaly_score,
     bigan_generator_loss,
     discriminator_loss,
     feature_matching_score,
     reconstruction_score,
+    score_output,
 )
 from .base import AdversarialAnomalyModel
 from .blocks import DCGANDecoder, DCGANEncoder, dcgan_trunk_layers, init_weights
@@ -112,13 +111,6 @@ class EGBAD(AdversarialAnomalyModel):
             features_real, features_fake = features.chunk(2)
         reconstruction = reconstruction_score(x, x_hat)
         latent = feature_matching_score(features_real, features_fake)
-        output = ScoreOutput(
-            score=anomaly_score(reconstruction, latent, score_lambda),
-            reconstruction=reconstruction,
-            latent=latent,
+        return score_output(
+            x, x_hat, reconstruction, latent, score_lambda, details=details, features=z.flatten(1)
         )
-        if details:
-            output.anomaly_map = anomaly_map(x, x_hat)
-            output.reconstructed = x_hat
-            output.features = z.flatten(1)
-        return output

@@ -21,13 +21,12 @@ from ..objective import (
     LossWeights,
     ScoreOutput,
     TrainingLosses,
-    anomaly_map,
-    anomaly_score,
     contextual_loss,
     discriminator_loss,
     latent_loss,
     latent_score,
     reconstruction_score,
+    score_output,
 )
 from .base import AdversarialAnomalyModel
 from .blocks import DCGANDecoder, DCGANDiscriminator, DCGANEncoder, init_weights
@@ -104,13 +103,6 @@ class GANomaly(AdversarialAnomalyModel):
         x_hat, z, z_hat = self.generator(x)
         reconstruction = reconstruction_score(x, x_hat)
         latent = latent_score(z, z_hat)
-        output = ScoreOutput(
-            score=anomaly_score(reconstruction, latent, score_lambda),
-            reconstruction=reconstruction,
-            latent=latent,
+        return score_output(
+            x, x_hat, reconstruction, latent, score_lambda, details=details, features=z.flatten(1)
         )
-        if details:
-            output.anomaly_map = anomaly_map(x, x_hat)
-            output.reconstructed = x_hat
-            output.features = z.flatten(1)
-        return output

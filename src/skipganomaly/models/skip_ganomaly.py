@@ -19,14 +19,13 @@ from ..objective import (
     LossWeights,
     ScoreOutput,
     TrainingLosses,
-    anomaly_map,
-    anomaly_score,
     contextual_loss,
     discriminator_loss,
     generator_adversarial_loss,
     latent_loss,
     latent_score,
     reconstruction_score,
+    score_output,
 )
 from .base import AdversarialAnomalyModel
 from .blocks import Conv2d, ConvTranspose2d, DCGANEncoder, check_image_size, init_weights
@@ -201,13 +200,6 @@ class SkipGANomaly(AdversarialAnomalyModel):
             features_real, features_fake = features.chunk(2)
         reconstruction = reconstruction_score(x, x_hat)
         latent = latent_score(features_real, features_fake)
-        output = ScoreOutput(
-            score=anomaly_score(reconstruction, latent, score_lambda),
-            reconstruction=reconstruction,
-            latent=latent,
+        return score_output(
+            x, x_hat, reconstruction, latent, score_lambda, details=details, features=features_real
         )
-        if details:
-            output.anomaly_map = anomaly_map(x, x_hat)
-            output.reconstructed = x_hat
-            output.features = features_real
-        return output

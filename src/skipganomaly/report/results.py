@@ -208,6 +208,7 @@ def summarize(plan: Plan, rows: list[dict[str, Any]]) -> dict[str, Any]:
             "name": plan.profile.name,
             "overrides": plan.profile.overrides,
             "replaced": plan.profile_replaced,
+            "changed": plan.settings_changed,
             "note": plan.profile_note,
         },
         "models": list(dict.fromkeys(plan.options.models)),

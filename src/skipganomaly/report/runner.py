@@ -90,6 +90,9 @@ class RunSpec:
         return f"{self.model}{which} seed {self.seed} ({self.protocol})"
 
 
+_UNSET = object()
+
+
 @dataclass
 class Plan:
     options: ReproduceOptions
@@ -107,9 +110,21 @@ class Plan:
         return {k: user[k] for k, v in self.profile.overrides.items() if k in user and user[k] != v}
 
     @property
+    def settings_changed(self) -> dict[str, Any]:
+        """The user's settings that change what is trained (model, training, input size, batch)
+        beyond the profile: a report must not call a run with ``model.ngf=16`` faithful."""
+        shaping = {"data.image_size", "data.batch_size", "data.channels"}
+        return {
+            k: v
+            for k, v in self.options.user.items()
+            if (k.startswith(("model.", "train.")) or k in shaping)
+            and self.profile.overrides.get(k, _UNSET) != v
+        }
+
+    @property
     def profile_note(self) -> str:
-        replaced = ", ".join(f"{k}={v}" for k, v in self.profile_replaced.items())
-        return self.profile.note + (f" (replaced here by {replaced})" if replaced else "")
+        changed = ", ".join(f"{k}={v}" for k, v in self.settings_changed.items())
+        return self.profile.note + (f" (changed here: {changed})" if changed else "")
 
     @property
     def reported_protocols(self) -> list[str]:
