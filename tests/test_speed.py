@@ -303,3 +303,13 @@ def test_benchmark_cli(tmp_path):
     from skipganomaly.cli import main
 
     assert main(["benchmark", "--sizes", "33"]) == 2  # in process: a user error, before any work
+
+
+def test_peak_memory_of_a_child_does_not_include_its_parent():
+    """The benchmark measures each mode's peak in a fresh child; Linux carries ru_maxrss over exec,
+    which made every child report at least the (large) parent's size."""
+    ballast = np.ones(400 * 2**20, dtype=np.uint8)  # the parent holds 400 MiB more than the child
+    code = "from skipganomaly.runtime import peak_rss_mib; print(peak_rss_mib())"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert runtime.peak_rss_mib() > float(child.stdout) + 300
+    del ballast

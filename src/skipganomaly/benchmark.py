@@ -26,7 +26,6 @@ import copy
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -46,7 +45,7 @@ from .data.base import ImageSet, Splits
 from .evaluate import score_set, scoring_kwargs
 from .models.blocks import set_dense_fast_path
 from .objective import LossWeights, discriminator_loss, generator_adversarial_loss
-from .runtime import cpu_has_native_bf16, resolve_device, resolve_precision
+from .runtime import cpu_has_native_bf16, peak_rss_mib, resolve_device, resolve_precision
 from .trainer import RunLog, Trainer
 
 
@@ -332,10 +331,7 @@ def _child_main(payload: str) -> None:
         run()
         run()
         _sync(device)
-        if device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated(device) / 2**20
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mib()
     print(f"{peak:.1f}")
 
 

@@ -480,7 +480,8 @@ def _train(args: argparse.Namespace) -> int:
         f"{trainer.device}" if context is None else f"{context.world_size} processes ({trainer.device.type})"
     )
     if trainer.device.type == "cpu":
-        where += f", {trainer.threads} threads" + (" each" if context is not None else "")
+        plural = "" if trainer.threads == 1 else "s"
+        where += f", {trainer.threads} thread{plural}" + (" each" if context is not None else "")
     say(
         f"training {config.model.name} ({config.train.preset} preset: lr {config.train.lr:g}, "
         f"w_adv {config.train.w_adv:g}, w_con {config.train.w_con:g}, w_lat {config.train.w_lat:g}) "

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import resource
+import sys
 from collections.abc import Iterable
 
 import numpy as np
@@ -136,3 +138,22 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB.
+
+    On Linux this is ``VmHWM`` of ``/proc/self/status``, the high-water mark of the process's own
+    address space. ``getrusage(RUSAGE_SELF).ru_maxrss`` is not used there: Linux carries it over
+    ``exec``, so a child started by a large parent (``subprocess`` forks before it execs) reports at
+    least the parent's size. Elsewhere ``ru_maxrss`` (KiB on Linux and BSD, bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
