@@ -160,3 +160,10 @@ def test_example_configs_are_valid():
     assert loaded["paper-cifar10"].train.preset == "paper" and loaded["paper-cifar10"].train.lr == 2e-3
     assert loaded["reference-cifar10"].train.preset == "reference"
     assert loaded["mvtec-bottle"].data.image_size == 128 and loaded["mvtec-bottle"].data.dataset == "mvtec"
+    # The quick start is reproduce's light digits profile, value for value.
+    from skipganomaly.report.profiles import LIGHT
+
+    quick = loaded["digits-quick"].to_dict()
+    for key, value in LIGHT["digits"].overrides.items():
+        section, name = key.split(".")
+        assert quick[section][name] == value, key

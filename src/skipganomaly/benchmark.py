@@ -356,7 +356,7 @@ def run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = prin
         },
         "protocol": f"median of {settings.repeats} rounds after {settings.warmup} warm-up, modes interleaved, "
         "ratio = median of the per-round ratios; "
-        f"a training round is {settings.steps} steps of {settings.batch_size} images, a scoring round "
+        f"a training round is {settings.steps} step{'' if settings.steps == 1 else 's'} of {settings.batch_size} images, a scoring round "
         f"{settings.score_images} images",
     }
     log(format_header(header))
