@@ -29,7 +29,7 @@ from .data.base import ImageSet
 from .data.images import is_image_file, list_image_files, prepare_image
 from .data.loading import BadImageCounter
 from .errors import UserError
-from .evaluate import ScoredSet, score_set, scored_batches
+from .evaluate import ScoredSet, score_set, scored_batches, scoring_kwargs
 from .runtime import resolve_device, resolve_precision
 
 CSV_COLUMNS = ["path", "score", "is_anomalous", "raw_score", "reconstruction", "latent", "heatmap"]
@@ -93,20 +93,21 @@ class Predictor:
             )
         return cls(load_checkpoint(checkpoint_path(run_dir, which)), device)
 
-    def _score(self, image_set: ImageSet, batch_size: int, details: bool, workers: int, skip_bad: bool):
-        return score_set(
-            self.model,
-            image_set,
+    def _scoring_options(self, batch_size: int, details: bool, workers: int, skip_bad: bool) -> dict:
+        """The scorer's keyword arguments: the run's own (as validation scored) and this call's."""
+        options = scoring_kwargs(self.config, self.channels, self.device, self.amp_dtype)
+        options.update(
             image_size=self.image_size,
-            channels=self.channels,
             batch_size=batch_size,
-            device=self.device,
-            score_lambda=self.config.eval.score_lambda,
-            amp_dtype=self.amp_dtype,
-            channels_last=self.config.train.channels_last,
             details=details,
             workers=workers,
             skip_bad=skip_bad,
+        )
+        return options
+
+    def _score(self, image_set: ImageSet, batch_size: int, details: bool, workers: int, skip_bad: bool):
+        return score_set(
+            self.model, image_set, **self._scoring_options(batch_size, details, workers, skip_bad)
         )
 
     def score_arrays(
@@ -138,21 +139,8 @@ class Predictor:
         image_set = ImageSet(class_ids=np.zeros(len(names), np.int64), paths=names)
         counter = BadImageCounter()
         reported = 0
-        for batch, out in scored_batches(
-            self.model,
-            image_set,
-            image_size=self.image_size,
-            channels=self.channels,
-            batch_size=batch_size,
-            device=self.device,
-            score_lambda=self.config.eval.score_lambda,
-            amp_dtype=self.amp_dtype,
-            channels_last=self.config.train.channels_last,
-            details=with_maps,
-            workers=workers,
-            skip_bad=skip_bad,
-            counter=counter,
-        ):
+        options = self._scoring_options(batch_size, with_maps, workers, skip_bad)
+        for batch, out in scored_batches(self.model, image_set, counter=counter, **options):
             scored = ScoredSet(
                 score=out.score.double().numpy(),
                 reconstruction=out.reconstruction.double().numpy(),
