@@ -15,6 +15,7 @@ from PIL import Image
 
 from skipganomaly.config import build_config
 from skipganomaly.data.base import ImageSet, LabelledSource, Splits
+from skipganomaly.evaluate import ScoredSet, score_set
 
 torch.set_num_threads(2)
 
@@ -165,6 +166,20 @@ def image_folder(tmp_path):
     sixteen = smooth_images(1, 20, rng)[0, :, :, 0].astype(np.uint16) * 257
     Image.fromarray(sixteen).save(folder / "normal" / "sixteen.png")
     return folder
+
+
+def score_tiny(model, image_set: ImageSet, batch_size: int, **kwargs) -> ScoredSet:
+    """Score a set of the tests' 16 px grayscale images on the CPU (keyword arguments of
+    ``score_set`` such as ``batchnorm_train`` or ``details`` pass through)."""
+    return score_set(
+        model,
+        image_set,
+        image_size=16,
+        channels=1,
+        batch_size=batch_size,
+        device=torch.device("cpu"),
+        **kwargs,
+    )
 
 
 # --------------------------------------------------------------------------- the command line

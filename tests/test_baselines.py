@@ -11,13 +11,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_splits, tiny_config
+from conftest import score_tiny, synthetic_splits, tiny_config
 
 from skipganomaly import cli
 from skipganomaly.config import MODEL_NAMES, build_config, config_from_dict
 from skipganomaly.data.base import ImageSet
 from skipganomaly.errors import UserError
-from skipganomaly.evaluate import score_set
 from skipganomaly.models import EGBAD, MODELS, AnoGAN, GANomaly, build_model
 from skipganomaly.models.blocks import DCGANDiscriminator
 from skipganomaly.objective import LossWeights, bigan_generator_loss, feature_matching_score
@@ -270,20 +269,8 @@ def test_score_set_uses_inference_mode_except_for_models_that_search():
             return _original(x, *args, **kwargs)
 
         model.score = spy
-        _score(model, synthetic_splits(n_train=2, n_eval=3).test, batch_size=6)
+        score_tiny(model, synthetic_splits(n_train=2, n_eval=3).test, batch_size=6)
     assert seen == {"ganomaly": True, "anogan": False}
-
-
-def _score(model, image_set, batch_size, **kwargs):
-    return score_set(
-        model,
-        image_set,
-        image_size=16,
-        channels=1,
-        batch_size=batch_size,
-        device=torch.device("cpu"),
-        **kwargs,
-    ).score
 
 
 @pytest.mark.parametrize("name", BASELINES)
@@ -293,16 +280,18 @@ def test_scores_do_not_depend_on_batch_or_order(name):
     extra = {"latent_search_steps": 5} if name == "anogan" else {}
     model = warm_up_batchnorm(tiny(name, width=8, **extra), images(32))
     test = splits.test
-    reference = _score(model, test, batch_size=len(test))
-    np.testing.assert_allclose(_score(model, test, batch_size=5), reference, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(_score(model, test, batch_size=1), reference, rtol=1e-4, atol=1e-6)
+    reference = score_tiny(model, test, batch_size=len(test)).score
+    np.testing.assert_allclose(score_tiny(model, test, batch_size=5).score, reference, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(score_tiny(model, test, batch_size=1).score, reference, rtol=1e-4, atol=1e-6)
     order = np.random.default_rng(0).permutation(len(test))
     np.testing.assert_allclose(
-        _score(model, test.subset(order), batch_size=7), reference[order], rtol=1e-4, atol=1e-6
+        score_tiny(model, test.subset(order), batch_size=7).score, reference[order], rtol=1e-4, atol=1e-6
     )
     normal = test.subset(np.flatnonzero(test.labels == 0)[:1])
     with_anomalies = ImageSet.concatenate([normal, test.subset(np.flatnonzero(test.labels == 1))])
-    assert _score(model, with_anomalies, batch_size=16)[0] == pytest.approx(reference[0], rel=1e-4, abs=1e-6)
+    assert score_tiny(model, with_anomalies, batch_size=16).score[0] == pytest.approx(
+        reference[0], rel=1e-4, abs=1e-6
+    )
 
 
 @pytest.mark.parametrize(

@@ -2,10 +2,10 @@
 
 import numpy as np
 import torch
+from conftest import score_tiny
 
 from skipganomaly.data.base import ImageSet
 from skipganomaly.data.loading import iterate_batches, to_model_input
-from skipganomaly.evaluate import score_set
 from skipganomaly.models import SkipGANomaly
 from skipganomaly.objective import LossWeights
 
@@ -25,36 +25,24 @@ def _trained_model(splits):
     return model
 
 
-def _score(model, image_set, batch_size, **kwargs):
-    return score_set(
-        model,
-        image_set,
-        image_size=16,
-        channels=1,
-        batch_size=batch_size,
-        device=torch.device("cpu"),
-        **kwargs,
-    )
-
-
 def test_scores_do_not_depend_on_batch_or_order(splits):
     model = _trained_model(splits)
     test = splits.test
-    reference = _score(model, test, batch_size=80).score
-    by_sevens = _score(model, test, batch_size=7).score
-    singles = _score(model, test, batch_size=1).score
+    reference = score_tiny(model, test, batch_size=80).score
+    by_sevens = score_tiny(model, test, batch_size=7).score
+    singles = score_tiny(model, test, batch_size=1).score
     np.testing.assert_allclose(by_sevens, reference, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(singles, reference, rtol=1e-5, atol=1e-6)
 
     order = np.random.default_rng(0).permutation(len(test))
-    shuffled = _score(model, test.subset(order), batch_size=13).score
+    shuffled = score_tiny(model, test.subset(order), batch_size=13).score
     np.testing.assert_allclose(shuffled, reference[order], rtol=1e-5, atol=1e-6)
 
     # A normal image scores the same whether its batch mates are normal or abnormal.
     normal_first = test.subset(np.flatnonzero(test.labels == 0)[:1])
-    alone = _score(model, normal_first, batch_size=1).score[0]
+    alone = score_tiny(model, normal_first, batch_size=1).score[0]
     among_anomalies = ImageSet.concatenate([normal_first, test.subset(np.flatnonzero(test.labels == 1)[:15])])
-    assert abs(_score(model, among_anomalies, batch_size=16).score[0] - alone) < 1e-5
+    assert abs(score_tiny(model, among_anomalies, batch_size=16).score[0] - alone) < 1e-5
 
 
 def test_train_mode_batchnorm_leaks_and_is_restored(splits):
@@ -63,8 +51,8 @@ def test_train_mode_batchnorm_leaks_and_is_restored(splits):
     model = _trained_model(splits).eval()
     buffers = {k: v.clone() for k, v in model.named_buffers()}
     test = splits.test
-    leaky_big = _score(model, test, batch_size=80, batchnorm_train=True).score
-    leaky_small = _score(model, test, batch_size=5, batchnorm_train=True).score
+    leaky_big = score_tiny(model, test, batch_size=80, batchnorm_train=True).score
+    leaky_small = score_tiny(model, test, batch_size=5, batchnorm_train=True).score
     assert np.abs(leaky_big - leaky_small).max() > 1e-3
     for name, value in model.named_buffers():
         assert torch.equal(value, buffers[name]), name
@@ -73,7 +61,7 @@ def test_train_mode_batchnorm_leaks_and_is_restored(splits):
 
 def test_details_and_pixel_sample(splits):
     model = _trained_model(splits)
-    scored = _score(model, splits.val, batch_size=32, details=True, pixel_sample=10)
+    scored = score_tiny(model, splits.val, batch_size=32, details=True, pixel_sample=10)
     n = len(splits.val)
     assert scored.anomaly_maps.shape == (n, 16, 16)
     assert scored.reconstructed.shape == (n, 1, 16, 16)

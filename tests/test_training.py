@@ -3,10 +3,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_splits, tiny_config
+from conftest import score_tiny, synthetic_splits, tiny_config
 
 from skipganomaly.checkpoint import checkpoint_path, load_checkpoint
-from skipganomaly.evaluate import score_set
 from skipganomaly.metrics import auroc
 from skipganomaly.trainer import Trainer, lr_factor
 
@@ -128,8 +127,7 @@ def test_training_learns_what_normal_looks_like(tmp_path):
     # The paper preset's lr 2e-3 learns this in 2 epochs; the reference preset needs about 6.
     config = tiny_config(**{"train.epochs": 4, "model.ngf": 16, "model.ndf": 16, "train.preset": "paper"})
     trainer = Trainer(config, splits, tmp_path / "run", log=lambda s: None, progress=False)
-    kwargs = dict(image_size=16, channels=1, batch_size=32, device=torch.device("cpu"))
-    scored = score_set(trainer.model, splits.test, **kwargs)
+    scored = score_tiny(trainer.model, splits.test, batch_size=32)
     before = auroc(scored.labels, scored.score)
     metrics = trainer.fit()
     assert before < 0.7, before
