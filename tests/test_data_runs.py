@@ -15,8 +15,8 @@ from torch import nn
 from skipganomaly.cli import main
 from skipganomaly.config import build_config
 from skipganomaly.data import prepare_data
-from skipganomaly.evaluate import pixel_metrics
 from skipganomaly.objective import ScoreOutput
+from skipganomaly.scoring import ScoringOptions, pixel_metrics
 
 
 class BrightnessModel(nn.Module):
@@ -41,13 +41,13 @@ def test_pixel_auroc_against_masks(tmp_path):
     category = write_mvtec(tmp_path / "widget")
     config = build_config({"data.dataset": "mvtec", "data.root": str(category), "data.image_size": 32})
     splits = prepare_data(config.data)
-    args = (config, splits.channels, torch.device("cpu"), None, splits.protocol)
-    bright = pixel_metrics(BrightnessModel(1.0), splits.test, *args)
+    options = ScoringOptions.for_run(config, splits.channels, torch.device("cpu"), None, splits.protocol)
+    bright = pixel_metrics(BrightnessModel(1.0), splits.test, options)
     assert bright == {"pixel_auroc": 1.0, "pixel_images": len(splits.test)}
-    assert pixel_metrics(BrightnessModel(-1.0), splits.test, *args)["pixel_auroc"] == 0.0
+    assert pixel_metrics(BrightnessModel(-1.0), splits.test, options)["pixel_auroc"] == 0.0
     # Abnormal images without a mask file are left out; normal ones count with an all-normal mask.
     splits.test.masks = [None] * len(splits.test)
-    assert pixel_metrics(BrightnessModel(1.0), splits.test, *args) is None
+    assert pixel_metrics(BrightnessModel(1.0), splits.test, options) is None
 
 
 def test_mvtec_training_reports_image_and_pixel_auroc(tmp_path):

@@ -28,7 +28,7 @@ from ..objective import (
     score_output,
 )
 from .base import AdversarialAnomalyModel
-from .blocks import Conv2d, ConvTranspose2d, DCGANEncoder, check_image_size, init_weights
+from .blocks import DCGANEncoder, DenseFastConv2d, DenseFastConvTranspose2d, check_image_size, init_weights
 
 
 class UNetGenerator(nn.Module):
@@ -50,11 +50,11 @@ class UNetGenerator(nn.Module):
         depth = check_image_size(image_size)
         widths = [ngf * min(2**i, 8) for i in range(depth)]
 
-        down: list[nn.Module] = [Conv2d(channels, widths[0], 4, 2, 1, bias=False)]
+        down: list[nn.Module] = [DenseFastConv2d(channels, widths[0], 4, 2, 1, bias=False)]
         for i in range(1, depth):
             layers: list[nn.Module] = [
                 nn.LeakyReLU(0.2, inplace=False),
-                Conv2d(widths[i - 1], widths[i], 4, 2, 1, bias=False),
+                DenseFastConv2d(widths[i - 1], widths[i], 4, 2, 1, bias=False),
             ]
             if i < depth - 1:
                 layers.append(nn.BatchNorm2d(widths[i]))
@@ -67,14 +67,14 @@ class UNetGenerator(nn.Module):
             up.append(
                 nn.Sequential(
                     nn.ReLU(inplace=False),
-                    ConvTranspose2d(in_width, widths[i - 1], 4, 2, 1, bias=False),
+                    DenseFastConvTranspose2d(in_width, widths[i - 1], 4, 2, 1, bias=False),
                     nn.BatchNorm2d(widths[i - 1]),
                 )
             )
         up.append(
             nn.Sequential(
                 nn.ReLU(inplace=False),
-                ConvTranspose2d(2 * widths[0], channels, 4, 2, 1, bias=True),
+                DenseFastConvTranspose2d(2 * widths[0], channels, 4, 2, 1, bias=True),
                 nn.Tanh(),
             )
         )
@@ -106,7 +106,7 @@ class Discriminator(nn.Module):
     def __init__(self, image_size: int = 32, channels: int = 3, ndf: int = 64, nz: int = 100):
         super().__init__()
         self.features = DCGANEncoder(image_size, channels, ndf, nz)
-        self.classifier = Conv2d(nz, 1, 1, bias=False)
+        self.classifier = DenseFastConv2d(nz, 1, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(logit, features)`` of shapes (N,) and (N, nz)."""
