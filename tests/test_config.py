@@ -91,11 +91,11 @@ def test_bad_yaml_file(tmp_path):
 
 
 def test_specs_config_and_command_line_import_without_torch():
-    """Model and protocol specs, the configuration and the command line load
+    """Model and protocol specs, the configuration, the bundled configs and the command line load
     in a fresh interpreter without PyTorch (the CLI imports torch only when a verb runs)."""
     code = (
         "import sys; import skipganomaly.model_specs, skipganomaly.protocols, skipganomaly.config, "
-        "skipganomaly.cli; "
+        "skipganomaly.configs, skipganomaly.cli; "
         "print(sorted(m for m in ('torch', 'numpy', 'sklearn') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -150,13 +150,12 @@ def test_skipped_images_are_counted_in_the_run_log(tmp_path):
 
 
 def test_example_configs_are_valid():
-    from pathlib import Path
-
     from skipganomaly.config import flatten_keys, load_yaml
+    from skipganomaly.configs import bundled_configs
 
-    configs = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
-    assert {"paper-cifar10.yaml", "reference-cifar10.yaml", "mvtec-bottle.yaml"} <= {p.name for p in configs}
-    loaded = {path.stem: build_config(flatten_keys(load_yaml(path))) for path in configs}
+    configs = bundled_configs()  # the package's own files (importlib.resources)
+    assert {"paper-cifar10", "reference-cifar10", "mvtec-bottle", "digits", "digits-quick"} <= set(configs)
+    loaded = {name: build_config(flatten_keys(load_yaml(path))) for name, path in configs.items()}
     assert loaded["paper-cifar10"].train.preset == "paper" and loaded["paper-cifar10"].train.lr == 2e-3
     assert loaded["reference-cifar10"].train.preset == "reference"
     assert loaded["mvtec-bottle"].data.image_size == 128 and loaded["mvtec-bottle"].data.dataset == "mvtec"

@@ -1,6 +1,6 @@
-"""Command line: ``skipganomaly train | test | predict | reproduce | benchmark``. Each verb is a thin
-wrapper over the library; ``main(argv)`` returns the exit code. User errors print one line and exit
-with 2 (``--debug`` shows the traceback).
+"""Command line: ``skipganomaly train | test | predict | reproduce | benchmark | configs``. Each verb
+is a thin wrapper over the library; ``main(argv)`` returns the exit code. User errors print one
+line and exit with 2 (``--debug`` shows the traceback).
 
 Importing this module stays light (no torch): each verb imports what it needs when it runs.
 """
@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 from . import __version__
 from .config import Config, DataConfig, TrainConfig, build_config, flatten_keys, load_yaml, parse_override
+from .configs import bundled_configs, description, find_config
 from .errors import UserError
 from .model_specs import MODEL_NAMES, preset_names
 from .protocols import PROTOCOLS
@@ -110,7 +111,12 @@ def _add_run_settings(parser: argparse.ArgumentParser, defaults: dict[str, str],
     """The flag group ``train`` and ``reproduce`` share: --config, --set and the settings flags.
     ``defaults`` adds a verb's default to a flag's help; ``every_run`` says to whom --set applies."""
     group = parser.add_argument_group("settings (later wins: defaults, preset, --config, --set, these flags)")
-    group.add_argument("--config", metavar="FILE.yaml", help="YAML file with data/model/train/eval sections")
+    group.add_argument(
+        "--config",
+        metavar="FILE_OR_NAME",
+        help="YAML file with data/model/train/eval sections, or the name of a bundled config "
+        "('skipganomaly configs' lists them)",
+    )
     group.add_argument(
         "--set",
         dest="overrides",
@@ -132,7 +138,8 @@ def _add_train(verbs) -> None:
             "Train on the normal images of a data set, select the epoch on validation, and write "
             "RUN_DIR/config.yaml, RUN_DIR/checkpoints/{best,last}.pt, RUN_DIR/metrics.json, "
             "RUN_DIR/scores.csv and RUN_DIR/log.jsonl. Values come from the dataclass defaults, the "
-            "--preset, --config FILE.yaml, --set overrides, then the flags below (later wins)."
+            "--preset, --config FILE.yaml or bundled NAME, --set overrides, then the flags below "
+            "(later wins)."
         ),
     )
     _add_run_settings(
@@ -333,6 +340,16 @@ def _add_benchmark(verbs) -> None:
     _add_common(bench)
 
 
+def _add_configs(verbs) -> None:
+    configs = verbs.add_parser(
+        "configs",
+        help="list the bundled configs (use one with --config NAME)",
+        description="List the configurations shipped with the package, one line each: the name to pass "
+        "to --config and what it is.",
+    )
+    _add_common(configs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="skipganomaly",
@@ -342,18 +359,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"skipganomaly {__version__}")
     _add_common(parser)
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
-    for add in (_add_train, _add_test, _add_predict, _add_reproduce, _add_benchmark):
+    for add in (_add_train, _add_test, _add_predict, _add_reproduce, _add_benchmark, _add_configs):
         add(verbs)
     return parser
 
 
 # --------------------------------------------------------------------------- train
 def user_settings(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
-    """The settings the user gave, in the order they win: ``--config`` file, ``--set`` values,
-    then the dedicated flags (``--epochs`` ...)."""
+    """The settings the user gave, in the order they win: ``--config`` (a file or a bundled
+    config's name), ``--set`` values, then the dedicated flags (``--epochs`` ...)."""
     user: dict[str, Any] = {}
     if args.config:
-        user.update(flatten_keys(load_yaml(args.config)))
+        user.update(flatten_keys(load_yaml(find_config(args.config))))
     for text in args.overrides:
         key, value = parse_override(text)
         user[key] = value
@@ -503,6 +520,15 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- configs
+def cmd_configs(args: argparse.Namespace) -> int:
+    configs = bundled_configs()
+    width = max(len(name) for name in configs)
+    for name, file in configs.items():
+        print(f"{name:<{width}}  {description(file)}")
+    return 0
+
+
 # --------------------------------------------------------------------------- predict
 def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import Predictor, predict_to_csv
@@ -610,6 +636,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "reproduce": cmd_reproduce,
     "benchmark": cmd_benchmark,
+    "configs": cmd_configs,
 }
 
 

@@ -9,11 +9,12 @@ every run (``config.yaml``) and stored inside every checkpoint, so a run can be 
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -29,6 +30,9 @@ from .model_specs import (
     preset_names,
 )
 from .protocols import PROTOCOLS
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 # The values every run starts from are the default preset of the default model (model_specs).
 _DEFAULTS = MODEL_SPECS[DEFAULT_MODEL].presets[DEFAULT_PRESET]
@@ -202,12 +206,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+def load_yaml(path: str | os.PathLike | Traversable) -> dict[str, Any]:
+    """A YAML config file's sections; ``path`` may also be a bundled config (a package resource)."""
+    if isinstance(path, (str, os.PathLike)):
+        path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {path} does not exist; pass an existing YAML file to --config")
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
     if not isinstance(loaded, dict):
