@@ -130,6 +130,18 @@ def _add_run_settings(parser: argparse.ArgumentParser, defaults: dict[str, str],
         group.add_argument(flag.name, help=flag.help + (f" ({extra})" if extra else ""), **flag.options)
 
 
+def _add_trained_run(parser: argparse.ArgumentParser) -> None:
+    """The flags of the verbs that use a trained run (``test``, ``predict``): which run, which of
+    its checkpoints, which device."""
+    parser.add_argument(
+        "--run", required=True, metavar="RUN_DIR", help="the --output folder of a training run"
+    )
+    parser.add_argument(
+        "--checkpoint", default="best", choices=["best", "last"], help="which checkpoint (default best)"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
 def _add_train(verbs) -> None:
     train = verbs.add_parser(
         "train",
@@ -179,14 +191,10 @@ def _add_test(verbs) -> None:
         help="re-evaluate a trained run",
         description="Re-evaluate a run's checkpoint on its validation and test sets and write metrics.json.",
     )
-    test.add_argument("--run", required=True, metavar="RUN_DIR", help="the --output folder of a training run")
-    test.add_argument(
-        "--checkpoint", default="best", choices=["best", "last"], help="which checkpoint (default best)"
-    )
+    _add_trained_run(test)
     test.add_argument(
         "--data-root", metavar="DIR", help="read the data from here instead of the path stored in the run"
     )
-    test.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     test.add_argument(
         "--output", metavar="FILE.json", help="where to write the metrics (default RUN_DIR/metrics.json)"
     )
@@ -206,9 +214,7 @@ def _add_predict(verbs) -> None:
     predict.add_argument(
         "paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)"
     )
-    predict.add_argument(
-        "--run", required=True, metavar="RUN_DIR", help="the --output folder of a training run"
-    )
+    _add_trained_run(predict)
     predict.add_argument(
         "--output",
         default="predictions.csv",
@@ -219,9 +225,6 @@ def _add_predict(verbs) -> None:
         "--heatmaps", metavar="DIR", help="also write one anomaly-map PNG per image into DIR"
     )
     predict.add_argument(
-        "--checkpoint", default="best", choices=["best", "last"], help="which checkpoint (default best)"
-    )
-    predict.add_argument(
         "--batch-size", type=int, default=64, metavar="N", help="images per batch (default 64)"
     )
     predict.add_argument(
@@ -230,7 +233,6 @@ def _add_predict(verbs) -> None:
     predict.add_argument(
         "--skip-bad-images", action="store_true", help="skip unreadable images instead of stopping"
     )
-    predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     _add_common(predict)
 
 

@@ -26,6 +26,7 @@ from ..objective import (
     latent_score,
     reconstruction_score,
     score_output,
+    weighted_losses,
 )
 from .base import AdversarialAnomalyModel
 from .blocks import DCGANEncoder, DenseFastConv2d, DenseFastConvTranspose2d, check_image_size, init_weights
@@ -171,18 +172,8 @@ class SkipGANomaly(AdversarialAnomalyModel):
         adversarial = generator_adversarial_loss(logit_fake)
         contextual = contextual_loss(x, x_hat)
         latent = latent_loss(features_real.detach(), features_fake)
-        generator = (
-            weights.adversarial * adversarial + weights.contextual * contextual + weights.latent * latent
-        )
         discriminator = discriminator_loss(logit_real, logit_fake)
-        parts = {
-            "g_adv": adversarial.detach(),
-            "g_con": contextual.detach(),
-            "g_lat": latent.detach(),
-            "g": generator.detach(),
-            "d": discriminator.detach(),
-        }
-        return TrainingLosses(generator=generator, discriminator=discriminator, parts=parts)
+        return weighted_losses(weights, adversarial, contextual, latent, discriminator)
 
     def score(self, x: torch.Tensor, score_lambda: float = 0.9, details: bool = False) -> ScoreOutput:
         """Anomaly score of Eq. 5 for each image of ``x``; call in eval mode for honest scores.
