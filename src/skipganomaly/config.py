@@ -72,7 +72,10 @@ class _SharedModelConfig:
 # latent_search_steps and latent_search_lr), so a model's settings are declared with its spec.
 ModelConfig = dataclasses.make_dataclass(
     "ModelConfig",
-    [(key.name, key.type, field(default=key.default)) for key in own_keys().values()],
+    [
+        (key.name, key.type, field(default=key.default, metadata={"help": key.help}))
+        for key in own_keys().values()
+    ],
     bases=(_SharedModelConfig,),
 )
 ModelConfig.__module__ = __name__
