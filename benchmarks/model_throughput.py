@@ -48,7 +48,7 @@ def measure(model, x: torch.Tensor, repeats: int) -> tuple[float, float]:
         for opt in optimizers:
             opt.step()
 
-    def score_step():  # as skipganomaly.evaluate.score_set scores
+    def score_step():  # as skipganomaly.scoring.score_set scores
         model.eval()
         with torch.no_grad() if model.score_needs_grad else torch.inference_mode():
             model.score(x, 0.9)

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from skipganomaly.config import build_config
-from skipganomaly.data.base import ImageSet, LabelledSource, Splits
-from skipganomaly.evaluate import ScoredSet, score_set
+from skipganomaly.data.base import ImageSet, LabelledSource, SplitInfo, Splits
+from skipganomaly.scoring import ScoredSet, ScoringOptions, score_set
 
 torch.set_num_threads(2)
 
@@ -88,13 +88,13 @@ def synthetic_splits(
         images=smooth_images(n_train, size, rng),
         labels=np.zeros(n_train, np.int64),
     )
-    info = {
-        "dataset": "synthetic",
-        "class_names": ["stripes", "noise"],
-        "setting": "synthetic",
-        "normal_classes": ["stripes"],
-        "abnormal_classes": ["noise"],
-    }
+    info = SplitInfo(
+        dataset="synthetic",
+        class_names=["stripes", "noise"],
+        setting="synthetic",
+        normal_classes=["stripes"],
+        abnormal_classes=["noise"],
+    )
     return Splits(
         train=train,
         val=labelled(n_eval, n_eval),
@@ -168,18 +168,13 @@ def image_folder(tmp_path):
     return folder
 
 
-def score_tiny(model, image_set: ImageSet, batch_size: int, **kwargs) -> ScoredSet:
-    """Score a set of the tests' 16 px grayscale images on the CPU (keyword arguments of
-    ``score_set`` such as ``batchnorm_train`` or ``details`` pass through)."""
-    return score_set(
-        model,
-        image_set,
-        image_size=16,
-        channels=1,
-        batch_size=batch_size,
-        device=torch.device("cpu"),
-        **kwargs,
+def score_tiny(model, image_set: ImageSet, batch_size: int, pixel_sample: int = 0, **options) -> ScoredSet:
+    """Score a set of the tests' 16 px grayscale images on the CPU (``ScoringOptions`` such as
+    ``batchnorm_train`` or ``details`` pass through)."""
+    options = ScoringOptions(
+        image_size=16, channels=1, batch_size=batch_size, device=torch.device("cpu"), **options
     )
+    return score_set(model, image_set, options, pixel_sample)
 
 
 # --------------------------------------------------------------------------- the command line

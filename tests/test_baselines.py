@@ -2,6 +2,7 @@
 formulas, the AnoGAN latent search, honest scoring, and a short training of each."""
 
 import csv
+import inspect
 import json
 import math
 import re
@@ -14,10 +15,11 @@ import torch
 from conftest import score_tiny, synthetic_splits, tiny_config
 
 from skipganomaly import cli
-from skipganomaly.config import MODEL_NAMES, build_config, config_from_dict
+from skipganomaly.config import build_config, config_from_dict
 from skipganomaly.data.base import ImageSet
 from skipganomaly.errors import UserError
-from skipganomaly.models import EGBAD, MODELS, AnoGAN, GANomaly, build_model
+from skipganomaly.model_specs import MODEL_NAMES, MODEL_SPECS, TABLE_I_CLASSES
+from skipganomaly.models import EGBAD, MODELS, AnoGAN, GANomaly, build_model, model_args
 from skipganomaly.models.blocks import DCGANDiscriminator
 from skipganomaly.objective import LossWeights, bigan_generator_loss, feature_matching_score
 from skipganomaly.trainer import Trainer
@@ -45,10 +47,28 @@ def warm_up_batchnorm(model, x):
     return model.eval()
 
 
-def test_registry_and_config_agree():
+def test_every_spec_builds_its_model_and_resolves_its_presets():
+    """A model's spec (model_specs) is all the configuration, the registry and the report know of
+    it: its builder names the class of that name, every preset resolves to a valid configuration
+    holding the preset's values, and the model is built from that configuration alone."""
     assert set(MODELS) == set(MODEL_NAMES) == {"skipganomaly", *BASELINES}
-    for name in MODEL_NAMES:
-        assert MODELS[name].name == name
+    positions = []
+    for name, spec in MODEL_SPECS.items():
+        assert MODELS[name].name == name, spec.builder
+        parameters = inspect.signature(MODELS[name]).parameters
+        for key in spec.own_keys:  # passed to the constructor, with the spec's default
+            assert parameters[key.name].default == key.default, (name, key.name)
+        for preset, values in spec.presets.items():
+            config = build_config({"model.name": name, "train.preset": preset})
+            for dotted, value in values.items():
+                section, key = dotted.split(".")
+                assert getattr(getattr(config, section), key) == value, (name, preset, dotted)
+            model = build_model(name, **model_args(config.model, 16, 1))
+            assert set(model.args) >= set(spec.own_key_names)
+        if spec.table_i is not None:
+            assert len(spec.table_i.auroc) == len(TABLE_I_CLASSES)
+            positions.append(spec.table_i.position)
+    assert sorted(positions) == list(range(len(positions)))  # one row of Table I each
 
 
 @pytest.mark.parametrize("name", BASELINES)

@@ -131,7 +131,48 @@ def test_debug_shows_the_traceback(tmp_path):
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
-@pytest.mark.parametrize("verb", ["train", "test", "predict"])
+@pytest.mark.parametrize("verb", ["train", "test", "predict", "reproduce", "configs"])
 def test_help(verb):
     result = run_cli(verb, "--help")
     assert result.returncode == 0 and "usage:" in result.stdout
+
+
+def test_configs_verb_lists_every_bundled_config_in_one_line():
+    from skipganomaly.configs import bundled_configs, description
+
+    result = run_cli("configs")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    bundled = bundled_configs()
+    assert [line.split()[0] for line in lines] == list(bundled)
+    for line, file in zip(lines, bundled.values(), strict=True):
+        assert line.endswith(description(file)) and description(file), line
+    assert any(line.startswith("digits-quick ") and "Quick start" in line for line in lines)
+
+
+def test_config_by_bundled_name(tmp_path):
+    """--config NAME reads the package's own file, from any folder."""
+    result = run_cli(
+        "train", "--config", "digits-quick", "--epochs", "1", "--output", tmp_path / "run", *TINY_CLI, cwd=tmp_path
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    stored = (tmp_path / "run" / "config.yaml").read_text()
+    assert "preset: paper" in stored and "batch_size: 32" in stored  # from digits-quick.yaml
+
+
+def test_config_paths_resolve_to_existing_files_first_then_bundled_ones(tmp_path, monkeypatch):
+    from skipganomaly.configs import bundled_configs, find_config
+    from skipganomaly.errors import UserError
+
+    bundled = bundled_configs()
+    monkeypatch.chdir(tmp_path)
+    assert find_config("configs/digits-quick.yaml") == bundled["digits-quick"]  # a clone's old path
+    assert find_config("digits-quick.yaml") == bundled["digits-quick"]
+    assert find_config("digits") == bundled["digits"]
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "digits-quick.yaml").write_text("train:\n  epochs: 1\n")
+    assert find_config("configs/digits-quick.yaml").resolve() == tmp_path / "configs" / "digits-quick.yaml"
+    with pytest.raises(UserError, match="digits-quick"):  # the error names what exists
+        find_config("configs/digits-fast.yaml")
+    with pytest.raises(UserError, match="does not exist"):
+        find_config("digits-quick.json")

@@ -1,9 +1,11 @@
+import dataclasses
+import subprocess
+import sys
+
 import pytest
 import yaml
 
 from skipganomaly.config import (
-    DEFAULT_PRESET,
-    PRESETS,
     build_config,
     config_from_dict,
     dump_yaml,
@@ -11,13 +13,15 @@ from skipganomaly.config import (
     parse_override,
 )
 from skipganomaly.errors import UserError
+from skipganomaly.model_specs import DEFAULT_PRESET, MODEL_SPECS, preset_names
 
 
 def test_defaults_follow_the_default_preset():
     config = build_config()
     assert config.train.preset == DEFAULT_PRESET
-    for key, value in PRESETS[DEFAULT_PRESET].items():
-        assert getattr(config.train, key) == value
+    for key, value in MODEL_SPECS["skipganomaly"].presets[DEFAULT_PRESET].items():
+        section, name = key.split(".")
+        assert getattr(getattr(config, section), name) == value
     assert config.eval.score_lambda == 0.9
     assert (config.train.beta1, config.train.beta2) == (0.5, 0.999)
 
@@ -84,3 +88,44 @@ def test_bad_yaml_file(tmp_path):
         load_yaml(path)
     with pytest.raises(UserError, match="does not exist"):
         load_yaml(tmp_path / "missing.yaml")
+
+
+def test_specs_config_and_command_line_import_without_torch():
+    """Model and protocol specs, the configuration, the bundled configs and the command line load
+    in a fresh interpreter without PyTorch (the CLI imports torch only when a verb runs)."""
+    code = (
+        "import sys; import skipganomaly.model_specs, skipganomaly.protocols, skipganomaly.config, "
+        "skipganomaly.configs, skipganomaly.cli; "
+        "print(sorted(m for m in ('torch', 'numpy', 'sklearn') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_a_preset_sets_keys_of_any_section_and_the_user_still_wins(monkeypatch):
+    improved = {
+        "train.lr": 1e-3,
+        "data.batch_size": 32,
+        "model.ngf": 48,
+        "eval.score_lambda": 0.8,
+        "eval.threshold": "quantile",
+    }
+    skip = MODEL_SPECS["skipganomaly"]
+    monkeypatch.setitem(
+        MODEL_SPECS, "skipganomaly", dataclasses.replace(skip, presets={**skip.presets, "improved": improved})
+    )
+    assert "improved" in preset_names()  # train.preset's choices (and --preset's) come from the specs
+    config = build_config({"train.preset": "improved"})
+    assert (config.train.lr, config.data.batch_size, config.model.ngf) == (1e-3, 32, 48)
+    assert (config.eval.score_lambda, config.eval.threshold) == (0.8, "quantile")
+    assert config.train.w_con == 50.0  # what the preset leaves out keeps its default
+    mine = build_config({"train.preset": "improved", "model.ngf": 16, "eval.threshold": "f1"})
+    assert (mine.model.ngf, mine.eval.threshold, mine.train.lr) == (16, "f1", 1e-3)
+    assert config_from_dict(config.to_dict()) == config  # a stored config reloads unchanged
+    with pytest.raises(UserError, match="train.preset='improved' is not a preset of model ganomaly"):
+        build_config({"train.preset": "improved", "model.name": "ganomaly"})
+    typo = dataclasses.replace(skip, presets={**skip.presets, "improved": {"train.l_r": 1e-3}})
+    monkeypatch.setitem(MODEL_SPECS, "skipganomaly", typo)
+    with pytest.raises(UserError, match="config key 'train.l_r' is unknown"):
+        build_config({"train.preset": "improved"})

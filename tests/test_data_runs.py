@@ -15,8 +15,8 @@ from torch import nn
 from skipganomaly.cli import main
 from skipganomaly.config import build_config
 from skipganomaly.data import prepare_data
-from skipganomaly.evaluate import pixel_metrics
 from skipganomaly.objective import ScoreOutput
+from skipganomaly.scoring import ScoringOptions, pixel_metrics
 
 
 class BrightnessModel(nn.Module):
@@ -41,13 +41,13 @@ def test_pixel_auroc_against_masks(tmp_path):
     category = write_mvtec(tmp_path / "widget")
     config = build_config({"data.dataset": "mvtec", "data.root": str(category), "data.image_size": 32})
     splits = prepare_data(config.data)
-    args = (config, splits.channels, torch.device("cpu"), None, splits.protocol)
-    bright = pixel_metrics(BrightnessModel(1.0), splits.test, *args)
+    options = ScoringOptions.for_run(config, splits.channels, torch.device("cpu"), None, splits.protocol)
+    bright = pixel_metrics(BrightnessModel(1.0), splits.test, options)
     assert bright == {"pixel_auroc": 1.0, "pixel_images": len(splits.test)}
-    assert pixel_metrics(BrightnessModel(-1.0), splits.test, *args)["pixel_auroc"] == 0.0
+    assert pixel_metrics(BrightnessModel(-1.0), splits.test, options)["pixel_auroc"] == 0.0
     # Abnormal images without a mask file are left out; normal ones count with an all-normal mask.
     splits.test.masks = [None] * len(splits.test)
-    assert pixel_metrics(BrightnessModel(1.0), splits.test, *args) is None
+    assert pixel_metrics(BrightnessModel(1.0), splits.test, options) is None
 
 
 def test_mvtec_training_reports_image_and_pixel_auroc(tmp_path):
@@ -150,13 +150,12 @@ def test_skipped_images_are_counted_in_the_run_log(tmp_path):
 
 
 def test_example_configs_are_valid():
-    from pathlib import Path
-
     from skipganomaly.config import flatten_keys, load_yaml
+    from skipganomaly.configs import bundled_configs
 
-    configs = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
-    assert {"paper-cifar10.yaml", "reference-cifar10.yaml", "mvtec-bottle.yaml"} <= {p.name for p in configs}
-    loaded = {path.stem: build_config(flatten_keys(load_yaml(path))) for path in configs}
+    configs = bundled_configs()  # the package's own files (importlib.resources)
+    assert {"paper-cifar10", "reference-cifar10", "mvtec-bottle", "digits", "digits-quick"} <= set(configs)
+    loaded = {name: build_config(flatten_keys(load_yaml(path))) for name, path in configs.items()}
     assert loaded["paper-cifar10"].train.preset == "paper" and loaded["paper-cifar10"].train.lr == 2e-3
     assert loaded["reference-cifar10"].train.preset == "reference"
     assert loaded["mvtec-bottle"].data.image_size == 128 and loaded["mvtec-bottle"].data.dataset == "mvtec"

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import labelled_source, tiny_config
 
-from skipganomaly.data.protocols import make_splits
-from skipganomaly.paper_protocol import paper_evaluation_set, summarize_paper_protocol
+from skipganomaly.data.splits import make_splits
+from skipganomaly.protocols.paper import summarize_paper_protocol
 from skipganomaly.tensorboard_log import EVENTS_DIR, EventMirror
 from skipganomaly.trainer import Trainer
 
@@ -25,12 +25,12 @@ def test_paper_evaluation_is_the_paper_protocols_test_set():
     paper = make_splits(
         source, tiny_config(**{"data.abnormal_class": "noise", "data.protocol": "paper"}).data
     )
-    view = paper_evaluation_set(honest)
+    view = honest.paper_evaluation_set()
     # Normal: the 2 x 20 test images of the other classes; abnormal: all 60 + 20 noise images.
     assert len(view) == len(honest.val) + len(honest.test) == 120
     np.testing.assert_array_equal(view.images, paper.test.images)
     np.testing.assert_array_equal(view.labels, np.r_[np.zeros(40, int), np.ones(80, int)])
-    assert paper_evaluation_set(honest) is view  # built once per Splits
+    assert honest.paper_evaluation_set() is view  # built once per Splits
 
 
 def test_one_training_gives_the_honest_and_the_paper_figures(tmp_path):

@@ -70,10 +70,10 @@ def test_cifar_python_format_leave_one_class_out_counts(tmp_path, cifar_batches)
     )
     counts = splits.counts()
     assert counts["train"] == {"total": 90, "normal": 90, "abnormal": 0}
-    assert splits.info["evaluation_pool"] == {"normal": 27, "abnormal": 13}  # 9x3 test + (10+3) automobiles
+    assert splits.info.evaluation_pool == {"normal": 27, "abnormal": 13}  # 9x3 test + (10+3) automobiles
     assert counts["val"]["total"] + counts["test"]["total"] == 40
     assert counts["val"]["abnormal"] + counts["test"]["abnormal"] == 13
-    assert splits.info["class_names"] == CIFAR_CLASSES
+    assert splits.info.class_names == CIFAR_CLASSES
     assert 1 not in set(splits.train.class_ids.tolist())
     assert splits.train.images.shape[1:] == (32, 32, 3)
     assert_disjoint(splits, n_total=130)
@@ -96,7 +96,7 @@ def test_cifar_reads_parent_folder_archive_and_resizes(tmp_path, cifar_batches):
         np.testing.assert_array_equal(other.train.images, by_dir.train.images)
         assert other.test.ids == by_dir.test.ids
     assert by_dir.counts()["train"]["total"] == 10  # one-class: the 10 training cats
-    assert by_dir.info["evaluation_pool"] == {"normal": 3, "abnormal": 27}
+    assert by_dir.info.evaluation_pool == {"normal": 3, "abnormal": 27}
     gray = prepare_data(
         data_config(
             tmp_path,
@@ -118,15 +118,15 @@ def test_cifar_cache_is_written_once_and_reused(tmp_path, cifar_batches):
         **{"data.dataset": "cifar10", "data.root": str(cifar_batches), "data.abnormal_class": "bird"},
     )
     first = prepare_data(cfg)
-    assert "cached in" in first.info["storage"]
+    assert "cached in" in first.info.storage
     cached = list((tmp_path / "cache" / "arrays").glob("cifar10-32px-3c-*.npz"))
     assert len(cached) == 1
     second = prepare_data(cfg)
-    assert "loaded from cache" in second.info["storage"]
+    assert "loaded from cache" in second.info.storage
     np.testing.assert_array_equal(first.test.images, second.test.images)
     assert first.test.ids == second.test.ids
     other_size = prepare_data(dataclasses.replace(cfg, image_size=16))
-    assert "cached in" in other_size.info["storage"]  # keyed by size: decoded again
+    assert "cached in" in other_size.info.storage  # keyed by size: decoded again
     assert len(list((tmp_path / "cache" / "arrays").glob("cifar10-*.npz"))) == 2
 
 
@@ -158,8 +158,8 @@ def test_cifar_class_folder_layout(tmp_path):
         )
     )
     assert splits.counts()["train"]["total"] == 27
-    assert splits.info["evaluation_pool"] == {"normal": 18, "abnormal": 5}
-    assert splits.info["format"] == "class folders"
+    assert splits.info.evaluation_pool == {"normal": 18, "abnormal": 5}
+    assert splits.info.format == "class folders"
     assert_disjoint(splits, n_total=50)
     # An archive wrapping the layout in one top folder works too.
     archive = tar_gz(root, tmp_path / "cifar10-jpeg.tar.gz", arcname="cifar10")
@@ -262,7 +262,7 @@ def test_mnist_idx_gz_counts_and_disjoint(tmp_path):
         data_config(tmp_path, **{"data.dataset": "mnist", "data.root": str(root), "data.abnormal_class": "7"})
     )
     assert splits.counts()["train"]["total"] == 45
-    assert splits.info["evaluation_pool"] == {"normal": 18, "abnormal": 7}
+    assert splits.info.evaluation_pool == {"normal": 18, "abnormal": 7}
     assert splits.channels == 1 and splits.train.images.shape[1:] == (32, 32, 1)
     assert_disjoint(splits, n_total=70)
 
@@ -281,7 +281,7 @@ def test_fashion_mnist_plain_idx_in_torchvision_layout(tmp_path):
             },
         )
     )
-    assert splits.info["normal_classes"] == ["ankle-boot"]
+    assert splits.info.normal_classes == ["ankle-boot"]
     assert splits.counts()["train"]["total"] == 5
     assert splits.train.images.shape[1:] == (32, 32, 3)
     by_index = prepare_data(
@@ -289,7 +289,7 @@ def test_fashion_mnist_plain_idx_in_torchvision_layout(tmp_path):
             tmp_path, **{"data.dataset": "fashion-mnist", "data.root": str(root), "data.normal_class": "9"}
         )
     )
-    assert by_index.info["normal_classes"] == ["ankle-boot"]
+    assert by_index.info.normal_classes == ["ankle-boot"]
 
 
 def test_mnist_truncated_and_missing_files(tmp_path):
@@ -364,9 +364,9 @@ def test_folder_with_train_and_test_classes(tmp_path):
             },
         )
     )
-    assert splits.info["class_names"] == ["bolt", "nut", "screw"]
+    assert splits.info.class_names == ["bolt", "nut", "screw"]
     assert splits.counts()["train"]["total"] == 14
-    assert splits.info["evaluation_pool"] == {"normal": 7, "abnormal": 7}  # 3+4 test; 5+2 nuts
+    assert splits.info.evaluation_pool == {"normal": 7, "abnormal": 7}  # 3+4 test; 5+2 nuts
     assert splits.train.images.shape[1:] == (16, 16, 3)
     assert_disjoint(splits, n_total=28)
     assert all(i.startswith(("train/", "test/")) for i in splits.test.ids)
@@ -395,7 +395,7 @@ def test_folder_of_classes_is_split_by_seed(tmp_path):
     splits = prepare_data(cfg)
     assert splits.channels == 1
     assert splits.counts()["train"]["total"] == 8 + 4  # 80% of a and of b
-    assert splits.info["evaluation_pool"] == {"normal": 3, "abnormal": 3}
+    assert splits.info.evaluation_pool == {"normal": 3, "abnormal": 3}
     assert_disjoint(splits, n_total=18)
     assert prepare_data(cfg).test.ids == splits.test.ids
     reseeded = prepare_data(dataclasses.replace(cfg, split_seed=1))
@@ -406,9 +406,9 @@ def test_reference_layout(tmp_path):
     counts = {"train": {"0.normal": 8}, "test": {"0.normal": 4, "1.abnormal": 6}}
     root = write_class_folders(tmp_path / "custom", counts, size=16)
     splits = prepare_data(data_config(tmp_path, **{"data.dataset": "folder", "data.root": str(root)}))
-    assert splits.info["setting"].startswith("reference layout")
+    assert splits.info.setting.startswith("reference layout")
     assert splits.counts()["train"] == {"total": 8, "normal": 8, "abnormal": 0}
-    assert splits.info["evaluation_pool"] == {"normal": 4, "abnormal": 6}
+    assert splits.info.evaluation_pool == {"normal": 4, "abnormal": 6}
     assert_disjoint(splits, n_total=18)
     paper = prepare_data(
         data_config(tmp_path, **{"data.dataset": "folder", "data.root": str(root), "data.protocol": "paper"})
@@ -436,8 +436,8 @@ def test_mvtec_labels_groups_masks_and_stratified_split(tmp_path):
             data_config(tmp_path, **{"data.dataset": "mvtec", "data.root": str(root), "data.image_size": 16})
         )
         assert splits.counts()["train"] == {"total": 12, "normal": 12, "abnormal": 0}
-        assert splits.info["evaluation_pool"] == {"normal": 4, "abnormal": 8}
-        assert splits.info["class_names"] == ["good", "crack", "hole"] and splits.info["masks"] == 8
+        assert splits.info.evaluation_pool == {"normal": 4, "abnormal": 8}
+        assert splits.info.class_names == ["good", "crack", "hole"] and splits.info.masks == 8
         for part in (splits.val, splits.test):  # stratified by defect type: 2 of each on each side
             assert sorted(part.groups) == ["crack", "crack", "good", "good", "hole", "hole"]
             for group, mask, label in zip(part.groups, part.masks, part.labels, strict=True):
@@ -515,8 +515,8 @@ def test_corrupt_image_stops_naming_the_file_or_is_skipped_and_counted(tmp_path,
         prepare_data(data_config(tmp_path, **values))
     assert not (tmp_path / "cache" / "arrays").exists() or not list((tmp_path / "cache" / "arrays").iterdir())
     splits = prepare_data(data_config(tmp_path, **values, **{"data.skip_bad_images": True}))
-    assert splits.info["skipped_bad_images"] == 1
-    assert splits.info["skipped_files"] == ["train/a/zz_broken.png"]
+    assert splits.info.skipped_bad_images == 1
+    assert splits.info.skipped_files == ["train/a/zz_broken.png"]
     assert splits.counts()["train"]["total"] == 6
     # The cached arrays remember the bad file: without --skip-bad-images the next run still stops.
     with pytest.raises(BadImageError, match="zz_broken.png"):
@@ -533,7 +533,7 @@ def test_large_sets_stream_from_disk_and_count_bad_images(tmp_path, folder_with_
         "data.image_size": 16,
     }
     splits = prepare_data(data_config(tmp_path, **values))
-    assert not splits.train.in_memory and splits.info["storage"].startswith("streamed from disk")
+    assert not splits.train.in_memory and splits.info.storage.startswith("streamed from disk")
     assert splits.counts()["train"]["total"] == 7  # the bad file is only found when batches are drawn
     counter = BadImageCounter()
     batches = list(
@@ -560,4 +560,4 @@ def test_plain_normal_and_abnormal_folders_are_classes_not_the_reference_layout(
             tmp_path, **{"data.dataset": "folder", "data.root": str(root), "data.normal_class": "normal"}
         )
     )
-    assert splits.info["setting"] == "one-class" and splits.counts()["train"]["total"] == 10
+    assert splits.info.setting == "one-class" and splits.counts()["train"]["total"] == 10

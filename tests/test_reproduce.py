@@ -2,6 +2,7 @@
 
 import base64
 import csv
+import dataclasses
 import json
 import re
 import subprocess
@@ -15,9 +16,9 @@ from conftest import labelled_source
 from fixture_data import write_cifar_python, write_mvtec
 
 from skipganomaly.checkpoint import checkpoint_path, load_checkpoint
-from skipganomaly.config import MODEL_PRESETS
 from skipganomaly.data import READERS
 from skipganomaly.errors import UserError
+from skipganomaly.model_specs import MODEL_SPECS
 from skipganomaly.models import MODELS, SkipGANomaly
 from skipganomaly.report import ReproduceOptions, make_plan, resolve_profile, run_plan
 from skipganomaly.report.published import TABLE_I, is_table_i_classes, paper_class_name, table_i_order
@@ -213,8 +214,8 @@ def test_an_interrupted_run_is_resumed_to_the_same_weights(tmp_path, synthetic_d
     assert counts == {"trained": 0, "resumed": 1, "skipped": 0}
     whole = make_plan(_tiny_options(tmp_path / "whole"))
     assert run_plan(whole, progress=False, log=lambda s: None) == {"trained": 1, "resumed": 0, "skipped": 0}
-    resumed = load_checkpoint(checkpoint_path(spec.run_dir, "last"))["state_dict"]
-    uninterrupted = load_checkpoint(checkpoint_path(whole.runs[0].run_dir, "last"))["state_dict"]
+    resumed = load_checkpoint(checkpoint_path(spec.run_dir, "last")).state_dict
+    uninterrupted = load_checkpoint(checkpoint_path(whole.runs[0].run_dir, "last")).state_dict
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
     rows, whole_rows = collect_rows(plan), collect_rows(whole)
     assert [r["auroc"] for r in rows] == [r["auroc"] for r in whole_rows] and len(rows) == 2
@@ -225,8 +226,9 @@ def test_registered_models_and_protocols_plug_in(tmp_path, synthetic_dataset, mo
     class Variant(SkipGANomaly):
         name = "variant"
 
-    monkeypatch.setitem(MODELS, "variant", Variant)  # a model registers its class and its presets
-    monkeypatch.setitem(MODEL_PRESETS, "variant", MODEL_PRESETS["skipganomaly"])
+    monkeypatch.setitem(MODELS, "variant", Variant)  # a model registers its class and its spec
+    variant = dataclasses.replace(MODEL_SPECS["skipganomaly"], name="variant", display_name="variant")
+    monkeypatch.setitem(MODEL_SPECS, "variant", variant)
     options = _tiny_options(
         tmp_path / "out",
         models=["skipganomaly", "variant"],

@@ -20,7 +20,7 @@ from skipganomaly.benchmark import BenchmarkSettings, PlainMode, _child_peak, ru
 from skipganomaly.data.base import ImageSet
 from skipganomaly.data.loading import iterate_batches, to_model_input
 from skipganomaly.models import SkipGANomaly
-from skipganomaly.models.blocks import Conv2d, ConvTranspose2d, set_dense_fast_path
+from skipganomaly.models.blocks import DenseFastConv2d, DenseFastConvTranspose2d, set_dense_fast_path
 from skipganomaly.objective import LossWeights
 from skipganomaly.predict import Predictor, predict_to_csv
 from skipganomaly.trainer import RunLog, Trainer
@@ -34,11 +34,11 @@ def _quiet(config, splits, run_dir):
 @pytest.mark.parametrize(
     "make, shape",
     [
-        (lambda: Conv2d(12, 10, 4, 2, 1, bias=False), (5, 12, 2, 2)),  # UNet innermost 2x2 -> 1x1
-        (lambda: Conv2d(12, 10, 4, 1, 0, bias=False), (5, 12, 4, 4)),  # D features 4x4 -> 1x1
-        (lambda: Conv2d(12, 1, 1, bias=True), (5, 12, 1, 1)),  # classifier
-        (lambda: ConvTranspose2d(12, 10, 4, 2, 1, bias=False), (5, 12, 1, 1)),  # 1x1 -> 2x2
-        (lambda: ConvTranspose2d(12, 10, 4, 1, 0, bias=True), (5, 12, 1, 1)),  # 1x1 -> 4x4 (DCGAN)
+        (lambda: DenseFastConv2d(12, 10, 4, 2, 1, bias=False), (5, 12, 2, 2)),  # UNet innermost 2x2 -> 1x1
+        (lambda: DenseFastConv2d(12, 10, 4, 1, 0, bias=False), (5, 12, 4, 4)),  # D features 4x4 -> 1x1
+        (lambda: DenseFastConv2d(12, 1, 1, bias=True), (5, 12, 1, 1)),  # classifier
+        (lambda: DenseFastConvTranspose2d(12, 10, 4, 2, 1, bias=False), (5, 12, 1, 1)),  # 1x1 -> 2x2
+        (lambda: DenseFastConvTranspose2d(12, 10, 4, 1, 0, bias=True), (5, 12, 1, 1)),  # 1x1 -> 4x4 (DCGAN)
     ],
 )
 def test_dense_path_is_the_library_convolution(make, shape):
@@ -63,7 +63,7 @@ def test_dense_path_is_the_library_convolution(make, shape):
 
 
 def test_dense_path_is_taken_only_for_one_pixel_outputs(monkeypatch):
-    conv = Conv2d(4, 4, 4, 2, 1, bias=False)
+    conv = DenseFastConv2d(4, 4, 4, 2, 1, bias=False)
     assert conv._dense_window(torch.zeros(1, 4, 2, 2)) == (1, 1)
     assert conv._dense_window(torch.zeros(1, 4, 4, 4)) is None  # 2x2 output: the library kernel
     calls = []

@@ -5,8 +5,11 @@ import pytest
 import torch
 from conftest import score_tiny, synthetic_splits, tiny_config
 
-from skipganomaly.checkpoint import checkpoint_path, load_checkpoint
+from skipganomaly.checkpoint import Selection, checkpoint_path, load_checkpoint
 from skipganomaly.metrics import auroc
+from skipganomaly.objective import ScoreNormalization
+from skipganomaly.protocols.record import METRIC_SECTIONS, EvaluationInputs, build_metrics
+from skipganomaly.scoring import ScoredSet, ScoringOptions
 from skipganomaly.trainer import Trainer, lr_factor
 
 
@@ -88,7 +91,7 @@ def test_checkpoint_is_self_describing_and_safe(tmp_path, splits):
         assert {"low", "high", "threshold", "map_high"} <= set(payload["normalization"])
         assert payload["package_version"]
     best = load_checkpoint(checkpoint_path(tmp_path / "run", "best"))
-    assert best["epoch"] == metrics["epoch_best"]
+    assert best.epoch == metrics["epoch_best"]
     for name in ("config.yaml", "metrics.json", "scores.csv", "log.jsonl"):
         assert (tmp_path / "run" / name).exists()
     events = [json.loads(line)["event"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
@@ -132,3 +135,40 @@ def test_training_learns_what_normal_looks_like(tmp_path):
     metrics = trainer.fit()
     assert before < 0.7, before
     assert metrics["test"]["auroc"] >= 0.95, metrics["history"]
+
+
+def test_metrics_json_is_assembled_from_sections():
+    """metrics.json is the sections' keys in order; a new section adds its own keys and merges
+    into val and test, and a section that needs the model (pixel AUROC) builds it only when used."""
+    splits = synthetic_splits(n_train=4, n_eval=4)
+    labels = splits.test.labels
+    scores = labels + 0.01 * np.arange(len(labels))
+    scored = ScoredSet(
+        score=scores, reconstruction=scores, latent=scores, labels=labels, indices=np.arange(len(labels))
+    )
+    history = [{"epoch": 1, "test": {"auroc": 0.5}}, {"epoch": 2, "test": {"auroc": 1.0}}]
+    inputs = EvaluationInputs(
+        config=tiny_config(),
+        splits=splits,
+        val=scored,
+        test=scored,
+        normalization=ScoreNormalization(low=0.0, high=1.0, threshold=0.5),
+        best=Selection(epoch=2, metric="val.auroc", value=1.0),
+        history=history,
+        model=lambda: pytest.fail("no section needed the model: the splits have no masks"),
+        options=ScoringOptions(image_size=16, channels=1, batch_size=8, device=torch.device("cpu")),
+    )
+    metrics = build_metrics(inputs)
+    assert list(metrics)[:3] == ["protocol", "protocol_note", "model"]
+    assert (metrics["protocol"], metrics["epoch_best"], metrics["selection"]) == ("val-split", 2, "val.auroc")
+    assert metrics["val"]["auroc"] == metrics["test"]["auroc"] == 1.0
+    assert metrics["test"]["threshold"] == 0.5 and metrics["test"]["f1"] == 1.0
+    assert metrics["paper_style"]["epoch"] == 2 and metrics["paper_protocol"] is None
+    assert "pixel_auroc" not in metrics["test"]
+
+    def shortcut_section(e):
+        return {"test": {"mean_intensity_auroc": 0.5}, "shortcuts": {"warning": None}}
+
+    extended = build_metrics(inputs, (*METRIC_SECTIONS, shortcut_section))
+    assert extended["test"]["mean_intensity_auroc"] == 0.5 and extended["test"]["auroc"] == 1.0
+    assert extended["shortcuts"] == {"warning": None} and list(extended)[:-1] == list(metrics)

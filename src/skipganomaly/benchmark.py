@@ -12,7 +12,7 @@ slows both alike and the ratio holds. Each figure is the median over ``repeats``
   network's loss back-propagated into both networks); scoring under ``no_grad`` in batches of 64
   with two discriminator passes.
 * **optimised**: what ``skipganomaly train`` and ``predict`` run: ``Trainer.train_epoch`` and
-  ``evaluate.score_set`` with the chosen precision, memory format and threads; images preloaded as
+  ``scoring.score_set`` with the chosen precision, memory format and threads; images preloaded as
   one uint8 tensor; one D pass per input; fused Adam; dense 1x1 layers as matrix products;
   ``inference_mode`` and one D pass over [x; x_hat] for scoring.
 
@@ -42,10 +42,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from .config import build_config
 from .data.base import ImageSet, Splits
-from .evaluate import score_set, scoring_kwargs
 from .models.blocks import set_dense_fast_path
 from .objective import LossWeights, discriminator_loss, generator_adversarial_loss
 from .runtime import cpu_has_native_bf16, peak_rss_mib, resolve_device, resolve_precision
+from .scoring import ScoringOptions, score_set
 from .trainer import RunLog, Trainer
 
 
@@ -87,7 +87,7 @@ def synthetic_splits(n_train: int, n_test: int, size: int, channels: int) -> Spl
     )
     labels = (np.arange(n_test) % 2).astype(np.int64)
     test = ImageSet(class_ids=labels, images=synthetic_images(n_test, size, channels, seed=1), labels=labels)
-    return Splits(train=train, val=test, test=test, protocol="val-split", channels=channels, info={})
+    return Splits(train=train, val=test, test=test, protocol="val-split", channels=channels)
 
 
 class PerItemImages(Dataset):
@@ -188,8 +188,8 @@ class OptimisedMode:
 
     def score(self) -> np.ndarray:
         t = self.trainer
-        kwargs = scoring_kwargs(t.config, t.channels, t.device, t.amp_dtype)
-        return score_set(t.model, self.splits.test, **kwargs).score
+        options = ScoringOptions.for_run(t.config, t.channels, t.device, t.amp_dtype)
+        return score_set(t.model, self.splits.test, options).score
 
 
 # --------------------------------------------------------------------------- timing

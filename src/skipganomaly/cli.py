@@ -1,6 +1,9 @@
-"""Command line: ``skipganomaly train | test | predict | reproduce | benchmark``. Each verb is a thin
-wrapper over the library; ``main(argv)`` returns the exit code. User errors print one line and exit
-with 2 (``--debug`` shows the traceback)."""
+"""Command line: ``skipganomaly train | test | predict | reproduce | benchmark | configs``. Each verb
+is a thin wrapper over the library; ``main(argv)`` returns the exit code. User errors print one
+line and exit with 2 (``--debug`` shows the traceback).
+
+Importing this module stays light (no torch): each verb imports what it needs when it runs.
+"""
 
 from __future__ import annotations
 
@@ -10,40 +13,87 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import __version__
-from .config import (
-    MODEL_NAMES,
-    PRESETS,
-    PROTOCOLS,
-    Config,
-    build_config,
-    flatten_keys,
-    load_yaml,
-    parse_override,
-)
+from .config import Config, DataConfig, TrainConfig, build_config, flatten_keys, load_yaml, parse_override
+from .configs import bundled_configs, description, find_config
 from .errors import UserError
+from .model_specs import MODEL_NAMES, preset_names
+from .protocols import PROTOCOLS
 
-# Dedicated flags of ``train`` and the config keys they set (they win over --config and --set).
-TRAIN_FLAGS = {
-    "preset": "train.preset",
-    "dataset": "data.dataset",
-    "data_root": "data.root",
-    "abnormal_class": "data.abnormal_class",
-    "normal_class": "data.normal_class",
-    "protocol": "data.protocol",
-    "image_size": "data.image_size",
-    "batch_size": "data.batch_size",
-    "workers": "data.workers",
-    "skip_bad_images": "data.skip_bad_images",
-    "cache_dir": "data.cache_dir",
-    "model": "model.name",
-    "epochs": "train.epochs",
-    "seed": "train.seed",
-    "device": "train.device",
-    "precision": "train.precision",
-}
+
+class Flag(NamedTuple):
+    """A command-line flag that sets one config key (it wins over --config and --set)."""
+
+    name: str
+    key: str
+    help: str
+    options: dict[str, Any] = {}  # more argparse options: type, metavar, choices, action
+
+    @property
+    def dest(self) -> str:
+        return self.name.lstrip("-").replace("-", "_")
+
+
+_N = {"type": int, "metavar": "N"}
+# The settings flags ``train`` and ``reproduce`` share; a verb appends its default to the help.
+RUN_SETTING_FLAGS = (
+    Flag(
+        "--preset",
+        "train.preset",
+        "training preset: paper (Sec. IV-B) or reference (official code), each model with its own values",
+        {"choices": preset_names()},
+    ),
+    Flag(
+        "--data-root",
+        "data.root",
+        "the data set's folder or archive (.tar.gz, .zip; unpacked once into the cache); cifar10, mnist "
+        "and fashion-mnist download into the cache without it",
+        {"metavar": "DIR"},
+    ),
+    Flag("--image-size", "data.image_size", "square input size, a power of two 16..256", _N),
+    Flag("--batch-size", "data.batch_size", "training batch size", _N),
+    Flag("--epochs", "train.epochs", "training epochs", _N),
+    Flag("--device", "train.device", "auto, cpu, cuda or cuda:N (default auto)"),
+    Flag("--precision", "train.precision", "arithmetic precision", {"choices": ["fp32", "bf16", "auto"]}),
+    Flag("--workers", "data.workers", "DataLoader workers for file-backed data", _N),
+    Flag("--cache-dir", "data.cache_dir", "where decoded data sets are cached", {"metavar": "DIR"}),
+    Flag(
+        "--skip-bad-images",
+        "data.skip_bad_images",
+        "skip unreadable images (counted in the log) instead of stopping",
+        {"action": "store_true", "default": None},
+    ),
+)
+# The flags of ``train`` alone.
+TRAIN_ONLY_FLAGS = (
+    Flag(
+        "--dataset",
+        "data.dataset",
+        "digits (default: embedded, offline), cifar10, mnist, fashion-mnist, folder or mvtec (README, Data sets)",
+    ),
+    Flag(
+        "--protocol", "data.protocol", "model-selection protocol (default: val-split)", {"choices": PROTOCOLS}
+    ),
+    Flag(
+        "--seed",
+        "train.seed",
+        "random seed for weights, shuffling and noise (default 0)",
+        {"type": int, "metavar": "S"},
+    ),
+    Flag(
+        "--model",
+        "model.name",
+        "skipganomaly (default) or a baseline of the paper's Table I; each gets its own preset values "
+        "(README, Baselines)",
+        {"choices": MODEL_NAMES},
+    ),
+)
+CLASS_FLAGS = {"abnormal_class": "data.abnormal_class", "normal_class": "data.normal_class"}
+# Flag dest -> the config key it sets.
+REPRODUCE_FLAGS = {flag.dest: flag.key for flag in RUN_SETTING_FLAGS}
+TRAIN_FLAGS = {**REPRODUCE_FLAGS, **{flag.dest: flag.key for flag in TRAIN_ONLY_FLAGS}, **CLASS_FLAGS}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,16 +107,42 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="skipganomaly",
-        description="Skip-GANomaly: unsupervised image anomaly detection trained on normal images only.",
-        epilog="Run 'skipganomaly VERB --help' for each verb's options.",
+def _add_run_settings(parser: argparse.ArgumentParser, defaults: dict[str, str], every_run: str = "") -> None:
+    """The flag group ``train`` and ``reproduce`` share: --config, --set and the settings flags.
+    ``defaults`` adds a verb's default to a flag's help; ``every_run`` says to whom --set applies."""
+    group = parser.add_argument_group("settings (later wins: defaults, preset, --config, --set, these flags)")
+    group.add_argument(
+        "--config",
+        metavar="FILE_OR_NAME",
+        help="YAML file with data/model/train/eval sections, or the name of a bundled config "
+        "('skipganomaly configs' lists them)",
     )
-    parser.add_argument("--version", action="version", version=f"skipganomaly {__version__}")
-    _add_common(parser)
-    verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    group.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help=f"override one config value{every_run}, e.g. --set train.lr=0.0002 (repeatable)",
+    )
+    for flag in RUN_SETTING_FLAGS:
+        extra = defaults.get(flag.dest)
+        group.add_argument(flag.name, help=flag.help + (f" ({extra})" if extra else ""), **flag.options)
 
+
+def _add_trained_run(parser: argparse.ArgumentParser) -> None:
+    """The flags of the verbs that use a trained run (``test``, ``predict``): which run, which of
+    its checkpoints, which device."""
+    parser.add_argument(
+        "--run", required=True, metavar="RUN_DIR", help="the --output folder of a training run"
+    )
+    parser.add_argument(
+        "--checkpoint", default="best", choices=["best", "last"], help="which checkpoint (default best)"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
+def _add_train(verbs) -> None:
     train = verbs.add_parser(
         "train",
         help="train a model on normal images and evaluate it",
@@ -74,34 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
             "Train on the normal images of a data set, select the epoch on validation, and write "
             "RUN_DIR/config.yaml, RUN_DIR/checkpoints/{best,last}.pt, RUN_DIR/metrics.json, "
             "RUN_DIR/scores.csv and RUN_DIR/log.jsonl. Values come from the dataclass defaults, the "
-            "--preset, --config FILE.yaml, --set overrides, then the flags below (later wins)."
+            "--preset, --config FILE.yaml or bundled NAME, --set overrides, then the flags below "
+            "(later wins)."
         ),
     )
-    train.add_argument("--config", metavar="FILE.yaml", help="YAML file with data/model/train/eval sections")
-    train.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="override one config value, e.g. --set train.lr=0.0002 (repeatable)",
+    _add_run_settings(
+        train,
+        {
+            "preset": f"default {TrainConfig.preset}",
+            "batch_size": f"default {DataConfig.batch_size}",
+            "epochs": f"default {TrainConfig.epochs}",
+            "precision": f"default {TrainConfig.precision}",
+        },
     )
-    train.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        help="training preset: paper (Sec. IV-B) or reference (official code)",
-    )
-    train.add_argument(
-        "--dataset",
-        help="digits (default: embedded, offline), cifar10, mnist, fashion-mnist, folder or mvtec (README, Data sets)",
-    )
-    train.add_argument(
-        "--data-root",
-        metavar="DIR",
-        help="the data set's folder or archive (.tar.gz, .zip; unpacked once into the cache); cifar10, mnist "
-        "and fashion-mnist download into the cache without it",
-    )
-    which = train.add_mutually_exclusive_group()
+    what = train.add_argument_group("what to train")
+    for flag in TRAIN_ONLY_FLAGS:
+        what.add_argument(flag.name, help=flag.help, **flag.options)
+    which = what.add_mutually_exclusive_group()
     which.add_argument(
         "--abnormal-class",
         metavar="NAME",
@@ -109,33 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     which.add_argument(
         "--normal-class", metavar="NAME", help="one-class: this class is normal, all others abnormal"
-    )
-    train.add_argument("--protocol", choices=PROTOCOLS, help="model-selection protocol (default: val-split)")
-    train.add_argument(
-        "--image-size", type=int, metavar="N", help="square input size, a power of two 16..256"
-    )
-    train.add_argument("--batch-size", type=int, metavar="N", help="training batch size (default 64)")
-    train.add_argument("--epochs", type=int, metavar="N", help="training epochs (default 15)")
-    train.add_argument(
-        "--seed", type=int, metavar="S", help="random seed for weights, shuffling and noise (default 0)"
-    )
-    train.add_argument(
-        "--model",
-        choices=MODEL_NAMES,
-        help="skipganomaly (default) or a baseline of the paper's Table I; each gets its own preset "
-        "values (README, Baselines)",
-    )
-    train.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
-    train.add_argument(
-        "--precision", choices=["fp32", "bf16", "auto"], help="arithmetic precision (default fp32)"
-    )
-    train.add_argument("--workers", type=int, metavar="N", help="DataLoader workers for file-backed data")
-    train.add_argument("--cache-dir", metavar="DIR", help="where decoded data sets are cached")
-    train.add_argument(
-        "--skip-bad-images",
-        action="store_true",
-        default=None,
-        help="skip unreadable images (counted in the log) instead of stopping",
     )
     train.add_argument(
         "--output", metavar="RUN_DIR", help="run folder (default runs/<dataset>-<class>-seed<S>)"
@@ -146,24 +184,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_common(train)
 
+
+def _add_test(verbs) -> None:
     test = verbs.add_parser(
         "test",
         help="re-evaluate a trained run",
         description="Re-evaluate a run's checkpoint on its validation and test sets and write metrics.json.",
     )
-    test.add_argument("--run", required=True, metavar="RUN_DIR", help="the --output folder of a training run")
-    test.add_argument(
-        "--checkpoint", default="best", choices=["best", "last"], help="which checkpoint (default best)"
-    )
+    _add_trained_run(test)
     test.add_argument(
         "--data-root", metavar="DIR", help="read the data from here instead of the path stored in the run"
     )
-    test.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     test.add_argument(
         "--output", metavar="FILE.json", help="where to write the metrics (default RUN_DIR/metrics.json)"
     )
     _add_common(test)
 
+
+def _add_predict(verbs) -> None:
     predict = verbs.add_parser(
         "predict",
         help="score image files and folders",
@@ -176,9 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)"
     )
-    predict.add_argument(
-        "--run", required=True, metavar="RUN_DIR", help="the --output folder of a training run"
-    )
+    _add_trained_run(predict)
     predict.add_argument(
         "--output",
         default="predictions.csv",
@@ -189,9 +225,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--heatmaps", metavar="DIR", help="also write one anomaly-map PNG per image into DIR"
     )
     predict.add_argument(
-        "--checkpoint", default="best", choices=["best", "last"], help="which checkpoint (default best)"
-    )
-    predict.add_argument(
         "--batch-size", type=int, default=64, metavar="N", help="images per batch (default 64)"
     )
     predict.add_argument(
@@ -200,10 +233,72 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--skip-bad-images", action="store_true", help="skip unreadable images instead of stopping"
     )
-    predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     _add_common(predict)
-    _add_reproduce(verbs)
 
+
+def _add_reproduce(verbs) -> None:
+    from .report.profiles import PROFILE_CHOICES
+
+    reproduce = verbs.add_parser(
+        "reproduce",
+        help="train and evaluate every class x seed x model and write a report (the paper's Table I)",
+        description=(
+            "One training and evaluation per (model, abnormal class, seed), each an ordinary run folder under "
+            "OUTPUT/runs/; finished runs are skipped and interrupted ones resumed, so rerunning the same "
+            "command continues. Writes OUTPUT/results.csv, summary.json, figures/, report.md and a "
+            "self-contained report.html. The paper protocol is scored beside the honest one within the same "
+            "trainings. Settings: the data set's profile (--profile), then --config, --set and the flags."
+        ),
+    )
+    _add_run_settings(
+        reproduce,
+        {"epochs": "default: the profile's", "batch_size": "default: the profile's"},
+        every_run=" for every run",
+    )
+    what = reproduce.add_argument_group("what to run")
+    what.add_argument("--dataset", default="digits", help="data set name (default: digits)")
+    what.add_argument(
+        "--classes",
+        nargs="+",
+        metavar="NAME",
+        help="classes to leave out in turn (default: every class of the data set)",
+    )
+    what.add_argument(
+        "--one-class",
+        action="store_true",
+        help="treat each chosen class as the only normal class instead (one-class setting)",
+    )
+    what.add_argument(
+        "--seeds", nargs="+", type=int, default=[0], metavar="S", help="training seeds (default: 0)"
+    )
+    what.add_argument(
+        "--models", nargs="+", default=["skipganomaly"], metavar="NAME", help="models (default: skipganomaly)"
+    )
+    what.add_argument(
+        "--protocols",
+        nargs="+",
+        choices=PROTOCOLS,
+        default=["val-split", "paper"],
+        metavar="P",
+        help=f"protocols reported, from {', '.join(PROTOCOLS)} (default: val-split paper; paper needs no "
+        "extra training beside an honest protocol)",
+    )
+    what.add_argument(
+        "--profile",
+        choices=PROFILE_CHOICES,
+        default="auto",
+        help="auto (default): the data set's default profile, light for digits, faithful otherwise; "
+        "light: reduced settings to run on a small CPU; faithful: the paper's settings",
+    )
+    reproduce.add_argument(
+        "--output", metavar="DIR", help="output folder (default runs/reproduce-<dataset>); rerun to resume"
+    )
+    reproduce.add_argument("--quiet", action="store_true", help="no progress bars")
+    reproduce.add_argument("--verbose", action="store_true", help="also print each run's counts and epochs")
+    _add_common(reproduce)
+
+
+def _add_benchmark(verbs) -> None:
     bench = verbs.add_parser(
         "benchmark",
         help="measure training and scoring speed, plain versus optimised",
@@ -245,119 +340,39 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
     bench.add_argument("--json", metavar="FILE.json", help="also write the figures as JSON")
     _add_common(bench)
+
+
+def _add_configs(verbs) -> None:
+    configs = verbs.add_parser(
+        "configs",
+        help="list the bundled configs (use one with --config NAME)",
+        description="List the configurations shipped with the package, one line each: the name to pass "
+        "to --config and what it is.",
+    )
+    _add_common(configs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="skipganomaly",
+        description="Skip-GANomaly: unsupervised image anomaly detection trained on normal images only.",
+        epilog="Run 'skipganomaly VERB --help' for each verb's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"skipganomaly {__version__}")
+    _add_common(parser)
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    for add in (_add_train, _add_test, _add_predict, _add_reproduce, _add_benchmark, _add_configs):
+        add(verbs)
     return parser
-
-
-# Flags of ``reproduce`` that set one config value for every run (they win over --config/--set).
-REPRODUCE_FLAGS = {
-    k: TRAIN_FLAGS[k]
-    for k in (
-        "preset",
-        "data_root",
-        "image_size",
-        "batch_size",
-        "workers",
-        "skip_bad_images",
-        "cache_dir",
-        "epochs",
-        "device",
-        "precision",
-    )
-}
-
-
-def _add_reproduce(verbs) -> None:
-    from .config import PROTOCOLS
-    from .report.profiles import PROFILE_CHOICES
-
-    reproduce = verbs.add_parser(
-        "reproduce",
-        help="train and evaluate every class x seed x model and write a report (the paper's Table I)",
-        description=(
-            "One training and evaluation per (model, abnormal class, seed), each an ordinary run folder under "
-            "OUTPUT/runs/; finished runs are skipped and interrupted ones resumed, so rerunning the same "
-            "command continues. Writes OUTPUT/results.csv, summary.json, figures/, report.md and a "
-            "self-contained report.html. The paper protocol is scored beside the honest one within the same "
-            "trainings. Settings: the data set's profile (--profile), then --config, --set and the flags."
-        ),
-    )
-    reproduce.add_argument("--dataset", default="digits", help="data set name (default: digits)")
-    reproduce.add_argument("--data-root", metavar="DIR", help="where the data set's files are")
-    reproduce.add_argument(
-        "--classes",
-        nargs="+",
-        metavar="NAME",
-        help="classes to leave out in turn (default: every class of the data set)",
-    )
-    reproduce.add_argument(
-        "--one-class",
-        action="store_true",
-        help="treat each chosen class as the only normal class instead (one-class setting)",
-    )
-    reproduce.add_argument(
-        "--seeds", nargs="+", type=int, default=[0], metavar="S", help="training seeds (default: 0)"
-    )
-    reproduce.add_argument(
-        "--models", nargs="+", default=["skipganomaly"], metavar="NAME", help="models (default: skipganomaly)"
-    )
-    reproduce.add_argument(
-        "--protocols",
-        nargs="+",
-        choices=PROTOCOLS,
-        default=["val-split", "paper"],
-        metavar="P",
-        help=f"protocols reported, from {', '.join(PROTOCOLS)} (default: val-split paper; paper needs no "
-        "extra training beside an honest protocol)",
-    )
-    reproduce.add_argument(
-        "--profile",
-        choices=PROFILE_CHOICES,
-        default="auto",
-        help="auto (default): the data set's default profile, light for digits, faithful otherwise; "
-        "light: reduced settings to run on a small CPU; faithful: the paper's settings",
-    )
-    reproduce.add_argument("--epochs", type=int, metavar="N", help="training epochs (default: the profile's)")
-    reproduce.add_argument(
-        "--config", metavar="FILE.yaml", help="YAML file with data/model/train/eval sections"
-    )
-    reproduce.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="override one config value for every run, e.g. --set model.ngf=32 (repeatable)",
-    )
-    reproduce.add_argument("--preset", choices=sorted(PRESETS), help="training preset: paper or reference")
-    reproduce.add_argument(
-        "--image-size", type=int, metavar="N", help="square input size, a power of two 16..256"
-    )
-    reproduce.add_argument("--batch-size", type=int, metavar="N", help="training batch size")
-    reproduce.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
-    reproduce.add_argument("--precision", choices=["fp32", "bf16", "auto"], help="arithmetic precision")
-    reproduce.add_argument("--workers", type=int, metavar="N", help="DataLoader workers for file-backed data")
-    reproduce.add_argument("--cache-dir", metavar="DIR", help="where decoded data sets are cached")
-    reproduce.add_argument(
-        "--skip-bad-images",
-        action="store_true",
-        default=None,
-        help="skip unreadable images instead of stopping",
-    )
-    reproduce.add_argument(
-        "--output", metavar="DIR", help="output folder (default runs/reproduce-<dataset>); rerun to resume"
-    )
-    reproduce.add_argument("--quiet", action="store_true", help="no progress bars")
-    reproduce.add_argument("--verbose", action="store_true", help="also print each run's counts and epochs")
-    _add_common(reproduce)
 
 
 # --------------------------------------------------------------------------- train
 def user_settings(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, Any]:
-    """The settings the user gave, in the order they win: ``--config`` file, ``--set`` values,
-    then the dedicated flags (``--epochs`` ...)."""
+    """The settings the user gave, in the order they win: ``--config`` (a file or a bundled
+    config's name), ``--set`` values, then the dedicated flags (``--epochs`` ...)."""
     user: dict[str, Any] = {}
     if args.config:
-        user.update(flatten_keys(load_yaml(args.config)))
+        user.update(flatten_keys(load_yaml(find_config(args.config))))
     for text in args.overrides:
         key, value = parse_override(text)
         user[key] = value
@@ -388,38 +403,6 @@ def default_run_dir(config: Config) -> Path:
     return Path("runs") / f"{d.dataset}-{which}{model}-seed{config.train.seed}"
 
 
-def describe_splits(splits) -> str:
-    """The data lines printed at the start of every run: what was read, how it was split, counts."""
-    c = splits.counts()
-    info = splits.info
-    fmt = "{:,}".format
-    lines = [
-        f"data: {info.get('dataset')} ({info.get('setting')}); normal: {', '.join(info.get('normal_classes') or ['-'])}; "
-        f"abnormal: {', '.join(info.get('abnormal_classes') or ['-'])}",
-    ]
-    if info.get("storage"):
-        where = f" from {info['root']}" if info.get("root") else ""
-        lines.append(f"images{where}: {info['storage']}")
-    if info.get("skipped_bad_images"):
-        named = ", ".join(info.get("skipped_files", [])[:5])
-        lines.append(
-            f"skipped {fmt(info['skipped_bad_images'])} unreadable images (--skip-bad-images): {named}"
-        )
-    pool = info.get("evaluation_pool")
-    if pool:
-        lines.append(f"evaluation pool: {fmt(pool['normal'])}:{fmt(pool['abnormal'])} (normal:abnormal)")
-    lines.append(
-        f"protocol {splits.protocol}: train {fmt(c['train']['total'])} normal images; "
-        f"validation {fmt(c['val']['normal'])}:{fmt(c['val']['abnormal'])}; "
-        f"test {fmt(c['test']['normal'])}:{fmt(c['test']['abnormal'])} (normal:abnormal)"
-    )
-    if info.get("masks"):
-        lines.append(
-            f"ground-truth masks: {fmt(info['masks'])} abnormal evaluation images (pixel AUROC reported)"
-        )
-    return "\n".join(lines)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from . import distributed
 
@@ -431,14 +414,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     """Train in this process, or as one of the processes torchrun started (rank 0 prints)."""
-    from .checkpoint import checkpoint_path, config_from_checkpoint, load_checkpoint
-    from .data import prepare_data
+    from .checkpoint import checkpoint_path, load_checkpoint
     from .distributed import context_from_env, launched_by_torchrun
-    from .trainer import Trainer
+    from .runs import describe_training, train_run
 
     say = print if int(os.environ.get("RANK", "0")) == 0 else (lambda *a, **k: None)
 
-    payload = None
+    resume = None
     if args.resume:
         run_dir = Path(args.resume)
         conflicting = [
@@ -454,11 +436,11 @@ def _train(args: argparse.Namespace) -> int:
                 + (["--output"] if args.output else [])
             )
             raise UserError(f"--resume continues {run_dir} with its stored configuration; drop {extra}")
-        payload = load_checkpoint(checkpoint_path(run_dir, "last"))
-        config = config_from_checkpoint(payload)
+        resume = load_checkpoint(checkpoint_path(run_dir, "last"))
+        config = resume.config
         if args.device:
             config.train.device = args.device
-        if payload["epoch"] >= config.train.epochs and (run_dir / "metrics.json").exists():
+        if resume.epoch >= config.train.epochs and (run_dir / "metrics.json").exists():
             say(f"{run_dir} already finished all {config.train.epochs} epochs; nothing to resume")
             return 0
     else:
@@ -470,26 +452,23 @@ def _train(args: argparse.Namespace) -> int:
             )
     started = time.perf_counter()
     context = context_from_env(config.train.device) if launched_by_torchrun() else None
-    splits = prepare_data(config.data)
-    say(describe_splits(splits))
-    trainer = Trainer(config, splits, run_dir, progress=False if args.quiet else None, context=context)
-    if payload is not None:
-        trainer.restore(payload)
-        say(f"resuming {run_dir} after epoch {trainer.start_epoch} of {config.train.epochs}")
-    where = (
-        f"{trainer.device}" if context is None else f"{context.world_size} processes ({trainer.device.type})"
+
+    def announce(trainer) -> None:
+        say(trainer.splits.describe())
+        if resume is not None:
+            say(f"resuming {run_dir} after epoch {trainer.start_epoch} of {config.train.epochs}")
+        say(describe_training(trainer, run_dir))
+
+    trained = train_run(
+        config,
+        run_dir,
+        resume=resume,
+        progress=False if args.quiet else None,
+        context=context,
+        on_ready=announce,
     )
-    if trainer.device.type == "cpu":
-        plural = "" if trainer.threads == 1 else "s"
-        where += f", {trainer.threads} thread{plural}" + (" each" if context is not None else "")
-    say(
-        f"training {config.model.name} ({config.train.preset} preset: lr {config.train.lr:g}, "
-        f"w_adv {config.train.w_adv:g}, w_con {config.train.w_con:g}, w_lat {config.train.w_lat:g}) "
-        f"for {config.train.epochs} epochs on {where}; run folder {run_dir}"
-    )
-    metrics = trainer.fit()
-    if metrics is not None:
-        print_summary(metrics, run_dir, time.perf_counter() - started)
+    if trained.metrics is not None:
+        print_summary(trained.metrics, run_dir, time.perf_counter() - started)
     return 0
 
 
@@ -516,30 +495,23 @@ def print_summary(metrics: dict, run_dir: Path, seconds: float | None = None) ->
 
 # --------------------------------------------------------------------------- test
 def cmd_test(args: argparse.Namespace) -> int:
-    from .checkpoint import checkpoint_path, config_from_checkpoint, load_checkpoint, model_from_checkpoint
+    from .checkpoint import load_run_checkpoint
     from .data import prepare_data
-    from .evaluate import add_pixel_metrics, score_splits
     from .files import write_json
-    from .objective import ScoreNormalization
+    from .protocols.record import evaluate_run
     from .runtime import resolve_device, resolve_precision
-    from .trainer import build_metrics
 
     run_dir = Path(args.run)
-    if not run_dir.is_dir():
-        raise UserError(f"run folder {run_dir} does not exist; pass the --output folder of a training run")
-    payload = load_checkpoint(checkpoint_path(run_dir, args.checkpoint))
-    config = config_from_checkpoint(payload)
+    checkpoint = load_run_checkpoint(run_dir, args.checkpoint)
+    config = checkpoint.config
     if args.data_root:
         config.data.root = args.data_root
     device = resolve_device(args.device)
     amp_dtype = resolve_precision(config.train.precision, device)
-    model = model_from_checkpoint(payload).to(device)
+    model = checkpoint.build_model().to(device)
     splits = prepare_data(config.data)
-    print(describe_splits(splits))
-    val, test = score_splits(model, splits, config, device, amp_dtype)
-    normalization = ScoreNormalization.from_dict(payload["normalization"])
-    metrics = build_metrics(config, splits, val, test, normalization, payload, payload["history"])
-    add_pixel_metrics(metrics, model, splits, config, device, amp_dtype)
+    print(splits.describe())
+    metrics = evaluate_run(checkpoint, splits, config, device, amp_dtype, model=model).metrics
     metrics["checkpoint"] = args.checkpoint
     output = Path(args.output) if args.output else run_dir / "metrics.json"
     if output.exists() and not args.output:
@@ -547,6 +519,15 @@ def cmd_test(args: argparse.Namespace) -> int:
         metrics["wall_time_s"] = previous.get("wall_time_s")
     write_json(output, metrics)
     print_summary(metrics, output.parent if not args.output else output)
+    return 0
+
+
+# --------------------------------------------------------------------------- configs
+def cmd_configs(args: argparse.Namespace) -> int:
+    configs = bundled_configs()
+    width = max(len(name) for name in configs)
+    for name, file in configs.items():
+        print(f"{name:<{width}}  {description(file)}")
     return 0
 
 
@@ -657,6 +638,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "reproduce": cmd_reproduce,
     "benchmark": cmd_benchmark,
+    "configs": cmd_configs,
 }
 
 

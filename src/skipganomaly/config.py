@@ -1,78 +1,41 @@
 """Typed run configuration: dataclasses, presets, YAML files and ``--set key=value`` overrides.
 
 Resolution order (later wins): dataclass defaults, then the chosen training preset of the chosen
-model (``MODEL_PRESETS[model.name][train.preset]``), then the YAML file, then ``--set`` overrides
-and dedicated CLI flags. The resolved configuration is written beside
+model (``MODEL_SPECS[model.name].presets[train.preset]``, dotted keys of any section), then the
+YAML file, then ``--set`` overrides and dedicated CLI flags. The resolved configuration is written beside
 every run (``config.yaml``) and stored inside every checkpoint, so a run can be rebuilt from either.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .errors import UserError
+from .model_specs import (
+    DEFAULT_MODEL,
+    DEFAULT_PRESET,
+    LOSS_WEIGHTS,
+    MODEL_SPECS,
+    key_owners,
+    model_spec,
+    own_keys,
+    preset_names,
+)
+from .protocols import PROTOCOLS
 
-# Training presets. ``paper`` is what Sec. IV-B of the paper states (Adam lr 2e-3, w_con 40);
-# ``reference`` is the official code's default (lr 2e-4, w_con 50). Both were measured on the
-# same data (README, "Presets"): they validate equally within one seed's noise, and the steadier
-# one, ``reference``, is DEFAULT_PRESET.
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"lr": 2e-3, "w_adv": 1.0, "w_con": 40.0, "w_lat": 1.0},
-    "reference": {"lr": 2e-4, "w_adv": 1.0, "w_con": 50.0, "w_lat": 1.0},
-}
-DEFAULT_PRESET = "reference"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
-# Every model's presets, as dotted config keys; ``train.preset`` picks one for ``model.name``, so
-# ``--model ganomaly`` gets GANomaly's defaults without the user setting them. A model's loss
-# weights that it does not use are 0 (see MODEL_LOSS_WEIGHTS). eval.score_lambda always weights
-# the image-space term R of Eq. 5: EGBAD's alpha = 0.9 and AnoGAN's 1 - lambda = 1 - 0.1 are the
-# dataclass default 0.9; GANomaly scores with the latent distance alone (0).
-_DCGAN = {"train.lr": 2e-4, "train.w_adv": 1.0, "train.w_con": 0.0, "train.w_lat": 0.0}
-MODEL_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "skipganomaly": {
-        name: {f"train.{key}": value for key, value in values.items()} for name, values in PRESETS.items()
-    },
-    # GANomaly: w_adv 1, w_con 50, w_enc 1 (train.w_lat) in both its paper and its official code;
-    # lr 2e-3 as the papers state, 2e-4 in the official code.
-    "ganomaly": {
-        "paper": {
-            "train.lr": 2e-3,
-            "train.w_adv": 1.0,
-            "train.w_con": 50.0,
-            "train.w_lat": 1.0,
-            "eval.score_lambda": 0.0,
-        },
-        "reference": {
-            "train.lr": 2e-4,
-            "train.w_adv": 1.0,
-            "train.w_con": 50.0,
-            "train.w_lat": 1.0,
-            "eval.score_lambda": 0.0,
-        },
-    },
-    # EGBAD and AnoGAN train on the adversarial loss alone, with DCGAN's settings under both names.
-    "egbad": {"paper": dict(_DCGAN), "reference": dict(_DCGAN)},
-    "anogan": {"paper": dict(_DCGAN), "reference": dict(_DCGAN)},
-}
-MODEL_NAMES = tuple(MODEL_PRESETS)
-# The loss weights each model's generator loss uses; the others must stay 0.
-MODEL_LOSS_WEIGHTS: dict[str, tuple[str, ...]] = {
-    "skipganomaly": ("w_adv", "w_con", "w_lat"),
-    "ganomaly": ("w_adv", "w_con", "w_lat"),
-    "egbad": ("w_adv",),
-    "anogan": ("w_adv",),
-}
-# model.* keys that belong to one model only (passed to its constructor, stored in checkpoints).
-MODEL_KEYS: dict[str, tuple[str, ...]] = {"anogan": ("latent_search_steps", "latent_search_lr")}
-
-PROTOCOLS = ("val-split", "normal-only", "paper")
+# The values every run starts from are the default preset of the default model (model_specs).
+_DEFAULTS = MODEL_SPECS[DEFAULT_MODEL].presets[DEFAULT_PRESET]
 
 
 @dataclass
@@ -98,19 +61,28 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
-    """Which model and its network widths; ``image_size`` and ``channels`` come from the data.
-
-    ``latent_search_*`` apply to AnoGAN only: Adam steps and learning rate of its per-image
-    latent search at test time (Schlegl et al. use 500 steps; see the README for the cost).
-    """
-
-    name: str = "skipganomaly"
+class _SharedModelConfig:
+    name: str = DEFAULT_MODEL
     ngf: int = 64
     ndf: int = 64
     nz: int = 100
-    latent_search_steps: int = 100
-    latent_search_lr: float = 0.2
+
+
+# The shared keys above, then every model's own keys (ModelSpec.own_keys, e.g. AnoGAN's
+# latent_search_steps and latent_search_lr), so a model's settings are declared with its spec.
+ModelConfig = dataclasses.make_dataclass(
+    "ModelConfig",
+    [
+        (key.name, key.type, field(default=key.default, metadata={"help": key.help}))
+        for key in own_keys().values()
+    ],
+    bases=(_SharedModelConfig,),
+)
+ModelConfig.__module__ = __name__
+ModelConfig.__doc__ = (
+    "Which model and its network widths; ``image_size`` and ``channels`` come from the data. Keys "
+    "that belong to one model (``model_specs.ModelSpec.own_keys``) keep their default for the others."
+)
 
 
 @dataclass
@@ -119,14 +91,14 @@ class TrainConfig:
 
     preset: str = DEFAULT_PRESET
     epochs: int = 15
-    lr: float = PRESETS[DEFAULT_PRESET]["lr"]
+    lr: float = _DEFAULTS["train.lr"]
     beta1: float = 0.5
     beta2: float = 0.999
     lr_decay: str = "linear"
     lr_decay_start: float = 0.5
-    w_adv: float = PRESETS[DEFAULT_PRESET]["w_adv"]
-    w_con: float = PRESETS[DEFAULT_PRESET]["w_con"]
-    w_lat: float = PRESETS[DEFAULT_PRESET]["w_lat"]
+    w_adv: float = _DEFAULTS["train.w_adv"]
+    w_con: float = _DEFAULTS["train.w_con"]
+    w_lat: float = _DEFAULTS["train.w_lat"]
     input_noise_std: float = 0.0
     d_reinit_threshold: float = 1e-5
     seed: int = 0
@@ -237,12 +209,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+def load_yaml(path: str | os.PathLike | Traversable) -> dict[str, Any]:
+    """A YAML config file's sections; ``path`` may also be a bundled config (a package resource)."""
+    if isinstance(path, (str, os.PathLike)):
+        path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {path} does not exist; pass an existing YAML file to --config")
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
     if not isinstance(loaded, dict):
@@ -254,21 +228,21 @@ def build_config(user: dict[str, Any] | None = None) -> Config:
     """Build a :class:`Config` from user values (nested dict or flat ``section.key`` mapping).
 
     The preset named by ``train.preset`` (or the default) of the model named by ``model.name``
-    fills lr, loss weights and the score's lambda first; any value the user gave explicitly wins.
+    fills its dotted keys first (lr, loss weights, the score's lambda, or any other key); any
+    value the user gave explicitly wins.
     """
     flat = flatten_keys(user or {})
     sections = _section_classes()
     preset = str(flat.get("train.preset", DEFAULT_PRESET))
-    if preset not in PRESETS:
-        raise UserError(f"train.preset={preset!r} is unknown; choose one of {', '.join(PRESETS)}")
-    model = str(flat.get("model.name", ModelConfig.name))
-    if model not in MODEL_PRESETS:
-        raise UserError(f"model.name={model!r} is unknown; choose one of {', '.join(MODEL_NAMES)}")
+    if preset not in preset_names():
+        raise UserError(f"train.preset={preset!r} is unknown; choose one of {', '.join(preset_names())}")
+    spec = model_spec(str(flat.get("model.name", DEFAULT_MODEL)))
+    if preset not in spec.presets:
+        raise UserError(
+            f"train.preset={preset!r} is not a preset of model {spec.name}; choose one of {', '.join(spec.presets)}"
+        )
     values: dict[str, dict[str, Any]] = {name: {} for name in sections}
-    for dotted, value in MODEL_PRESETS[model][preset].items():
-        section, key = dotted.split(".", 1)
-        values[section][key] = value
-    for dotted, value in flat.items():
+    for dotted, value in [*spec.presets[preset].items(), *flat.items()]:
         if "." not in dotted:
             raise UserError(f"config key {dotted!r} needs a section: one of {', '.join(sections)}")
         section, key = dotted.split(".", 1)
@@ -309,21 +283,20 @@ def validate(config: Config) -> None:
     for name in ("ngf", "ndf", "nz"):
         if getattr(m, name) < 1:
             raise UserError(f"model.{name}={getattr(m, name)}: use a positive integer")
-    if m.latent_search_steps < 0 or m.latent_search_lr <= 0:
-        raise UserError("model.latent_search_steps must be 0 or more and model.latent_search_lr positive")
-    for key in (k for owner, keys in MODEL_KEYS.items() if owner != m.name for k in keys):
-        if getattr(m, key) != getattr(ModelConfig, key):
-            owners = ", ".join(owner for owner, keys in MODEL_KEYS.items() if key in keys)
-            raise UserError(f"model.{key} applies to {owners} only, not to model {m.name}; leave it unset")
-    for key in ("w_adv", "w_con", "w_lat"):
-        if key not in MODEL_LOSS_WEIGHTS.get(m.name, (key,)) and getattr(t, key) != 0:
+    spec = model_spec(m.name)
+    for key in own_keys().values():
+        if key.name not in spec.own_key_names and getattr(m, key.name) != key.default:
+            owners = ", ".join(key_owners(key.name))
+            raise UserError(
+                f"model.{key.name} applies to {owners} only, not to model {m.name}; leave it unset"
+            )
+    for key in LOSS_WEIGHTS:
+        if key not in spec.loss_weights and getattr(t, key) != 0:
             raise UserError(
                 f"train.{key}={getattr(t, key)}: model {m.name} has no such loss term; leave it unset (0)"
             )
-    if m.name == "anogan" and t.input_noise_std > 0:
-        raise UserError(
-            "train.input_noise_std: AnoGAN's generator reads no image to add noise to; leave it 0"
-        )
+    if spec.check is not None:
+        spec.check(config)
     if t.epochs < 1:
         raise UserError(f"train.epochs={t.epochs}: train for at least one epoch")
     if t.lr <= 0:

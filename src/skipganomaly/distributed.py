@@ -137,15 +137,13 @@ def wrap(module: nn.Module, context: DistributedContext) -> nn.Module:
     return DistributedDataParallel(module, **kwargs)
 
 
-def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Average a few scalars over all ranks (the step's losses, for logs and the D-reset rule)."""
-    if not (dist.is_available() and dist.is_initialized()) or not values:
-        return values
-    keys = sorted(values)
-    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    tensor /= dist.get_world_size()
-    return dict(zip(keys, tensor.tolist(), strict=True))
+def mean_over_ranks(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    """``tensor`` averaged over the ranks, in place (a step's losses, for logs and the D-reset
+    rule, so every rank takes the same decision); unchanged in a one-process run."""
+    if context.enabled:
+        dist.all_reduce(tensor)
+        tensor /= context.world_size
+    return tensor
 
 
 @torch.no_grad()
@@ -185,14 +183,6 @@ def gather_objects(value: Any, context: DistributedContext) -> list[Any]:
     out: list[Any] = [None] * context.world_size
     dist.all_gather_object(out, value)
     return out
-
-
-def barrier(context: DistributedContext) -> None:
-    if context.enabled:
-        if context.device is not None and context.device.type == "cuda":
-            dist.barrier(device_ids=[context.device.index])
-        else:
-            dist.barrier()
 
 
 def _object_device(context: DistributedContext) -> torch.device | None:

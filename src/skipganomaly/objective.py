@@ -46,6 +46,29 @@ class ScoreOutput:
     features: torch.Tensor | None = None
 
 
+def weighted_losses(
+    weights: LossWeights,
+    adversarial: torch.Tensor,
+    contextual: torch.Tensor,
+    latent: torch.Tensor,
+    discriminator: torch.Tensor,
+    latent_name: str = "lat",
+) -> TrainingLosses:
+    """Eq. 4: the generator's loss w_adv L_adv + w_con L_con + w_lat L_lat, with the
+    discriminator's loss, and the detached terms for logs (``g_adv``, ``g_con``,
+    ``g_<latent_name>``, ``g``, ``d``). Skip-GANomaly's latent term is Eq. 3; GANomaly's is its
+    encoder loss (``latent_name="enc"``)."""
+    generator = weights.adversarial * adversarial + weights.contextual * contextual + weights.latent * latent
+    parts = {
+        "g_adv": adversarial.detach(),
+        "g_con": contextual.detach(),
+        f"g_{latent_name}": latent.detach(),
+        "g": generator.detach(),
+        "d": discriminator.detach(),
+    }
+    return TrainingLosses(generator=generator, discriminator=discriminator, parts=parts)
+
+
 def generator_adversarial_loss(logit_fake: torch.Tensor) -> torch.Tensor:
     """The generator's side of Eq. 1 in its non-saturating form: -log D(x_hat)."""
     return F.binary_cross_entropy_with_logits(logit_fake, torch.ones_like(logit_fake))

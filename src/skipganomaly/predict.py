@@ -18,19 +18,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint import (
-    checkpoint_path,
-    config_from_checkpoint,
-    load_checkpoint,
-    model_from_checkpoint,
-    normalization_from_checkpoint,
-)
+from .checkpoint import Checkpoint, load_run_checkpoint
 from .data.base import ImageSet
-from .data.images import is_image_file, list_image_files, prepare_image
+from .data.images import is_image_file, list_image_files
 from .data.loading import BadImageCounter
 from .errors import UserError
-from .evaluate import ScoredSet, score_set, scored_batches, scoring_kwargs
+from .heatmaps import write_heatmap
 from .runtime import resolve_device, resolve_precision
+from .scoring import ScoredSet, ScoringOptions, score_set, scored_batches
+
+# Threads encoding heatmap PNGs while the next batch is decoded and scored (PNG encoding releases
+# the GIL).
+HEATMAP_THREADS = 2
 
 CSV_COLUMNS = ["path", "score", "is_anomalous", "raw_score", "reconstruction", "latent", "heatmap"]
 
@@ -72,43 +71,39 @@ def collect_image_paths(inputs: Iterable[str | os.PathLike]) -> list[Path]:
 class Predictor:
     """A trained model ready to score images, rebuilt from one checkpoint file alone."""
 
-    def __init__(self, payload: dict, device: str = "auto"):
-        self.config = config_from_checkpoint(payload)
+    def __init__(self, checkpoint: Checkpoint, device: str = "auto"):
+        self.checkpoint = checkpoint
+        self.config = checkpoint.config
         self.device = resolve_device(device)
         self.amp_dtype = resolve_precision(self.config.train.precision, self.device)
-        self.model = model_from_checkpoint(payload).to(self.device).eval()
+        self.model = checkpoint.build_model().to(self.device).eval()
         if self.config.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.normalization = normalization_from_checkpoint(payload)
-        self.image_size = int(payload["model"]["args"]["image_size"])
-        self.channels = int(payload["model"]["args"]["channels"])
-        self.epoch = int(payload["epoch"])
+        self.normalization = checkpoint.normalization
+        self.preprocessing = checkpoint.preprocessing
+        self.image_size = checkpoint.image_size
+        self.channels = checkpoint.channels
+        self.epoch = checkpoint.epoch
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, which: str = "best", device: str = "auto") -> Predictor:
-        run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise UserError(
-                f"run folder {run_dir} does not exist; pass the --output folder of a training run"
-            )
-        return cls(load_checkpoint(checkpoint_path(run_dir, which)), device)
+        return cls(load_run_checkpoint(run_dir, which), device)
 
-    def _scoring_options(self, batch_size: int, details: bool, workers: int, skip_bad: bool) -> dict:
-        """The scorer's keyword arguments: the run's own (as validation scored) and this call's."""
-        options = scoring_kwargs(self.config, self.channels, self.device, self.amp_dtype)
-        options.update(
+    def _scoring_options(
+        self, batch_size: int, details: bool, workers: int, skip_bad: bool
+    ) -> ScoringOptions:
+        """The run's own options (as validation scored, in eval mode) with this call's."""
+        options = ScoringOptions.for_run(self.config, self.channels, self.device, self.amp_dtype)
+        return options.replace(
             image_size=self.image_size,
             batch_size=batch_size,
             details=details,
             workers=workers,
             skip_bad=skip_bad,
         )
-        return options
 
     def _score(self, image_set: ImageSet, batch_size: int, details: bool, workers: int, skip_bad: bool):
-        return score_set(
-            self.model, image_set, **self._scoring_options(batch_size, details, workers, skip_bad)
-        )
+        return score_set(self.model, image_set, self._scoring_options(batch_size, details, workers, skip_bad))
 
     def score_arrays(
         self, images: list[np.ndarray] | list[Image.Image], with_maps: bool = False
@@ -118,7 +113,7 @@ class Predictor:
         for image in images:
             if isinstance(image, np.ndarray):
                 image = Image.fromarray(image)
-            prepared.append(prepare_image(image, self.image_size, self.channels))
+            prepared.append(self.preprocessing.prepare(image))
         image_set = ImageSet(class_ids=np.zeros(len(prepared), np.int64), images=np.stack(prepared))
         scored = self._score(image_set, max(1, len(prepared)), with_maps, 0, False)
         return self._predictions(scored, [""] * len(prepared))
@@ -140,7 +135,7 @@ class Predictor:
         counter = BadImageCounter()
         reported = 0
         options = self._scoring_options(batch_size, with_maps, workers, skip_bad)
-        for batch, out in scored_batches(self.model, image_set, counter=counter, **options):
+        for batch, out in scored_batches(self.model, image_set, options, counter):
             scored = ScoredSet(
                 score=out.score.double().numpy(),
                 reconstruction=out.reconstruction.double().numpy(),
@@ -176,59 +171,6 @@ class Predictor:
                 )
             )
         return out
-
-
-# A perceptual dark-to-bright colour scale (anchors close to matplotlib's "inferno").
-_ANCHORS = np.array(
-    [
-        [0, 0, 4],
-        [40, 11, 84],
-        [101, 21, 110],
-        [159, 42, 99],
-        [212, 72, 66],
-        [245, 125, 21],
-        [250, 193, 39],
-        [252, 255, 164],
-    ],
-    dtype=np.float64,
-)
-
-
-def _interpolate_anchors(value: np.ndarray) -> np.ndarray:
-    position = value * (len(_ANCHORS) - 1)
-    low = np.floor(position).astype(int).clip(0, len(_ANCHORS) - 2)
-    frac = (position - low)[..., None]
-    rgb = _ANCHORS[low] * (1 - frac) + _ANCHORS[low + 1] * frac
-    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
-
-
-# The colour scale sampled at 1024 levels: a table lookup per pixel instead of interpolating in
-# float64 (within one colour step of the exact interpolation; several times faster).
-_LEVELS = 1024
-_TABLE = _interpolate_anchors(np.linspace(0.0, 1.0, _LEVELS))
-
-# Threads encoding heatmap PNGs while the next batch is decoded and scored (PNG encoding releases
-# the GIL).
-HEATMAP_THREADS = 2
-
-
-def colorize(anomaly_map: np.ndarray, map_high: float) -> np.ndarray:
-    """Per-pixel errors -> RGB uint8 on a fixed scale: ``map_high`` (the 99th percentile of normal
-    validation pixels) sits mid-scale, twice it saturates, so maps compare across images."""
-    value = np.clip(np.asarray(anomaly_map, dtype=np.float32) / (2.0 * max(map_high, 1e-8)), 0.0, 1.0)
-    return _TABLE[(value * (_LEVELS - 1) + 0.5).astype(np.intp)]
-
-
-def write_heatmap(
-    path: Path, anomaly_map: np.ndarray, map_high: float, size: tuple[int, int] | None = None
-) -> None:
-    image = Image.fromarray(colorize(anomaly_map, map_high))
-    if size is not None and image.size != size:
-        image = image.resize(size, Image.BILINEAR)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG", compress_level=1)  # smooth maps: fast zlib level, small files still
-    os.replace(tmp, path)
 
 
 def unique_heatmap_name(source: str, used: set[str]) -> str:
@@ -324,4 +266,4 @@ def predict_to_csv(
     return counts
 
 
-__all__ = ["Predictor", "Prediction", "predict_to_csv", "collect_image_paths", "colorize", "is_image_file"]
+__all__ = ["Predictor", "Prediction", "predict_to_csv", "collect_image_paths", "is_image_file"]

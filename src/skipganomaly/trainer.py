@@ -5,15 +5,13 @@ A model plugs in through four methods: ``parameter_groups()`` (``generator`` and
 ``discriminator`` parameter lists, one Adam optimiser each), ``training_losses(x, weights,
 input_noise_std)`` (whose ``parts`` hold at least ``g`` and ``d``, generator terms named ``g_*``),
 ``reset_discriminator()`` and ``score(x, score_lambda, details)``; and ``score_needs_grad``
-(scoring under autograd, see :func:`skipganomaly.evaluate.score_set`). For multi-process training
+(scoring under autograd, see :func:`skipganomaly.scoring.score_set`). For multi-process training
 (torchrun) it also names its networks, ``networks()``, and takes wrapped stand-ins for them in
 ``training_losses(..., generator=, discriminator=)``; see distributed.py.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -27,26 +25,20 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
-from .checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, Selection, checkpoint_path, load_checkpoint, save_checkpoint
 from .config import Config, dump_yaml
 from .data.base import Splits
 from .data.loading import BadImageCounter, epoch_order, iterate_batches, to_model_input
+from .decisions import fit_normalization, selection_value
 from .distributed import DistributedContext
 from .errors import UserError
-from .evaluate import (
-    ScoredSet,
-    add_pixel_metrics,
-    fit_normalization,
-    has_masks,
-    score_splits,
-    selection_value,
-    split_metrics,
-)
 from .files import write_json, write_text
 from .metrics import auroc
 from .models import build_model, model_args
 from .objective import LossWeights, ScoreNormalization
-from .paper_protocol import score_paper_protocol, summarize_paper_protocol
+from .protocols import PAPER
+from .protocols.paper import score_paper_protocol
+from .protocols.record import evaluate_run, write_scores_csv
 from .runtime import (
     adam,
     autocast,
@@ -57,16 +49,8 @@ from .runtime import (
     resolve_precision,
     seed_everything,
 )
+from .scoring import ScoredSet, ScoringOptions, score_splits
 from .tensorboard_log import open_event_mirror
-
-PROTOCOL_NOTES = {
-    "val-split": "epoch and threshold chosen on a validation split of the labelled evaluation data; "
-    "metrics on the disjoint test split",
-    "normal-only": "no labelled anomalies used for selection: epoch chosen on the mean score of held-out "
-    "normal training images, threshold at a quantile of their scores",
-    "paper": "OPTIMISTIC: the official code's procedure; the epoch is chosen on the test set itself, "
-    "scored with BatchNorm in training mode over the class-ordered test set (batch statistics leak labels)",
-}
 
 
 class RunLog:
@@ -184,55 +168,55 @@ class Trainer:
         self.weights = LossWeights(adversarial=t.w_adv, contextual=t.w_con, latent=t.w_lat)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
-        self.best: dict[str, Any] | None = None
+        self.best: Selection | None = None
         self.best_scores: tuple[ScoredSet, ScoredSet] | None = None
         self.callbacks: list[Callable[[Trainer, int], None]] = []
         self.elapsed = 0.0
 
     # ------------------------------------------------------------------ state
-    def _payload(self, epoch: int, normalization: ScoreNormalization) -> dict[str, Any]:
+    def _checkpoint(self, epoch: int, normalization: ScoreNormalization) -> Checkpoint:
         """The checkpoint; in multi-process runs every rank must call it (RNG states are gathered)."""
         rng = _rng_state(self.device)
         if self.context.enabled:
             rng = dict(
                 rng, ranks=distributed.gather_objects(rng, self.context), world_size=self.context.world_size
             )
-        return {
-            "model": {"name": self.config.model.name, "args": dict(self.model.args)},
-            "config": self.config.to_dict(),
-            "data": dict(self.splits.info),
-            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
-            "epoch": epoch,
-            "rng": rng,
-            "normalization": normalization.to_dict(),
-            "history": self.history,
-            "best": self.best,
-            "elapsed_s": self.elapsed,
-            "torch_version": torch.__version__,
-        }
+        return Checkpoint(
+            model_name=self.config.model.name,
+            model_args=dict(self.model.args),
+            config=self.config,
+            state_dict={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            normalization=normalization,
+            epoch=epoch,
+            best=self.best,
+            history=self.history,
+            data=self.splits.info,
+            optimizers={name: opt.state_dict() for name, opt in self.optimizers.items()},
+            rng=rng,
+            elapsed_s=self.elapsed,
+        )
 
-    def restore(self, payload: dict[str, Any]) -> None:
+    def restore(self, checkpoint: Checkpoint) -> None:
         """Continue from a ``last`` checkpoint: weights, optimisers, RNG, history, selection."""
-        self.model.load_state_dict(payload["state_dict"])
+        self.model.load_state_dict(checkpoint.state_dict)
         for name, opt in self.optimizers.items():
-            opt.load_state_dict(payload["optimizers"][name])
-        rng = payload["rng"]
+            opt.load_state_dict(checkpoint.optimizers[name])
+        rng = checkpoint.rng
         if self.context.enabled:
             if rng.get("world_size") == self.context.world_size:
                 _set_rng_state(rng["ranks"][self.context.rank], self.device)
             else:  # another number of processes: fresh, still seeded, per-rank streams
-                torch.manual_seed(rank_seed(self.config.train.seed, self.context.rank, int(payload["epoch"])))
+                torch.manual_seed(rank_seed(self.config.train.seed, self.context.rank, checkpoint.epoch))
                 self.log(
                     f"resuming with {self.context.world_size} processes after a run with "
                     f"{rng.get('world_size', 1)}: batches are the same, random streams are re-seeded"
                 )
         else:
             _set_rng_state(rng, self.device)
-        self.history = list(payload["history"])
-        self.best = payload["best"]
-        self.start_epoch = int(payload["epoch"])
-        self.elapsed = float(payload.get("elapsed_s", 0.0))
+        self.history = list(checkpoint.history)
+        self.best = checkpoint.best
+        self.start_epoch = checkpoint.epoch
+        self.elapsed = checkpoint.elapsed_s
 
     # ------------------------------------------------------------------ loop
     def _set_lr(self, epoch: int) -> float:
@@ -258,10 +242,9 @@ class Trainer:
         for opt in self.optimizers.values():
             opt.step()
         names = list(losses.parts)
-        parts = torch.stack([losses.parts[k].detach().float() for k in names])
-        if self.context.enabled:
-            torch.distributed.all_reduce(parts)
-            parts /= self.context.world_size
+        parts = distributed.mean_over_ranks(
+            torch.stack([losses.parts[k].detach().float() for k in names]), self.context
+        )
         return dict(zip(names, parts.tolist(), strict=True))  # one device sync per step
 
     @property
@@ -352,7 +335,7 @@ class Trainer:
                 "event": "start",
                 "resumed_from_epoch": self.start_epoch,
                 "counts": self.splits.counts(),
-                "skipped_bad_images": self.splits.info.get("skipped_bad_images", 0),
+                "skipped_bad_images": self.splits.info.skipped_bad_images,
                 "processes": self.context.world_size,
                 "device": str(self.device),
                 "threads": self.threads,
@@ -366,7 +349,7 @@ class Trainer:
             normalization = fit_normalization(val, cfg.eval)
             selection_name, value = selection_value(val, cfg.eval.selection_metric)
             paper = None
-            if cfg.eval.paper_each_epoch and self.splits.protocol != "paper":
+            if cfg.eval.paper_each_epoch and self.splits.protocol != PAPER.name:
                 paper = score_paper_protocol(self.model, self.splits, cfg, self.device, self.amp_dtype)
             seconds = time.perf_counter() - started
             self.elapsed += seconds
@@ -386,17 +369,17 @@ class Trainer:
             }
             if paper is not None:
                 record["paper"] = paper
-            improved = self.best is None or value > self.best["value"]
+            improved = self.best is None or value > self.best.value
             if improved:
-                self.best = {"epoch": epoch + 1, "metric": selection_name, "value": value}
+                self.best = Selection(epoch=epoch + 1, metric=selection_name, value=value)
                 self.best_scores = (val, test)
             self.history.append(record)
             runlog.write({"event": "epoch"} | record | {"best": improved})
-            payload = self._payload(epoch + 1, normalization)
+            checkpoint = self._checkpoint(epoch + 1, normalization)
             if self.is_main:
                 if improved:
-                    save_checkpoint(checkpoint_path(self.run_dir, "best"), payload)
-                save_checkpoint(checkpoint_path(self.run_dir, "last"), payload)
+                    save_checkpoint(checkpoint_path(self.run_dir, "best"), checkpoint)
+                save_checkpoint(checkpoint_path(self.run_dir, "last"), checkpoint)
             # The generator's terms are model-specific (g_con, g_lat, g_enc, ...): show those present.
             terms = " ".join(f"{k[2:]} {v:.4f}" for k, v in losses.items() if k.startswith("g_"))
             self.log(
@@ -414,114 +397,36 @@ class Trainer:
         """Validation and test scores of the current weights (sharded over the processes)."""
         if self.context.enabled:
             distributed.average_buffers(self.model)  # one model on every rank, and in the checkpoint
-        return score_splits(
-            self.model, self.splits, self.config, self.device, self.amp_dtype, context=self.context
+        options = ScoringOptions.for_run(
+            self.config, self.channels, self.device, self.amp_dtype, self.splits.protocol
         )
+        return score_splits(self.model, self.splits, options, context=self.context)
 
     def finish(self, runlog: RunLog) -> dict[str, Any] | None:
         """Write ``metrics.json`` and ``scores.csv`` for the best checkpoint (rank 0; the other
         processes return None)."""
         best = load_checkpoint(checkpoint_path(self.run_dir, "best")) if self.is_main else None
         if self.best_scores is None:  # resumed after the best epoch: score the best weights again
-            state = distributed.broadcast_object(best["state_dict"] if best else None, self.context)
+            state = distributed.broadcast_object(best.state_dict if best else None, self.context)
             self.model.load_state_dict(state)
             self.best_scores = self.score()
         if not self.is_main:
             return None
-        val, test = self.best_scores
-        normalization = ScoreNormalization.from_dict(best["normalization"])
-        metrics = build_metrics(self.config, self.splits, val, test, normalization, best, self.history)
-        if has_masks(self.splits.val) or has_masks(self.splits.test):  # pixel AUROC of the best weights
-            best_model = model_from_checkpoint(best).to(self.device)
-            add_pixel_metrics(metrics, best_model, self.splits, self.config, self.device, self.amp_dtype)
+        evaluation = evaluate_run(
+            best,
+            self.splits,
+            self.config,
+            self.device,
+            self.amp_dtype,
+            scores=self.best_scores,
+            history=self.history,
+        )
+        metrics = evaluation.metrics
         metrics["wall_time_s"] = self.elapsed
         write_json(self.run_dir / "metrics.json", metrics)
-        write_scores_csv(self.run_dir / "scores.csv", self.splits, {"val": val, "test": test}, normalization)
+        scored = {"val": evaluation.val, "test": evaluation.test}
+        write_scores_csv(self.run_dir / "scores.csv", self.splits, scored, evaluation.normalization)
         runlog.write(
             {"event": "end", "epoch_best": metrics["epoch_best"], "test_auroc": metrics["test"]["auroc"]}
         )
         return metrics
-
-
-def build_metrics(
-    config: Config,
-    splits: Splits,
-    val: ScoredSet,
-    test: ScoredSet,
-    normalization: ScoreNormalization,
-    best_payload: dict[str, Any],
-    history: list[dict[str, Any]],
-) -> dict[str, Any]:
-    """The ``metrics.json`` contract: protocol, epoch_best, val.auroc, test.auroc and more."""
-    test_aurocs = [h["test"]["auroc"] for h in history]
-    finite = [i for i, v in enumerate(test_aurocs) if not math.isnan(v)]
-    paper_style = None
-    if finite:
-        i = max(finite, key=lambda j: test_aurocs[j])
-        paper_style = {
-            "test_auroc": test_aurocs[i],
-            "epoch": history[i]["epoch"],
-            "note": "OPTIMISTIC: the best test AUROC over epochs (the epoch chosen on the test set), "
-            "as the official code reports",
-        }
-    info = splits.info
-    return {
-        "protocol": splits.protocol,
-        "protocol_note": PROTOCOL_NOTES[splits.protocol],
-        "model": config.model.name,
-        "dataset": info.get("dataset", config.data.dataset),
-        "setting": info.get("setting"),
-        "normal_classes": info.get("normal_classes"),
-        "abnormal_classes": info.get("abnormal_classes"),
-        "counts": splits.counts(),
-        "seed": config.train.seed,
-        "preset": config.train.preset,
-        "epochs": config.train.epochs,
-        "epoch_best": best_payload["best"]["epoch"],
-        "selection": best_payload["best"]["metric"],
-        "val": split_metrics(val, normalization),
-        "test": split_metrics(test, normalization),
-        "paper_style": paper_style,
-        "paper_protocol": summarize_paper_protocol(history),
-        "normalization": normalization.to_dict(),
-        "history": history,
-    }
-
-
-def write_scores_csv(
-    path: Path, splits: Splits, scored: dict[str, ScoredSet], normalization: ScoreNormalization
-) -> None:
-    """Per-image scores of validation and test (for reports, histograms, ROC curves)."""
-    names = list(splits.info.get("class_names", []))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(
-        ["split", "index", "label", "class", "score", "raw_score", "reconstruction", "latent", "path"]
-    )
-    seen = set()
-    for split_name, result in scored.items():
-        if id(result) in seen:  # the paper protocol validates on the test set itself
-            continue
-        seen.add(id(result))
-        image_set = getattr(splits, split_name)
-        scaled = normalization(result.score)
-        for k, i in enumerate(result.indices):
-            class_id = int(image_set.class_ids[i])
-            if image_set.groups is not None:
-                class_name = image_set.groups[i]
-            else:
-                class_name = names[class_id] if 0 <= class_id < len(names) else str(class_id)
-            writer.writerow(
-                [
-                    split_name,
-                    int(i),
-                    int(result.labels[k]),
-                    class_name,
-                    f"{scaled[k]:.6g}",
-                    f"{result.score[k]:.6g}",
-                    f"{result.reconstruction[k]:.6g}",
-                    f"{result.latent[k]:.6g}",
-                    image_set.paths[i] if image_set.paths is not None else "",
-                ]
-            )
-    write_text(path, buffer.getvalue())

@@ -1,4 +1,4 @@
-"""Data: readers (one per data set), protocols, and batches.
+"""Data: readers (one per data set), the protocols' split rule, and batches.
 
 ``prepare_data(config.data)`` is the single entry point: it reads the named data set, applies the
 protocol, and returns :class:`Splits` with train, validation and test :class:`ImageSet` s.
@@ -10,13 +10,13 @@ from collections.abc import Callable
 
 from ..config import DataConfig
 from ..errors import UserError
-from .base import ImageSet, LabelledSource, Splits
+from .base import ImageSet, LabelledSource, SplitInfo, Splits
 from .cifar import read_cifar10
 from .digits import load_digits_source
 from .folders import read_folder
 from .mnist import read_fashion_mnist, read_mnist
 from .mvtec import read_mvtec
-from .protocols import make_splits
+from .splits import make_splits
 
 
 def _digits(cfg: DataConfig) -> LabelledSource:
@@ -45,4 +45,4 @@ def prepare_data(cfg: DataConfig) -> Splits:
     return make_splits(loaded, cfg)
 
 
-__all__ = ["ImageSet", "LabelledSource", "Splits", "READERS", "prepare_data"]
+__all__ = ["ImageSet", "LabelledSource", "SplitInfo", "Splits", "READERS", "prepare_data"]

@@ -7,15 +7,19 @@
   image independently of how the sets were split, so tests can prove the splits disjoint.
 * :class:`LabelledSource`: what a reader returns for a class-labelled data set: its own train and
   test pools with class ids (CIFAR-10, MNIST, class folders, digits).
-* :class:`Splits`: what a protocol returns: train (normal images only), validation and test.
+* :class:`Splits`: what a protocol returns: train (normal images only), validation and test,
+  with a :class:`SplitInfo` saying what was read and how it was split.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from ..protocols import PAPER
 
 
 @dataclass
@@ -71,6 +75,15 @@ class ImageSet:
         labels = np.broadcast_to(np.asarray(labels, dtype=np.int64), (len(self),)).copy()
         return ImageSet(self.class_ids, self.images, self.paths, labels, self.masks, self.groups, self.ids)
 
+    def label_counts(self) -> dict[str, int]:
+        """Images in total, normal (label 0) and abnormal (label 1); no labels counts as normal."""
+        labels = self.labels if self.labels is not None else np.zeros(len(self), np.int64)
+        return {
+            "total": int(len(self)),
+            "normal": int((labels == 0).sum()),
+            "abnormal": int((labels == 1).sum()),
+        }
+
     @staticmethod
     def concatenate(parts: list[ImageSet]) -> ImageSet:
         parts = [p for p in parts if len(p)]
@@ -100,6 +113,44 @@ class ImageSet:
 
 
 @dataclass
+class SplitInfo:
+    """What was read and how it was split: printed at the start of a run, stored in checkpoints
+    and metrics.json. A reader fills what it knows (where, how stored, images skipped); the
+    protocol's split adds the classes, the setting, the evaluation pool and the protocol."""
+
+    dataset: str | None = None
+    setting: str | None = None  # "leave-one-class-out", "one-class", or the data set's own split
+    protocol: str | None = None
+    class_names: list[str] = field(default_factory=list)
+    normal_classes: list[str] = field(default_factory=list)
+    abnormal_classes: list[str] = field(default_factory=list)
+    evaluation_pool: dict[str, int] | None = None  # {"normal": n, "abnormal": m} before the split
+    root: str | None = None
+    storage: str | None = None  # in memory, cached, streamed from disk ...
+    format: str | None = None  # of the files found, where a reader accepts several
+    category: str | None = None  # MVTec AD's category
+    split: str | None = None  # how a folder without train/test was split into them
+    masks: int = 0  # abnormal evaluation images with a ground-truth mask
+    skipped_bad_images: int = 0
+    skipped_files: list[str] = field(default_factory=list)  # the first few of them
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SplitInfo:
+        """Read a stored one; keys this version does not know are left out."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def pool_counts(evaluation: ImageSet) -> dict[str, int]:
+    """``SplitInfo.evaluation_pool`` of a labelled evaluation pool."""
+    counts = evaluation.label_counts()
+    return {"normal": counts["normal"], "abnormal": counts["abnormal"]}
+
+
+@dataclass
 class LabelledSource:
     """A class-labelled data set as its reader found it: its own train and test pools."""
 
@@ -109,7 +160,26 @@ class LabelledSource:
     test: ImageSet
     channels: int
     default_abnormal_class: str | None = None
-    info: dict[str, Any] = field(default_factory=dict)
+    info: SplitInfo = field(default_factory=SplitInfo)
+
+
+def source_from_arrays(
+    name: str,
+    class_names: list[str],
+    arrays: dict[str, np.ndarray],
+    ids: dict[str, list[str]],
+    channels: int,
+    info: SplitInfo,
+) -> LabelledSource:
+    """A :class:`LabelledSource` from decoded ``{part}_images`` and ``{part}_labels`` arrays of
+    the parts ``train`` and ``test``, with each part's image ids (the array readers' shared end)."""
+    train, test = (
+        ImageSet(class_ids=arrays[f"{part}_labels"], images=arrays[f"{part}_images"], ids=ids[part])
+        for part in ("train", "test")
+    )
+    return LabelledSource(
+        name=name, class_names=list(class_names), train=train, test=test, channels=channels, info=info
+    )
 
 
 @dataclass
@@ -121,18 +191,63 @@ class Splits:
     test: ImageSet
     protocol: str
     channels: int
-    info: dict[str, Any] = field(default_factory=dict)
+    info: SplitInfo = field(default_factory=SplitInfo)
     # The labelled evaluation pool before the protocol split it (val-split: val + test), in its
     # stored order, so the paper protocol's evaluation can be scored beside any protocol.
     pool: ImageSet | None = None
+    _paper_evaluation: ImageSet | None = field(default=None, init=False, repr=False, compare=False)
 
     def counts(self) -> dict[str, dict[str, int]]:
-        def count(images: ImageSet) -> dict[str, int]:
-            labels = images.labels if images.labels is not None else np.zeros(len(images), np.int64)
-            return {
-                "total": int(len(images)),
-                "normal": int((labels == 0).sum()),
-                "abnormal": int((labels == 1).sum()),
-            }
+        return {name: getattr(self, name).label_counts() for name in ("train", "val", "test")}
 
-        return {"train": count(self.train), "val": count(self.val), "test": count(self.test)}
+    def paper_evaluation_set(self) -> ImageSet:
+        """The set the ``paper`` protocol evaluates on: the evaluation pool, normal images first.
+
+        Built once (its images tensor is cached on the set). Splits built without a pool fall back
+        to validation + test when the validation part holds labelled anomalies (val-split), else
+        test alone (normal-only).
+        """
+        if self._paper_evaluation is not None:
+            return self._paper_evaluation
+        if self.protocol == PAPER.name:
+            chosen = self.test  # the paper protocol's own test set is this set already
+        else:
+            pool = self.pool
+            if pool is None:
+                val_labelled = self.val.labels is not None and bool((self.val.labels == 1).any())
+                parts = [self.val, self.test] if val_labelled and self.val is not self.test else [self.test]
+                pool = ImageSet.concatenate(parts)
+            chosen = pool.subset(np.argsort(pool.labels, kind="stable"))
+        self._paper_evaluation = chosen
+        return chosen
+
+    def describe(self) -> str:
+        """The data lines printed at the start of a run: what was read, how it was split, counts."""
+        c = self.counts()
+        info = self.info
+        fmt = "{:,}".format
+        lines = [
+            f"data: {info.dataset} ({info.setting}); normal: {', '.join(info.normal_classes or ['-'])}; "
+            f"abnormal: {', '.join(info.abnormal_classes or ['-'])}",
+        ]
+        if info.storage:
+            where = f" from {info.root}" if info.root else ""
+            lines.append(f"images{where}: {info.storage}")
+        if info.skipped_bad_images:
+            named = ", ".join(info.skipped_files[:5])
+            lines.append(
+                f"skipped {fmt(info.skipped_bad_images)} unreadable images (--skip-bad-images): {named}"
+            )
+        pool = info.evaluation_pool
+        if pool:
+            lines.append(f"evaluation pool: {fmt(pool['normal'])}:{fmt(pool['abnormal'])} (normal:abnormal)")
+        lines.append(
+            f"protocol {self.protocol}: train {fmt(c['train']['total'])} normal images; "
+            f"validation {fmt(c['val']['normal'])}:{fmt(c['val']['abnormal'])}; "
+            f"test {fmt(c['test']['normal'])}:{fmt(c['test']['abnormal'])} (normal:abnormal)"
+        )
+        if info.masks:
+            lines.append(
+                f"ground-truth masks: {fmt(info.masks)} abnormal evaluation images (pixel AUROC reported)"
+            )
+        return "\n".join(lines)

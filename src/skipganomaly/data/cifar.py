@@ -26,7 +26,7 @@ import numpy as np
 from ..config import DataConfig
 from ..errors import UserError
 from .archives import is_archive, unpack_archive
-from .base import ImageSet, LabelledSource
+from .base import LabelledSource, SplitInfo, source_from_arrays
 from .cache import array_cache_path, cache_root, file_fingerprint, key_of, load_arrays, save_arrays
 from .download import download
 from .folders import class_folder_source, subfolders
@@ -120,22 +120,9 @@ def python_format_source(cfg: DataConfig, folder: Path) -> LabelledSource:
         stored = parts
         saved = save_arrays(cache_file, parts)
         storage = "in memory, " + (f"cached in {cache_file}" if saved else "cache not writable")
-    pools = {
-        part: ImageSet(
-            class_ids=stored[f"{part}_labels"],
-            images=stored[f"{part}_images"],
-            ids=[str(i) for i in stored[f"{part}_ids"]],
-        )
-        for part in ("train", "test")
-    }
-    return LabelledSource(
-        name="cifar10",
-        class_names=list(CLASS_NAMES),
-        train=pools["train"],
-        test=pools["test"],
-        channels=channels,
-        info={"root": str(folder), "format": "python batches", "storage": storage, "skipped_bad_images": 0},
-    )
+    ids = {part: [str(i) for i in stored[f"{part}_ids"]] for part in ("train", "test")}
+    info = SplitInfo(root=str(folder), format="python batches", storage=storage)
+    return source_from_arrays("cifar10", CLASS_NAMES, stored, ids, channels, info)
 
 
 def _find_layout(folder: Path, cfg: DataConfig, depth: int = 0) -> LabelledSource:
@@ -147,7 +134,7 @@ def _find_layout(folder: Path, cfg: DataConfig, depth: int = 0) -> LabelledSourc
         return _find_layout(unpack_archive(folder / ARCHIVE_NAME, cfg), cfg, depth + 1)
     if (folder / "train").is_dir() and (folder / "test").is_dir():
         source = class_folder_source(cfg, folder, "cifar10", class_names=CLASS_NAMES)
-        source.info["format"] = "class folders"
+        source.info.format = "class folders"
         return source
     inner = subfolders(folder)
     if len(inner) == 1 and depth < 2:  # an archive that wraps everything in one top folder

@@ -12,7 +12,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from .base import ImageSet, LabelledSource
+from .base import ImageSet, LabelledSource, SplitInfo
 
 CLASS_NAMES = [str(d) for d in range(10)]
 TEST_FRACTION = 0.2
@@ -43,7 +43,7 @@ def load_digits_source(
         test=ImageSet(class_ids=targets[test_idx], images=images[test_idx], ids=_ids(test_idx)),
         channels=channels,
         default_abnormal_class="0",
-        info={"storage": "in memory (embedded in scikit-learn)"},
+        info=SplitInfo(storage="in memory (embedded in scikit-learn)"),
     )
 
 

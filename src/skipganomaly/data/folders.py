@@ -34,10 +34,10 @@ from tqdm.auto import tqdm
 from ..config import DataConfig
 from ..errors import UserError
 from .archives import is_archive, unpack_archive
-from .base import ImageSet, LabelledSource, Splits
+from .base import ImageSet, LabelledSource, SplitInfo, Splits, pool_counts
 from .cache import array_cache_path, key_of, load_arrays, save_arrays
 from .images import BadImageError, is_image_file, load_image, native_channels
-from .protocols import apply_protocol
+from .splits import apply_protocol
 
 TEST_FRACTION = 0.2
 CHANNEL_PROBES = 16
@@ -230,10 +230,12 @@ def image_set_from_files(
 
 
 def storage_info(decoded: Decoded) -> dict:
-    info = {"storage": decoded.storage, "skipped_bad_images": len(decoded.skipped)}
-    if decoded.skipped:
-        info["skipped_files"] = decoded.skipped[:20]
-    return info
+    """The :class:`SplitInfo` fields of how decoded files are held and which were skipped."""
+    return {
+        "storage": decoded.storage,
+        "skipped_bad_images": len(decoded.skipped),
+        "skipped_files": decoded.skipped[:20],
+    }
 
 
 # --------------------------------------------------------------------------- class-labelled folders
@@ -292,7 +294,7 @@ def _labelled_source(
     class_ids: list[int],
     in_test: list[bool],
     default_abnormal_class: str | None = None,
-    extra_info: dict | None = None,
+    split: str | None = None,
 ) -> LabelledSource:
     channels = cfg.channels or probe_channels(files, cfg.skip_bad_images)
     everything, decoded = image_set_from_files(files, np.asarray(class_ids), cfg, channels, dataset, root)
@@ -304,7 +306,7 @@ def _labelled_source(
         test=everything.subset(np.flatnonzero(is_test)),
         channels=channels,
         default_abnormal_class=default_abnormal_class,
-        info={"root": str(root), **storage_info(decoded), **(extra_info or {})},
+        info=SplitInfo(root=str(root), split=split, **storage_info(decoded)),
     )
 
 
@@ -328,8 +330,8 @@ def unsplit_class_source(cfg: DataConfig, root: Path, dataset: str) -> LabelledS
         files += found
         class_ids += [class_id] * len(found)
         in_test += test_positions.tolist()
-    split = {"split": f"each class split {1 - TEST_FRACTION:.0%}:{TEST_FRACTION:.0%} (seed {cfg.split_seed})"}
-    return _labelled_source(cfg, root, dataset, class_names, files, class_ids, in_test, extra_info=split)
+    split = f"each class split {1 - TEST_FRACTION:.0%}:{TEST_FRACTION:.0%} (seed {cfg.split_seed})"
+    return _labelled_source(cfg, root, dataset, class_names, files, class_ids, in_test, split=split)
 
 
 # --------------------------------------------------------------------------- the reference layout
@@ -390,19 +392,16 @@ def reference_splits(cfg: DataConfig, root: Path, dataset: str = "folder") -> Sp
     evaluation = everything.subset(np.flatnonzero(is_test))
     if len(train) == 0:
         raise UserError(f"{root / 'train'} has no readable normal training images")
-    info = {
-        "dataset": dataset,
-        "root": str(root),
-        "class_names": ["normal", "abnormal"],
-        "setting": "reference layout (train/0.normal, test/0.normal, test/1.abnormal)",
-        "normal_classes": sorted({g for g, label in zip(groups, labels, strict=True) if label == 0}),
-        "abnormal_classes": sorted({g for g, label in zip(groups, labels, strict=True) if label == 1}),
-        "evaluation_pool": {
-            "normal": int((evaluation.labels == 0).sum()),
-            "abnormal": int((evaluation.labels == 1).sum()),
-        },
+    info = SplitInfo(
+        dataset=dataset,
+        root=str(root),
+        class_names=["normal", "abnormal"],
+        setting="reference layout (train/0.normal, test/0.normal, test/1.abnormal)",
+        normal_classes=sorted({g for g, label in zip(groups, labels, strict=True) if label == 0}),
+        abnormal_classes=sorted({g for g, label in zip(groups, labels, strict=True) if label == 1}),
+        evaluation_pool=pool_counts(evaluation),
         **storage_info(decoded),
-    }
+    )
     return apply_protocol(train, evaluation, cfg, channels, info)
 
 

@@ -8,6 +8,7 @@ for training and for scoring: any format Pillow reads; palette, RGBA (alpha drop
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,31 @@ def prepare_image(image: Image.Image, size: int, channels: int) -> np.ndarray:
     if array.ndim == 2:
         array = array[:, :, None]
     return np.ascontiguousarray(array)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How any image becomes a model input, as every reader and the scorer do it: 16-bit and float
+    images scaled to 8 bits; converted to grayscale (1 channel) or RGB (3; transparency dropped);
+    resized to ``image_size`` x ``image_size`` (bilinear; no crop, the aspect ratio is not kept);
+    then ``x / 127.5 - 1`` to [-1, 1] (:func:`skipganomaly.data.loading.to_model_input`)."""
+
+    image_size: int
+    channels: int
+    resample: str = "bilinear"
+    input_range: tuple[float, float] = (-1.0, 1.0)
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """One PIL image as the (size, size, channels) uint8 array the model's batches hold."""
+        return prepare_image(image, self.image_size, self.channels)
+
+    def to_dict(self) -> dict:
+        return {
+            "image_size": self.image_size,
+            "channels": self.channels,
+            "resample": self.resample,
+            "input_range": list(self.input_range),
+        }
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:

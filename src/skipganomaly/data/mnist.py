@@ -24,7 +24,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import UserError
-from .base import ImageSet, LabelledSource
+from .base import LabelledSource, SplitInfo, source_from_arrays
 from .cache import array_cache_path, cache_root, file_fingerprint, key_of, load_arrays, save_arrays
 from .download import download
 from .folders import resolve_root, subfolders
@@ -92,8 +92,6 @@ FASHION_MNIST = IdxDataset(
     },
     torchvision_dir="FashionMNIST",
 )
-
-DATASETS = {d.name: d for d in (MNIST, FASHION_MNIST)}
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -190,22 +188,12 @@ def idx_source(cfg: DataConfig, dataset: IdxDataset) -> LabelledSource:
             stored[f"{part}_labels"] = labels
         saved = save_arrays(cache_file, stored)
         storage = "in memory, " + (f"cached in {cache_file}" if saved else "cache not writable")
-    pools = {
-        part: ImageSet(
-            class_ids=stored[f"{part}_labels"],
-            images=stored[f"{part}_images"],
-            ids=[f"{dataset.name}:{part}:{i:05d}" for i in range(len(stored[f"{part}_labels"]))],
-        )
+    ids = {
+        part: [f"{dataset.name}:{part}:{i:05d}" for i in range(len(stored[f"{part}_labels"]))]
         for part in ("train", "test")
     }
-    return LabelledSource(
-        name=dataset.name,
-        class_names=list(dataset.class_names),
-        train=pools["train"],
-        test=pools["test"],
-        channels=channels,
-        info={"root": str(root), "format": "idx", "storage": storage, "skipped_bad_images": 0},
-    )
+    info = SplitInfo(root=str(root), format="idx", storage=storage)
+    return source_from_arrays(dataset.name, dataset.class_names, stored, ids, channels, info)
 
 
 def read_mnist(cfg: DataConfig) -> LabelledSource:

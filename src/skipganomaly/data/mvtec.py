@@ -23,7 +23,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import UserError
-from .base import Splits
+from .base import SplitInfo, Splits, pool_counts
 from .folders import (
     ImageFile,
     image_set_from_files,
@@ -34,7 +34,7 @@ from .folders import (
     storage_info,
     subfolders,
 )
-from .protocols import apply_protocol
+from .splits import apply_protocol
 
 GOOD = "good"
 EXPECTED = "an MVTec AD category folder (train/good, test/good, test/<defect>, optional ground_truth/)"
@@ -101,19 +101,16 @@ def read_mvtec(cfg: DataConfig) -> Splits:
     if len(train) == 0:
         raise UserError(f"{good_train} has no readable normal training images")
     n_masks = sum(m is not None for m in evaluation.masks)
-    info = {
-        "dataset": "mvtec",
-        "category": category.name,
-        "root": str(category),
-        "class_names": group_names,
-        "setting": "MVTec AD (train/good normal; test/good and test/<defect>)",
-        "normal_classes": [GOOD],
-        "abnormal_classes": defects,
-        "evaluation_pool": {
-            "normal": int((evaluation.labels == 0).sum()),
-            "abnormal": int((evaluation.labels == 1).sum()),
-        },
-        "masks": n_masks,
+    info = SplitInfo(
+        dataset="mvtec",
+        category=category.name,
+        root=str(category),
+        class_names=group_names,
+        setting="MVTec AD (train/good normal; test/good and test/<defect>)",
+        normal_classes=[GOOD],
+        abnormal_classes=defects,
+        evaluation_pool=pool_counts(evaluation),
+        masks=n_masks,
         **storage_info(decoded),
-    }
+    )
     return apply_protocol(train, evaluation, cfg, channels, info)

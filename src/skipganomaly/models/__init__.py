@@ -1,22 +1,29 @@
-"""Model registry: every anomaly model the trainer, scorer and CLI can build by name."""
+"""Model registry: every anomaly model the trainer, scorer and CLI can build by name.
+
+The registry is built from the specs (:mod:`skipganomaly.model_specs`): each spec names the
+module and class of its model (``builder``), so adding a model adds no line here.
+"""
 
 from __future__ import annotations
 
+import importlib
+
 from torch import nn
 
-from ..config import MODEL_KEYS, ModelConfig
 from ..errors import UserError
+from ..model_specs import MODEL_SPECS, ModelSpec
 from .anogan import AnoGAN
 from .egbad import EGBAD
 from .ganomaly import GANomaly
 from .skip_ganomaly import Discriminator, SkipGANomaly, UNetGenerator
 
-MODELS: dict[str, type[nn.Module]] = {
-    "skipganomaly": SkipGANomaly,
-    "ganomaly": GANomaly,
-    "egbad": EGBAD,
-    "anogan": AnoGAN,
-}
+
+def _model_class(spec: ModelSpec) -> type[nn.Module]:
+    module, _, name = spec.builder.partition(":")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
+MODELS: dict[str, type[nn.Module]] = {name: _model_class(spec) for name, spec in MODEL_SPECS.items()}
 
 
 def build_model(name: str, **args) -> nn.Module:
@@ -26,9 +33,9 @@ def build_model(name: str, **args) -> nn.Module:
     return MODELS[name](**args)
 
 
-def model_args(model: ModelConfig, image_size: int, channels: int) -> dict:
-    """Constructor arguments of ``model.name`` from the configuration: the shared ones and the
-    model's own keys (``config.MODEL_KEYS``, e.g. AnoGAN's latent search)."""
+def model_args(model, image_size: int, channels: int) -> dict:
+    """Constructor arguments of ``model.name`` from the configuration's ``model`` section: the
+    shared ones and the model's own keys (``ModelSpec.own_keys``, e.g. AnoGAN's latent search)."""
     args = {
         "image_size": image_size,
         "channels": channels,
@@ -36,7 +43,8 @@ def model_args(model: ModelConfig, image_size: int, channels: int) -> dict:
         "ndf": model.ndf,
         "nz": model.nz,
     }
-    args.update({key: getattr(model, key) for key in MODEL_KEYS.get(model.name, ())})
+    spec = MODEL_SPECS.get(model.name)
+    args.update({key: getattr(model, key) for key in (spec.own_key_names if spec else ())})
     return args
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import ModelConfig
+from ..model_specs import ANOGAN as SPEC
 from ..objective import (
     LossWeights,
     ScoreOutput,
@@ -37,9 +37,9 @@ from ..objective import (
 from .base import AdversarialAnomalyModel
 from .blocks import DCGANDecoder, DCGANDiscriminator, init_weights
 
-# The latent search's defaults are the config's (model.latent_search_steps, model.latent_search_lr).
-DEFAULT_SEARCH_STEPS = ModelConfig.latent_search_steps
-DEFAULT_SEARCH_LR = ModelConfig.latent_search_lr
+# The latent search's defaults are this model's own config keys, declared with its spec.
+DEFAULT_SEARCH_STEPS = SPEC.own_default("latent_search_steps")
+DEFAULT_SEARCH_LR = SPEC.own_default("latent_search_lr")
 
 
 class AnoGAN(AdversarialAnomalyModel):

@@ -42,7 +42,7 @@ def init_weights(net: nn.Module) -> nn.Module:
     return net
 
 
-class Conv2d(nn.Conv2d):
+class DenseFastConv2d(nn.Conv2d):
     """``nn.Conv2d`` that computes a convolution with a single output pixel as one matrix product.
 
     At the narrow end of the networks (2x2 -> 1x1 in the UNet, 4x4 -> 1x1 for the features f(.))
@@ -76,10 +76,10 @@ class Conv2d(nn.Conv2d):
         return F.linear(x.reshape(x.shape[0], -1), weight, self.bias).view(x.shape[0], -1, 1, 1)
 
 
-class ConvTranspose2d(nn.ConvTranspose2d):
+class DenseFastConvTranspose2d(nn.ConvTranspose2d):
     """``nn.ConvTranspose2d`` that computes a transposed convolution of a 1x1 input as one matrix
     product: output[:, o, a, b] = sum_c x[:, c] W[c, o, a + p, b + p]. Same function and parameters
-    as the library kernel (see :class:`Conv2d` for why); ``dense_fast_path = False`` turns it off."""
+    as the library kernel (see :class:`DenseFastConv2d` for why); ``dense_fast_path = False`` turns it off."""
 
     dense_fast_path = True
 
@@ -106,9 +106,9 @@ class ConvTranspose2d(nn.ConvTranspose2d):
 
 
 def set_dense_fast_path(net: nn.Module, enabled: bool) -> nn.Module:
-    """Turn the matrix-product path of :class:`Conv2d` / :class:`ConvTranspose2d` on or off."""
+    """Turn the matrix-product path of :class:`DenseFastConv2d` / :class:`DenseFastConvTranspose2d` on or off."""
     for module in net.modules():
-        if isinstance(module, (Conv2d, ConvTranspose2d)):
+        if isinstance(module, (DenseFastConv2d, DenseFastConvTranspose2d)):
             module.dense_fast_path = enabled
     return net
 
@@ -121,13 +121,13 @@ def dcgan_trunk_layers(image_size: int, channels: int, width: int) -> tuple[list
     """
     check_image_size(image_size)
     layers: list[nn.Module] = [
-        Conv2d(channels, width, 4, 2, 1, bias=False),
+        DenseFastConv2d(channels, width, 4, 2, 1, bias=False),
         nn.LeakyReLU(0.2, inplace=True),
     ]
     size, current = image_size // 2, width
     while size > 4:
         layers += [
-            Conv2d(current, current * 2, 4, 2, 1, bias=False),
+            DenseFastConv2d(current, current * 2, 4, 2, 1, bias=False),
             nn.BatchNorm2d(current * 2),
             nn.LeakyReLU(0.2, inplace=True),
         ]
@@ -146,7 +146,7 @@ class DCGANEncoder(nn.Module):
     def __init__(self, image_size: int, channels: int, width: int, out_features: int):
         super().__init__()
         layers, current = dcgan_trunk_layers(image_size, channels, width)
-        layers.append(Conv2d(current, out_features, 4, 1, 0, bias=False))
+        layers.append(DenseFastConv2d(current, out_features, 4, 1, 0, bias=False))
         self.layers = nn.Sequential(*layers)
         self.final_width = current
 
@@ -166,20 +166,20 @@ class DCGANDecoder(nn.Module):
             current *= 2
             size *= 2
         layers: list[nn.Module] = [
-            ConvTranspose2d(in_features, current, 4, 1, 0, bias=False),
+            DenseFastConvTranspose2d(in_features, current, 4, 1, 0, bias=False),
             nn.BatchNorm2d(current),
             nn.ReLU(inplace=True),
         ]
         size = 4
         while size < image_size // 2:
             layers += [
-                ConvTranspose2d(current, current // 2, 4, 2, 1, bias=False),
+                DenseFastConvTranspose2d(current, current // 2, 4, 2, 1, bias=False),
                 nn.BatchNorm2d(current // 2),
                 nn.ReLU(inplace=True),
             ]
             current //= 2
             size *= 2
-        layers += [ConvTranspose2d(current, channels, 4, 2, 1, bias=False), nn.Tanh()]
+        layers += [DenseFastConvTranspose2d(current, channels, 4, 2, 1, bias=False), nn.Tanh()]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -198,7 +198,7 @@ class DCGANDiscriminator(nn.Module):
         super().__init__()
         layers, width = dcgan_trunk_layers(image_size, channels, ndf)
         self.features = nn.Sequential(*layers)
-        self.classifier = Conv2d(width, 1, 4, 1, 0, bias=False)
+        self.classifier = DenseFastConv2d(width, 1, 4, 1, 0, bias=False)
         self.feature_size = width * 16
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

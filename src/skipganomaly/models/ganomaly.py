@@ -27,6 +27,7 @@ from ..objective import (
     latent_score,
     reconstruction_score,
     score_output,
+    weighted_losses,
 )
 from .base import AdversarialAnomalyModel
 from .blocks import DCGANDecoder, DCGANDiscriminator, DCGANEncoder, init_weights
@@ -82,18 +83,8 @@ class GANomaly(AdversarialAnomalyModel):
         adversarial = latent_loss(features_real.detach(), features_fake)
         contextual = contextual_loss(x, x_hat)
         encoder = latent_loss(z, z_hat)
-        generator = (
-            weights.adversarial * adversarial + weights.contextual * contextual + weights.latent * encoder
-        )
         discriminator = discriminator_loss(logit_real, logit_fake)
-        parts = {
-            "g_adv": adversarial.detach(),
-            "g_con": contextual.detach(),
-            "g_enc": encoder.detach(),
-            "g": generator.detach(),
-            "d": discriminator.detach(),
-        }
-        return TrainingLosses(generator=generator, discriminator=discriminator, parts=parts)
+        return weighted_losses(weights, adversarial, contextual, encoder, discriminator, latent_name="enc")
 
     def score(self, x: torch.Tensor, score_lambda: float = 0.0, details: bool = False) -> ScoreOutput:
         """lambda * R + (1 - lambda) * ||z - z_hat||_2 per image; GANomaly's own score is lambda = 0.

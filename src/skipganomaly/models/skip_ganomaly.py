@@ -26,9 +26,10 @@ from ..objective import (
     latent_score,
     reconstruction_score,
     score_output,
+    weighted_losses,
 )
 from .base import AdversarialAnomalyModel
-from .blocks import Conv2d, ConvTranspose2d, DCGANEncoder, check_image_size, init_weights
+from .blocks import DCGANEncoder, DenseFastConv2d, DenseFastConvTranspose2d, check_image_size, init_weights
 
 
 class UNetGenerator(nn.Module):
@@ -50,11 +51,11 @@ class UNetGenerator(nn.Module):
         depth = check_image_size(image_size)
         widths = [ngf * min(2**i, 8) for i in range(depth)]
 
-        down: list[nn.Module] = [Conv2d(channels, widths[0], 4, 2, 1, bias=False)]
+        down: list[nn.Module] = [DenseFastConv2d(channels, widths[0], 4, 2, 1, bias=False)]
         for i in range(1, depth):
             layers: list[nn.Module] = [
                 nn.LeakyReLU(0.2, inplace=False),
-                Conv2d(widths[i - 1], widths[i], 4, 2, 1, bias=False),
+                DenseFastConv2d(widths[i - 1], widths[i], 4, 2, 1, bias=False),
             ]
             if i < depth - 1:
                 layers.append(nn.BatchNorm2d(widths[i]))
@@ -67,14 +68,14 @@ class UNetGenerator(nn.Module):
             up.append(
                 nn.Sequential(
                     nn.ReLU(inplace=False),
-                    ConvTranspose2d(in_width, widths[i - 1], 4, 2, 1, bias=False),
+                    DenseFastConvTranspose2d(in_width, widths[i - 1], 4, 2, 1, bias=False),
                     nn.BatchNorm2d(widths[i - 1]),
                 )
             )
         up.append(
             nn.Sequential(
                 nn.ReLU(inplace=False),
-                ConvTranspose2d(2 * widths[0], channels, 4, 2, 1, bias=True),
+                DenseFastConvTranspose2d(2 * widths[0], channels, 4, 2, 1, bias=True),
                 nn.Tanh(),
             )
         )
@@ -106,7 +107,7 @@ class Discriminator(nn.Module):
     def __init__(self, image_size: int = 32, channels: int = 3, ndf: int = 64, nz: int = 100):
         super().__init__()
         self.features = DCGANEncoder(image_size, channels, ndf, nz)
-        self.classifier = Conv2d(nz, 1, 1, bias=False)
+        self.classifier = DenseFastConv2d(nz, 1, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(logit, features)`` of shapes (N,) and (N, nz)."""
@@ -171,18 +172,8 @@ class SkipGANomaly(AdversarialAnomalyModel):
         adversarial = generator_adversarial_loss(logit_fake)
         contextual = contextual_loss(x, x_hat)
         latent = latent_loss(features_real.detach(), features_fake)
-        generator = (
-            weights.adversarial * adversarial + weights.contextual * contextual + weights.latent * latent
-        )
         discriminator = discriminator_loss(logit_real, logit_fake)
-        parts = {
-            "g_adv": adversarial.detach(),
-            "g_con": contextual.detach(),
-            "g_lat": latent.detach(),
-            "g": generator.detach(),
-            "d": discriminator.detach(),
-        }
-        return TrainingLosses(generator=generator, discriminator=discriminator, parts=parts)
+        return weighted_losses(weights, adversarial, contextual, latent, discriminator)
 
     def score(self, x: torch.Tensor, score_lambda: float = 0.9, details: bool = False) -> ScoreOutput:
         """Anomaly score of Eq. 5 for each image of ``x``; call in eval mode for honest scores.

@@ -20,18 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import (
-    checkpoint_path,
-    load_checkpoint,
-    model_from_checkpoint,
-    normalization_from_checkpoint,
-)
+from ..checkpoint import checkpoint_path, load_checkpoint
 from ..config import Config
 from ..data.base import Splits
 from ..data.loading import iterate_batches
-from ..evaluate import score_set, scoring_kwargs
 from ..files import write_bytes
 from ..runtime import resolve_device, resolve_precision
+from ..scoring import ScoringOptions, score_set
 
 EXAMPLES_FILE = "examples.npz"
 TSNE_FILE = "tsne.npz"
@@ -107,11 +102,11 @@ def _to_uint8(images: np.ndarray) -> np.ndarray:
 def write_run_examples(run_dir: str | Path, splits: Splits, config: Config, seed: int = 0) -> Path:
     """Score the chosen test images of a finished run again with details and save the figure data."""
     run_dir = Path(run_dir)
-    payload = load_checkpoint(checkpoint_path(run_dir, "best"))
+    checkpoint = load_checkpoint(checkpoint_path(run_dir, "best"))
     device = resolve_device(config.train.device)
     amp_dtype = resolve_precision(config.train.precision, device)
-    model = model_from_checkpoint(payload).to(device)
-    normalization = normalization_from_checkpoint(payload)
+    model = checkpoint.build_model().to(device)
+    normalization = checkpoint.normalization
     test = read_test_scores(run_dir)
     n = len(test["index"])
 
@@ -122,12 +117,12 @@ def write_run_examples(run_dir: str | Path, splits: Splits, config: Config, seed
     wanted = np.unique(np.concatenate([tsne_pos, grid_pos]))
     subset = splits.test.subset(test["index"][wanted])
 
-    kwargs = scoring_kwargs(config, splits.channels, device, amp_dtype)
-    scored = score_set(model, subset, details=True, **kwargs)
+    options = ScoringOptions.for_run(config, splits.channels, device, amp_dtype)
+    scored = score_set(model, subset, options.replace(details=True))
     inputs = {}
     for batch in iterate_batches(
         subset,
-        kwargs["batch_size"],
+        options.batch_size,
         image_size=config.data.image_size,
         channels=splits.channels,
         skip_bad=config.data.skip_bad_images,

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
+from ..heatmaps import colorize
 
 NORMAL_COLOUR = "#1f77b4"
 ABNORMAL_COLOUR = "#d62728"
@@ -154,8 +155,6 @@ def example_grid(examples: dict[str, np.ndarray], groups: tuple[str, ...], title
     Maps are coloured as ``predict --heatmaps`` draws them, on the run's fixed scale (the 99th
     percentile of normal validation pixel errors mid-scale, twice it saturating).
     """
-    from ..predict import colorize
-
     names = examples["grid_groups"]
     present = [g for g in groups if (names == g).any()]
     map_high = float(examples.get("map_high", 0.5))

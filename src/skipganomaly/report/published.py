@@ -15,6 +15,8 @@ CIFAR-10 files.
 
 from __future__ import annotations
 
+from ..model_specs import MODEL_SPECS, TABLE_I_CLASSES
+
 CITATION = (
     "S. Akcay, A. Atapour-Abarghouei, T. P. Breckon. Skip-GANomaly: Skip Connected and Adversarially "
     "Trained Encoder-Decoder Anomaly Detection. International Joint Conference on Neural Networks "
@@ -26,57 +28,17 @@ PROTOCOL_NOTE = (
 )
 
 # The paper's column order and names (CIFAR-10's airplane and automobile are "plane" and "car").
-TABLE_I_CLASSES: tuple[str, ...] = (
-    "bird",
-    "car",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "plane",
-    "ship",
-    "truck",
-)
 CIFAR10_TO_PAPER: dict[str, str] = {"airplane": "plane", "automobile": "car"}
 
-# Rows of Table I, keyed by this package's model names (``models.MODELS``), in the paper's order.
+# The rows of Table I, keyed by this package's model names, in the paper's row order; the values
+# and labels are each model's ``table_i`` (model_specs).
+_ROWS = sorted(
+    (spec for spec in MODEL_SPECS.values() if spec.table_i), key=lambda spec: spec.table_i.position
+)
 TABLE_I: dict[str, dict[str, float]] = {
-    "anogan": dict(
-        zip(
-            TABLE_I_CLASSES,
-            (0.411, 0.492, 0.399, 0.335, 0.393, 0.321, 0.399, 0.516, 0.567, 0.511),
-            strict=True,
-        )
-    ),
-    "egbad": dict(
-        zip(
-            TABLE_I_CLASSES,
-            (0.383, 0.514, 0.448, 0.374, 0.481, 0.353, 0.526, 0.577, 0.413, 0.555),
-            strict=True,
-        )
-    ),
-    "ganomaly": dict(
-        zip(
-            TABLE_I_CLASSES,
-            (0.510, 0.631, 0.587, 0.593, 0.628, 0.683, 0.605, 0.633, 0.616, 0.617),
-            strict=True,
-        )
-    ),
-    "skipganomaly": dict(
-        zip(
-            TABLE_I_CLASSES,
-            (0.448, 0.953, 0.607, 0.602, 0.615, 0.931, 0.788, 0.797, 0.659, 0.907),
-            strict=True,
-        )
-    ),
+    spec.name: dict(zip(TABLE_I_CLASSES, spec.table_i.auroc, strict=True)) for spec in _ROWS
 }
-ROW_LABELS: dict[str, str] = {
-    "anogan": "AnoGAN [9]",
-    "egbad": "EGBAD [12]",
-    "ganomaly": "GANomaly [13]",
-    "skipganomaly": "Skip-GANomaly (Proposed)",
-}
+ROW_LABELS: dict[str, str] = {spec.name: spec.table_i.label for spec in _ROWS}
 
 
 def paper_class_name(name: str) -> str:

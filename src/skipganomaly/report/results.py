@@ -1,5 +1,6 @@
 """Run folders -> result rows (``results.csv``) -> the Table I summary (``summary.json``).
 
+The summary's shape is :class:`Summary` (typed dicts: ``summary.json`` is that dict as JSON).
 A row per (model, class, seed, protocol). Honest protocols report the test split at the epoch
 chosen on validation, F1 at the threshold chosen on validation. The ``paper`` rows report the
 paper protocol's evaluation at the epoch with its best AUROC, and F1 at the best threshold on that
@@ -10,17 +11,82 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
 from .. import __version__
-from ..trainer import PROTOCOL_NOTES
+from ..protocols import PAPER, PROTOCOL_SPECS
 from . import published
+from .run_files import RunFiles, read_runs
 from .runner import Plan, RunSpec
+
+
+class Stats(TypedDict):
+    """Test AUROC over seeds: mean, sample standard deviation (None with one value), count, values."""
+
+    mean: float | None
+    std: float | None
+    n: int
+    values: list[float]
+
+
+class Overall(TypedDict):
+    mean: float | None  # the mean of the class means
+    std: float | None  # over the seeds that cover every class, of each seed's mean
+    n_seeds: int
+
+
+class TableEntry(TypedDict):
+    """One model under one protocol: per class (by column label) and overall."""
+
+    per_class: dict[str, Stats]
+    overall: Overall
+    optimistic: bool
+    note: str
+    f1_note: str
+
+
+class PublishedRow(TypedDict):
+    label: str
+    per_class: dict[str, float]
+    mean: float
+
+
+class Published(TypedDict):
+    citation: str
+    note: str
+    rows: dict[str, PublishedRow]
+
+
+class ProfileSummary(TypedDict):
+    name: str
+    overrides: dict[str, Any]
+    replaced: dict[str, Any]
+    changed: dict[str, Any]
+    note: str
+
+
+class Summary(TypedDict):
+    """``summary.json``: the Table I layout of a reproduction and what produced it."""
+
+    dataset: str
+    setting: str
+    profile: ProfileSummary
+    models: list[str]
+    classes: list[str]  # column labels, in table order
+    seeds: list[int]
+    protocols: list[str]
+    protocol_notes: dict[str, str]
+    trainings: int
+    training_wall_time_s: float | None
+    config: dict[str, Any]  # the first run's, less what varies between runs
+    table: dict[str, dict[str, TableEntry]]  # model -> protocol -> entry
+    published: Published | None  # Table I's rows, for CIFAR-10's classes
+    package_version: str
+
 
 COLUMNS = [
     "model",
@@ -41,15 +107,6 @@ COLUMNS = [
     "trained_with",
     "run_dir",
 ]
-F1_NOTES = {
-    "val-split": "F1 at the threshold chosen on validation",
-    "normal-only": "F1 at a quantile of normal validation scores",
-    "paper": "F1 at the best threshold on the test set itself (optimistic)",
-}
-
-
-def load_metrics(spec: RunSpec) -> dict[str, Any]:
-    return json.loads((spec.run_dir / "metrics.json").read_text())
 
 
 def _finite(value: Any) -> float:
@@ -76,7 +133,7 @@ def rows_of_run(plan: Plan, spec: RunSpec, metrics: dict[str, Any]) -> list[dict
             base
             | {
                 "protocol": spec.protocol,
-                "optimistic": int(spec.protocol == "paper"),
+                "optimistic": int(PROTOCOL_SPECS[spec.protocol].optimistic),
                 "auroc": _finite(test["auroc"]),
                 "auprc": _finite(test["auprc"]),
                 "f1": _finite(test.get("f1")),
@@ -90,7 +147,7 @@ def rows_of_run(plan: Plan, spec: RunSpec, metrics: dict[str, Any]) -> list[dict
         rows.append(
             base
             | {
-                "protocol": "paper",
+                "protocol": PAPER.name,
                 "optimistic": 1,
                 "auroc": _finite(paper["auroc"]),
                 "auprc": _finite(paper["auprc"]),
@@ -103,10 +160,12 @@ def rows_of_run(plan: Plan, spec: RunSpec, metrics: dict[str, Any]) -> list[dict
     return rows
 
 
-def collect_rows(plan: Plan) -> list[dict[str, Any]]:
+def collect_rows(plan: Plan, runs: dict[Path, RunFiles] | None = None) -> list[dict[str, Any]]:
+    """Every run's result rows; ``runs`` (:func:`~.run_files.read_runs`) shares the files read."""
+    runs = read_runs(plan) if runs is None else runs
     rows = []
     for spec in plan.runs:
-        rows.extend(rows_of_run(plan, spec, load_metrics(spec)))
+        rows.extend(rows_of_run(plan, spec, runs[spec.run_dir].metrics))
     return rows
 
 
@@ -134,7 +193,7 @@ def column_label(plan: Plan, class_name: str | None) -> str:
     return class_name
 
 
-def _stats(values: list[float]) -> dict[str, Any]:
+def _stats(values: list[float]) -> Stats:
     values = [v for v in values if not math.isnan(v)]
     if not values:
         return {"mean": None, "std": None, "n": 0, "values": []}
@@ -142,12 +201,12 @@ def _stats(values: list[float]) -> dict[str, Any]:
     return {"mean": float(np.mean(values)), "std": std, "n": len(values), "values": values}
 
 
-def summarize(plan: Plan, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(plan: Plan, rows: list[dict[str, Any]]) -> Summary:
     """Mean and sample standard deviation (ddof = 1) over seeds per class; the overall mean is the
     mean of the class means, its spread the standard deviation over seeds of each seed's mean over
     the classes (seeds that cover every class)."""
     columns = column_order(plan)
-    table: dict[str, dict[str, Any]] = {}
+    table: dict[str, dict[str, TableEntry]] = {}
     for model in dict.fromkeys(plan.options.models):
         table[model] = {}
         for protocol in plan.reported_protocols:
@@ -174,9 +233,9 @@ def summarize(plan: Plan, rows: list[dict[str, Any]]) -> dict[str, Any]:
             table[model][protocol] = {
                 "per_class": per_class,
                 "overall": overall,
-                "optimistic": protocol == "paper",
-                "note": PROTOCOL_NOTES[protocol],
-                "f1_note": F1_NOTES[protocol],
+                "optimistic": PROTOCOL_SPECS[protocol].optimistic,
+                "note": PROTOCOL_SPECS[protocol].note,
+                "f1_note": PROTOCOL_SPECS[protocol].f1_note,
             }
     reference = None
     labels = [column_label(plan, c) for c in columns]
@@ -215,7 +274,7 @@ def summarize(plan: Plan, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "classes": labels,
         "seeds": list(dict.fromkeys(plan.options.seeds)),
         "protocols": plan.reported_protocols,
-        "protocol_notes": {p: PROTOCOL_NOTES[p] for p in plan.reported_protocols},
+        "protocol_notes": {p: PROTOCOL_SPECS[p].note for p in plan.reported_protocols},
         "trainings": len(plan.runs),
         "training_wall_time_s": float(sum(walls)) if walls else None,
         "config": first,
@@ -223,7 +282,3 @@ def summarize(plan: Plan, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "published": reference,
         "package_version": __version__,
     }
-
-
-def read_summary(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())

@@ -12,8 +12,8 @@ honest training also scores the paper protocol's evaluation each epoch
 paper`` alone trains with the paper protocol itself.
 
 Data sets and models plug in through ``data.READERS`` and ``models.MODELS`` (with the model's
-presets in ``config.MODEL_PRESETS``): the classes are the reader's class names, the models any
-registered name.
+spec, presets included, in ``model_specs.MODEL_SPECS``): the classes are the reader's class names,
+the models any registered name.
 """
 
 from __future__ import annotations
@@ -30,17 +30,18 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..checkpoint import checkpoint_path, load_checkpoint
-from ..config import MODEL_KEYS, MODEL_LOSS_WEIGHTS, PROTOCOLS, Config, build_config
+from ..config import Config, build_config
 from ..data import READERS, prepare_data
 from ..data.base import Splits
-from ..data.protocols import resolve_class
+from ..data.splits import resolve_class
 from ..errors import UserError
+from ..model_specs import LOSS_WEIGHTS, MODEL_SPECS, own_keys
 from ..models import MODELS
-from ..trainer import Trainer
+from ..protocols import HONEST_PROTOCOLS, PAPER, PROTOCOLS
+from ..runs import train_run
 from .examples import EXAMPLES_FILE, write_run_examples
 from .profiles import Profile, resolve_profile
 
-HONEST_PROTOCOLS = ("val-split", "normal-only")
 # Settings that change neither what a run computes nor its results: a run folder made with other
 # values of these is still the same run.
 IGNORED_WHEN_REUSING = {
@@ -142,8 +143,8 @@ def training_protocols(protocols: list[str]) -> list[tuple[str, bool]]:
         raise UserError(f"protocol {unknown[0]!r} is unknown; choose from {', '.join(PROTOCOLS)}")
     honest = [p for p in HONEST_PROTOCOLS if p in protocols]
     if not honest:
-        return [("paper", False)] if "paper" in protocols else []
-    return [(p, "paper" in protocols and i == 0) for i, p in enumerate(honest)]
+        return [(PAPER.name, False)] if PAPER.name in protocols else []
+    return [(p, PAPER.name in protocols and i == 0) for i, p in enumerate(honest)]
 
 
 def _base_values(options: ReproduceOptions, profile: Profile) -> dict[str, Any]:
@@ -180,9 +181,11 @@ def values_for_model(base: dict[str, Any], model: str) -> dict[str, Any]:
     """The settings that apply to ``model``: with several models, a model-specific setting (say
     ``model.latent_search_steps`` of AnoGAN, or ``train.w_con``, which EGBAD has no term for)
     is meant for the models that have it, so the others leave it out."""
-    foreign = {f"model.{k}" for owner, keys in MODEL_KEYS.items() if owner != model for k in keys}
-    if model in MODEL_LOSS_WEIGHTS:
-        foreign |= {f"train.{w}" for w in ("w_adv", "w_con", "w_lat") if w not in MODEL_LOSS_WEIGHTS[model]}
+    spec = MODEL_SPECS.get(model)
+    mine = spec.own_key_names if spec else ()
+    foreign = {f"model.{k}" for k in own_keys() if k not in mine}
+    if spec is not None:
+        foreign |= {f"train.{w}" for w in LOSS_WEIGHTS if w not in spec.loss_weights}
     return {k: v for k, v in base.items() if k not in foreign}
 
 
@@ -324,9 +327,7 @@ def _epochs_left(spec: RunSpec, state: str) -> int:
     if state == "interrupted":
         try:
             return max(
-                spec.config.train.epochs
-                - int(load_checkpoint(checkpoint_path(spec.run_dir, "last"))["epoch"]),
-                0,
+                spec.config.train.epochs - load_checkpoint(checkpoint_path(spec.run_dir, "last")).epoch, 0
             )
         except UserError:
             return spec.config.train.epochs
@@ -347,22 +348,26 @@ def execute_run(
     check_reusable(spec)
     splits = None
     if state != "done":
-        splits = prepare_data(spec.config.data)
-        if verbose:
-            c = splits.counts()
+
+        def counts(trainer) -> None:
+            c = trainer.splits.counts()
             log(
                 f"  {spec.label}: train {c['train']['total']:,} normal; validation "
                 f"{c['val']['normal']:,}:{c['val']['abnormal']:,}; test {c['test']['normal']:,}:"
                 f"{c['test']['abnormal']:,} (normal:abnormal)"
             )
-        trainer = Trainer(
-            spec.config, splits, spec.run_dir, log=log if verbose else (lambda _: None), progress=progress
+
+        resume = load_checkpoint(checkpoint_path(spec.run_dir, "last")) if state == "interrupted" else None
+        trained = train_run(
+            spec.config,
+            spec.run_dir,
+            resume=resume,
+            log=log if verbose else (lambda _: None),
+            progress=progress,
+            on_ready=counts if verbose else None,
+            on_epoch=on_epoch,
         )
-        if state == "interrupted":
-            trainer.restore(load_checkpoint(checkpoint_path(spec.run_dir, "last")))
-        if on_epoch is not None:
-            trainer.callbacks.append(lambda _trainer, _epoch: on_epoch())
-        metrics = trainer.fit()
+        splits, metrics = trained.splits, trained.metrics
     else:
         metrics = json.loads((spec.run_dir / "metrics.json").read_text())
     if not (spec.run_dir / EXAMPLES_FILE).is_file():

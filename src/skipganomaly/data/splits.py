@@ -1,4 +1,7 @@
-"""Evaluation protocols: how a labelled source becomes train / validation / test sets.
+"""The split rule of every protocol: how a labelled source becomes train / validation / test sets.
+
+What each protocol means (its notes, titles, scoring) lives in :mod:`skipganomaly.protocols`; this
+module applies its ``validation`` rule. It sits in the data layer because every reader calls it.
 
 Which images are normal (Sec. IV-A of the paper):
 * leave one class out (``--abnormal-class``): train on the training images of every other
@@ -20,12 +23,15 @@ How the model is selected (``data.protocol``); model selection and thresholds ne
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from sklearn.model_selection import train_test_split
 
 from ..config import DataConfig
 from ..errors import UserError
-from .base import ImageSet, LabelledSource, Splits
+from ..protocols import PROTOCOL_SPECS
+from .base import ImageSet, LabelledSource, SplitInfo, Splits, pool_counts
 
 NORMAL_ONLY_VAL_FRACTION = 0.1
 
@@ -57,7 +63,7 @@ def _stratified_split(
     )
 
 
-def _pools(source: LabelledSource, cfg: DataConfig) -> tuple[ImageSet, ImageSet, dict]:
+def _pools(source: LabelledSource, cfg: DataConfig) -> tuple[ImageSet, ImageSet, SplitInfo]:
     """(normal training images, labelled evaluation pool, description)."""
     if cfg.normal_class is not None:
         normal = resolve_class(source, cfg.normal_class, "--normal-class")
@@ -86,27 +92,28 @@ def _pools(source: LabelledSource, cfg: DataConfig) -> tuple[ImageSet, ImageSet,
         setting = "leave-one-class-out"
     if len(train) == 0:
         raise UserError(f"{source.name} has no normal training images for this choice of classes")
-    info = {
-        **source.info,
-        "dataset": source.name,
-        "class_names": list(source.class_names),
-        "setting": setting,
-        "normal_classes": normal_names,
-        "abnormal_classes": abnormal_names,
-        "evaluation_pool": {
-            "normal": int((evaluation.labels == 0).sum()),
-            "abnormal": int((evaluation.labels == 1).sum()),
-        },
-    }
+    info = dataclasses.replace(
+        source.info,
+        dataset=source.name,
+        class_names=list(source.class_names),
+        setting=setting,
+        normal_classes=normal_names,
+        abnormal_classes=abnormal_names,
+        evaluation_pool=pool_counts(evaluation),
+    )
     return train, evaluation, info
 
 
 def apply_protocol(
-    train: ImageSet, evaluation: ImageSet, cfg: DataConfig, channels: int, info: dict
+    train: ImageSet, evaluation: ImageSet, cfg: DataConfig, channels: int, info: SplitInfo
 ) -> Splits:
-    """Split normal training images and a labelled evaluation pool by ``cfg.protocol``."""
+    """Split normal training images and a labelled evaluation pool by ``cfg.protocol``'s
+    ``validation`` rule (:class:`~skipganomaly.protocols.ProtocolSpec`)."""
     protocol = cfg.protocol
-    if protocol == "val-split":
+    if protocol not in PROTOCOL_SPECS:  # validated in config
+        raise UserError(f"unknown protocol {protocol!r}")
+    validation = PROTOCOL_SPECS[protocol].validation
+    if validation == "evaluation pool":
         if len(np.unique(evaluation.labels)) < 2:
             raise UserError(
                 "protocol val-split needs normal and abnormal evaluation images; use --protocol normal-only"
@@ -114,19 +121,19 @@ def apply_protocol(
         strata = evaluation.class_ids * 2 + evaluation.labels
         val_idx, test_idx = _stratified_split(len(evaluation), strata, cfg.val_fraction, cfg.split_seed)
         val, test = evaluation.subset(val_idx), evaluation.subset(test_idx)
-    elif protocol == "normal-only":
+    elif validation == "normal hold-out":
         val_idx, train_idx = _stratified_split(
             len(train), train.class_ids, NORMAL_ONLY_VAL_FRACTION, cfg.split_seed
         )
         val, train, test = train.subset(val_idx), train.subset(train_idx), evaluation
-    elif protocol == "paper":
+    elif validation == "test set":
         # The official code's test set: normal images first, then abnormal ones (class order).
         order = np.argsort(evaluation.labels, kind="stable")
         test = evaluation.subset(order)
         val = test
-    else:  # validated in config
-        raise UserError(f"unknown protocol {protocol!r}")
-    info = dict(info, protocol=protocol)
+    else:
+        raise ValueError(f"protocol {protocol}: no split rule for validation {validation!r}")
+    info = dataclasses.replace(info, protocol=protocol)
     return Splits(
         train=train, val=val, test=test, protocol=protocol, channels=channels, info=info, pool=evaluation
     )

@@ -1,0 +1,63 @@
+"""Decisions made from scores: the deployment normalisation and threshold, the epoch selection,
+and a split's metrics at the stored threshold. Numbers in, numbers out; the scores come from
+:mod:`skipganomaly.scoring`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import EvalConfig
+from .metrics import best_f1_threshold, detection_summary
+from .objective import ScoreNormalization
+from .scoring import ScoredSet
+
+# Heatmaps are drawn on a fixed scale: this quantile of the per-pixel errors of normal validation
+# images is the middle of the colour scale; twice it saturates.
+MAP_QUANTILE = 0.99
+
+
+def fit_normalization(val: ScoredSet, cfg: EvalConfig) -> ScoreNormalization:
+    """Fix the deployment scaling and threshold on validation scores (never on test).
+
+    Scaling: min and max raw score of the normal validation images. Threshold: the F1-best cut on
+    validation when it holds labelled anomalies and ``eval.threshold`` is ``f1``; otherwise the
+    ``eval.threshold_quantile`` quantile of the normal validation images' scaled scores.
+    """
+    normal = val.score[val.labels == 0]
+    if len(normal) == 0:
+        normal = val.score
+    low, high = float(np.min(normal)), float(np.max(normal))
+    normalization = ScoreNormalization(low=low, high=high, threshold=1.0)
+    if val.pixel_errors is not None and len(val.pixel_errors):
+        normalization.map_high = float(np.quantile(val.pixel_errors, MAP_QUANTILE))
+    scaled = normalization(val.score)
+    has_anomalies = bool((val.labels == 1).any() and (val.labels == 0).any())
+    if cfg.threshold == "f1" and has_anomalies:
+        _, threshold = best_f1_threshold(val.labels, scaled)
+        normalization.threshold = float(threshold)
+        normalization.method = "validation normal min-max; threshold = best F1 on validation"
+    else:
+        normalization.threshold = float(np.quantile(normalization(normal), cfg.threshold_quantile))
+        normalization.method = f"validation normal min-max; threshold = {cfg.threshold_quantile:g} quantile of normal validation scores"
+    return normalization
+
+
+def selection_value(val: ScoredSet, metric: str) -> tuple[str, float]:
+    """(metric used, value) for model selection; higher is better for both."""
+    has_anomalies = bool((val.labels == 1).any() and (val.labels == 0).any())
+    if metric == "auto":
+        metric = "auroc" if has_anomalies else "loss"
+    if metric == "auroc":
+        return "val.auroc", detection_summary(val.labels, val.score)["auroc"]
+    normal = val.score[val.labels <= 0]
+    return "val.mean_normal_score", -float(np.mean(normal))
+
+
+def split_metrics(scored: ScoredSet, normalization: ScoreNormalization) -> dict:
+    """Metrics of one split on the deployment-scaled scores, at the stored threshold."""
+    summary = detection_summary(scored.labels, normalization(scored.score), normalization.threshold)
+    summary["mean_normal_raw_score"] = (
+        float(np.mean(scored.score[scored.labels == 0])) if (scored.labels == 0).any() else float("nan")
+    )
+    return summary
