@@ -1,0 +1,161 @@
+"""Render the README's picture: inputs, reconstructions and anomaly maps of a trained run.
+
+Takes a run folder (by default the quick start's, ``runs/quickstart``; ``--train`` first trains it
+with the quick-start command when the folder does not exist), draws a few normal and a few
+abnormal images at random (seeded) from the run's own test split, scores them with the library's
+:class:`~skipganomaly.predict.Predictor` exactly as ``skipganomaly predict`` would, and writes a
+3-row grid: the input, the generator's reconstruction G(x) and the per-pixel anomaly map |x - G(x)|
+on the run's fixed colour scale (the scale ``predict --heatmaps`` uses).
+
+    .venv/bin/python scripts/readme_figure.py --run runs/quickstart --output docs/images/quickstart-grid.png
+
+Needs matplotlib (``pip install -e ".[dev]"`` or the ``report`` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+QUICKSTART = ["train", "--config", "configs/digits-quick.yaml", "--abnormal-class", "0"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, default=Path("runs/quickstart"), help="a training run folder")
+    parser.add_argument("--output", type=Path, default=Path("docs/images/quickstart-grid.png"))
+    parser.add_argument("--per-class", type=int, default=4, help="normal and abnormal images shown (each)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random choice of test images")
+    parser.add_argument("--panel", type=float, default=1.25, help="inches per image panel")
+    parser.add_argument("--dpi", type=int, default=110)
+    parser.add_argument(
+        "--train", action="store_true", help="train the run with the quick-start command if it is missing"
+    )
+    return parser.parse_args(argv)
+
+
+def ensure_run(run: Path, train: bool) -> None:
+    if (run / "checkpoints").is_dir():
+        return
+    if not train:
+        sys.exit(f"{run} is not a training run; run the quick start first, or pass --train")
+    command = [sys.executable, "-m", "skipganomaly", *QUICKSTART, "--output", str(run)]
+    print("training:", " ".join(command[2:]), flush=True)
+    subprocess.run(command, check=True)
+
+
+def test_images(predictor, seed: int, per_class: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """A seeded random choice of normal then abnormal images from the run's own test split."""
+    from PIL import Image
+
+    from skipganomaly.data import prepare_data
+    from skipganomaly.data.images import prepare_image
+
+    test = prepare_data(predictor.config.data).test
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in (0, 1):
+        pool = np.flatnonzero(test.labels == label)
+        chosen.extend(np.sort(rng.choice(pool, size=min(per_class, len(pool)), replace=False)).tolist())
+    images = []
+    for i in chosen:
+        if test.images is not None:
+            image = test.images[i]
+            image = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
+        else:
+            image = Image.open(test.paths[i])
+        images.append(prepare_image(image, predictor.image_size, predictor.channels))
+    return images, test.labels[chosen]
+
+
+def reconstruct(predictor, images: list[np.ndarray]) -> np.ndarray:
+    """G(x) as uint8 (N, H, W, C), with the scorer's input scaling ([0, 255] -> [-1, 1])."""
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    with torch.inference_mode():
+        x_hat = predictor.model(x.to(predictor.device)).float().cpu()
+    return ((x_hat.clamp(-1, 1) + 1.0) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def render(images, reconstructions, predictions, labels, map_high: float, title: str, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    fig, axes = plt.subplots(
+        3, n, figsize=(args.panel * n + 1.3, args.panel * 3 + 1.0), squeeze=False, layout="constrained"
+    )
+    gray = images[0].shape[2] == 1
+    mappable = None
+    for col in range(n):
+        prediction = predictions[col]
+        kind = "abnormal" if labels[col] else "normal"
+        verdict = "flagged" if prediction.is_anomalous else "passed"
+        for row, picture in enumerate((images[col], reconstructions[col])):
+            shown = picture[:, :, 0] if gray else picture
+            axes[row, col].imshow(
+                shown, cmap="gray" if gray else None, vmin=0, vmax=255, interpolation="nearest"
+            )
+        mappable = axes[2, col].imshow(
+            prediction.anomaly_map, cmap="inferno", vmin=0.0, vmax=map_high, interpolation="nearest"
+        )
+        axes[0, col].set_title(
+            f"{kind}\nscore {prediction.score:.2f}\n{verdict}",
+            fontsize=10,
+            color="#b2182b" if labels[col] else "#2166ac",
+        )
+        for row in range(3):
+            axes[row, col].set_xticks([])
+            axes[row, col].set_yticks([])
+    for row, name in enumerate(("input x", "reconstruction\nG(x)", "anomaly map\n|x - G(x)|")):
+        axes[row, 0].set_ylabel(name, fontsize=10)
+    bar = fig.colorbar(mappable, ax=axes[2, :].tolist(), shrink=0.9, pad=0.01)
+    bar.set_label("pixel error", fontsize=9)
+    fig.suptitle(title, fontsize=11)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.output, dpi=args.dpi)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    ensure_run(args.run, args.train)
+    from skipganomaly.predict import Predictor
+
+    predictor = Predictor.from_run(args.run)
+    images, labels = test_images(predictor, args.seed, args.per_class)
+    predictions = predictor.score_arrays(
+        [image[:, :, 0] if image.shape[2] == 1 else image for image in images], with_maps=True
+    )
+    reconstructions = reconstruct(predictor, images)
+    # The map the scorer returned must be the one this script's reconstruction gives, or the
+    # picture would show something other than what the model scored.
+    for image, rebuilt, prediction in zip(images, reconstructions, predictions, strict=True):
+        own_map = np.abs(image.astype(np.float32) - rebuilt.astype(np.float32)).mean(axis=2) / 127.5
+        gap = float(np.abs(own_map - prediction.anomaly_map).max())
+        if gap > 0.02:
+            raise SystemExit(f"reconstruction and scored anomaly map differ by {gap:.3f}")
+    data = predictor.config.data
+    setting = (
+        f"class {data.abnormal_class} abnormal"
+        if data.abnormal_class
+        else f"class {data.normal_class} normal"
+    )
+    title = (
+        f"{data.dataset}, {setting} (run {args.run.name}, epoch {predictor.epoch}): {args.per_class} random "
+        f"normal and {args.per_class} random abnormal test images\nflagged = score >= the run's stored "
+        f"threshold {predictor.normalization.threshold:.2f}"
+    )
+    render(images, reconstructions, predictions, labels, predictor.normalization.map_high, title, args)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
