@@ -71,7 +71,7 @@ TRAIN_ONLY_FLAGS = (
     Flag(
         "--dataset",
         "data.dataset",
-        "digits (default: embedded, offline), cifar10, mnist, fashion-mnist, folder or mvtec (README, Data sets)",
+        "digits (default: embedded, offline), cifar10, mnist, fashion-mnist, folder or mvtec (docs/datasets.md)",
     ),
     Flag(
         "--protocol", "data.protocol", "model-selection protocol (default: val-split)", {"choices": PROTOCOLS}
@@ -86,7 +86,7 @@ TRAIN_ONLY_FLAGS = (
         "--model",
         "model.name",
         "skipganomaly (default) or a baseline of the paper's Table I; each gets its own preset values "
-        "(README, Baselines)",
+        "(docs/baselines.md)",
         {"choices": MODEL_NAMES},
     ),
 )
