@@ -1,9 +1,10 @@
 """The ``paper`` protocol's evaluation scored beside any other protocol, every epoch.
 
-The official code evaluates on the whole evaluation pool in class order (normal images first),
-with BatchNorm in training mode and the training batch size, and reports the best AUROC over
-epochs. Scoring that evaluation after each epoch of an honest run (``eval.paper_each_epoch``)
-gives the optimistic figure from the *same* training as the honest one, without a second
+The official code evaluates on the whole evaluation pool in its own order (normal images first,
+in the data set's original order, so their classes come mixed; see :mod:`.data.protocols`), with
+BatchNorm in training mode and the training batch size, and reports the best AUROC over epochs.
+Scoring that evaluation after each epoch of an honest run (``eval.paper_each_epoch``) gives the
+optimistic figure from the *same* training as the honest one, without a second
 training: scoring restores the BatchNorm buffers and draws no random numbers, so the training
 trajectory is unchanged, and a ``val-split`` run's paper figures equal those of a separate
 ``--protocol paper`` run with the same seed (both train on the same normal images).
@@ -14,21 +15,21 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-
 from .config import Config
 from .data.base import ImageSet, Splits
+from .data.protocols import official_evaluation_order
 from .evaluate import score_set, scoring_kwargs
 from .metrics import detection_summary
 
 OPTIMISTIC_NOTE = (
-    "OPTIMISTIC: the paper protocol (the official code's procedure): the whole evaluation pool in class "
-    "order scored with BatchNorm in training mode, the epoch chosen on that same set"
+    "OPTIMISTIC: the paper protocol (the official code's procedure): the whole evaluation pool in the "
+    "official order scored with BatchNorm in training mode, the epoch chosen on that same set"
 )
 
 
 def paper_evaluation_set(splits: Splits) -> ImageSet:
-    """The set the ``paper`` protocol evaluates on: the evaluation pool, normal images first.
+    """The set the ``paper`` protocol evaluates on: the evaluation pool in the official code's
+    order (:func:`~.data.protocols.official_evaluation_order`), normal images first.
 
     Built once per :class:`Splits` and cached on it (its images tensor is cached on the set).
     Readers that build :class:`Splits` without a pool fall back to validation + test when the
@@ -47,7 +48,8 @@ def paper_evaluation_set(splits: Splits) -> ImageSet:
                 [splits.val, splits.test] if val_labelled and splits.val is not splits.test else [splits.test]
             )
             pool = ImageSet.concatenate(parts)
-        chosen = pool.subset(np.argsort(pool.labels, kind="stable"))
+        original = bool(splits.info.get("original_order"))
+        chosen = pool.subset(official_evaluation_order(pool, original, splits.info.get("split_seed", 0)))
     splits._paper_evaluation = chosen
     return chosen
 

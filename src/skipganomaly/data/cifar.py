@@ -134,7 +134,13 @@ def python_format_source(cfg: DataConfig, folder: Path) -> LabelledSource:
         train=pools["train"],
         test=pools["test"],
         channels=channels,
-        info={"root": str(folder), "format": "python batches", "storage": storage, "skipped_bad_images": 0},
+        info={
+            "root": str(folder),
+            "format": "python batches",
+            "original_order": True,  # the batches' own order (the paper protocol keeps it)
+            "storage": storage,
+            "skipped_bad_images": 0,
+        },
     )
 
 

@@ -304,7 +304,8 @@ def _labelled_source(
         test=everything.subset(np.flatnonzero(is_test)),
         channels=channels,
         default_abnormal_class=default_abnormal_class,
-        info={"root": str(root), **storage_info(decoded), **(extra_info or {})},
+        # Files come class after class: not the data set's original order (see data.protocols).
+        info={"root": str(root), "original_order": False, **storage_info(decoded), **(extra_info or {})},
     )
 
 
@@ -395,6 +396,8 @@ def reference_splits(cfg: DataConfig, root: Path, dataset: str = "folder") -> Sp
         "root": str(root),
         "class_names": ["normal", "abnormal"],
         "setting": "reference layout (train/0.normal, test/0.normal, test/1.abnormal)",
+        # The official code reads this layout itself, in the same file order (ImageFolder's).
+        "original_order": True,
         "normal_classes": sorted({g for g, label in zip(groups, labels, strict=True) if label == 0}),
         "abnormal_classes": sorted({g for g, label in zip(groups, labels, strict=True) if label == 1}),
         "evaluation_pool": {

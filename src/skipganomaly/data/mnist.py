@@ -204,7 +204,13 @@ def idx_source(cfg: DataConfig, dataset: IdxDataset) -> LabelledSource:
         train=pools["train"],
         test=pools["test"],
         channels=channels,
-        info={"root": str(root), "format": "idx", "storage": storage, "skipped_bad_images": 0},
+        info={
+            "root": str(root),
+            "format": "idx",
+            "original_order": True,  # the idx files' own order (the paper protocol keeps it)
+            "storage": storage,
+            "skipped_bad_images": 0,
+        },
     )
 
 

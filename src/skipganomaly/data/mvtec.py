@@ -114,6 +114,7 @@ def read_mvtec(cfg: DataConfig) -> Splits:
             "abnormal": int((evaluation.labels == 1).sum()),
         },
         "masks": n_masks,
+        "original_order": False,  # folder by folder: the paper protocol mixes the defect types
         **storage_info(decoded),
     }
     return apply_protocol(train, evaluation, cfg, channels, info)
