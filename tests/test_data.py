@@ -43,7 +43,7 @@ def test_protocols_on_digits():
     assert normal_only.counts()["val"]["abnormal"] == 0
     paper = prepare_data(build_config({"data.protocol": "paper"}).data)
     assert paper.val is paper.test
-    assert list(paper.test.labels) == sorted(paper.test.labels)  # class order, as the official code
+    assert list(paper.test.labels) == sorted(paper.test.labels)  # normal images first, as the official code
     one_class = prepare_data(build_config({"data.normal_class": "4"}).data)
     assert set(one_class.train.class_ids.tolist()) == {4}
 

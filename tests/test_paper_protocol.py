@@ -6,9 +6,15 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import labelled_source, tiny_config
+from conftest import labelled_source, score_tiny, smooth_images, tiny_config
+from fixture_data import CIFAR_CLASSES, write_cifar_python, write_class_folders, write_idx
 
+from skipganomaly.config import build_config
+from skipganomaly.data import prepare_data
+from skipganomaly.data.base import ImageSet, LabelledSource, SplitInfo, official_evaluation_order
+from skipganomaly.data.cifar import read_batch
 from skipganomaly.data.splits import make_splits
+from skipganomaly.models import SkipGANomaly
 from skipganomaly.protocols.paper import summarize_paper_protocol
 from skipganomaly.tensorboard_log import EVENTS_DIR, EventMirror
 from skipganomaly.trainer import Trainer
@@ -31,6 +37,144 @@ def test_paper_evaluation_is_the_paper_protocols_test_set():
     np.testing.assert_array_equal(view.images, paper.test.images)
     np.testing.assert_array_equal(view.labels, np.r_[np.zeros(40, int), np.ones(80, int)])
     assert honest.paper_evaluation_set() is view  # built once per Splits
+
+
+def _data_config(tmp_path, **values):
+    return build_config({"data.cache_dir": str(tmp_path / "cache"), **values}).data
+
+
+def _normal_ids(splits):
+    return [i for i, label in zip(splits.test.ids, splits.test.labels, strict=True) if label == 0]
+
+
+def test_class_folders_are_mixed_not_class_sorted(tmp_path):
+    """Class folders come class after class; the paper protocol mixes the normal classes (seeded),
+    as CIFAR-10's own test order does, and keeps the abnormal class's train-then-test order."""
+    counts = {"train": dict.fromkeys(CIFAR_CLASSES, 3), "test": dict.fromkeys(CIFAR_CLASSES, 4)}
+    root = write_class_folders(tmp_path / "cifar_jpeg", counts, size=32)
+    values = {"data.dataset": "cifar10", "data.root": str(root), "data.abnormal_class": "automobile"}
+    paper = prepare_data(_data_config(tmp_path, **values, **{"data.protocol": "paper"}))
+    assert paper.info.original_order is False
+    labels, classes = paper.test.labels, paper.test.class_ids
+    assert list(labels) == [0] * 36 + [1] * 7
+    normal_classes = classes[:36]
+    assert sorted(normal_classes) == sorted(np.repeat([0, 2, 3, 4, 5, 6, 7, 8, 9], 4))
+    assert (np.diff(normal_classes) < 0).any(), f"normal part is class-sorted: {normal_classes}"
+    # Every batch of the training size (16 here) holds several classes.
+    assert all(len(set(normal_classes[i : i + 16])) > 1 for i in range(0, 36, 16)), normal_classes
+    expected_abnormal = [f"train/automobile/{i:03d}.png" for i in range(3)]
+    expected_abnormal += [f"test/automobile/{i:03d}.png" for i in range(4)]
+    assert paper.test.ids[36:] == expected_abnormal
+    # The same order when the paper protocol is scored beside an honest run; seeded by split_seed.
+    honest = prepare_data(_data_config(tmp_path, **values))
+    assert honest.paper_evaluation_set().ids == paper.test.ids
+    again = prepare_data(_data_config(tmp_path, **values, **{"data.protocol": "paper"}))
+    assert again.test.ids == paper.test.ids
+    other = prepare_data(_data_config(tmp_path, **values, **{"data.protocol": "paper", "data.split_seed": 1}))
+    assert other.test.ids != paper.test.ids and sorted(other.test.ids) == sorted(paper.test.ids)
+
+
+def test_cifar_python_batches_keep_their_original_order(tmp_path):
+    """As the official code: the normal test images in test_batch's order, then the abnormal
+    training images (batch 1 to 5), then the abnormal test images."""
+    folder = write_cifar_python(tmp_path / "raw", per_class_batch=2, per_class_test=4)
+    values = {"data.dataset": "cifar10", "data.root": str(folder), "data.abnormal_class": "bird"}
+    paper = prepare_data(_data_config(tmp_path, **values, **{"data.protocol": "paper"}))
+    assert paper.info.original_order is True
+    ids_of = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        _, batch_labels = read_batch(folder / name)
+        ids_of[name] = [(f"{name}:{i:05d}", int(c)) for i, c in enumerate(batch_labels)]
+    expected = [i for i, c in ids_of["test_batch"] if c != 2]
+    expected += [i for n in [f"data_batch_{k}" for k in range(1, 6)] for i, c in ids_of[n] if c == 2]
+    expected += [i for i, c in ids_of["test_batch"] if c == 2]
+    assert paper.test.ids == expected
+    assert (np.diff(paper.test.class_ids[:36]) < 0).any()  # the file's classes come mixed
+    honest = prepare_data(_data_config(tmp_path, **values))
+    assert honest.paper_evaluation_set().ids == expected
+
+
+def test_mnist_idx_and_digits_keep_their_original_order(tmp_path):
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for part, n in (("train", 40), ("t10k", 30)):
+        labels = rng.permutation(np.arange(n) % 10)
+        write_idx(folder / f"{part}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(folder / f"{part}-labels-idx1-ubyte", labels)
+    values = {"data.dataset": "mnist", "data.root": str(folder), "data.abnormal_class": "3"}
+    paper = prepare_data(_data_config(tmp_path, **values, **{"data.protocol": "paper"}))
+    normal = _normal_ids(paper)
+    assert normal == sorted(normal) and len(normal) == 27 and all(i.startswith("mnist:test:") for i in normal)
+    assert (np.diff(paper.test.class_ids[:27]) < 0).any()  # the file's classes come mixed
+    abnormal = paper.test.ids[27:]
+    assert abnormal == sorted(i for i in abnormal if ":train:" in i) + sorted(
+        i for i in abnormal if ":test:" in i
+    )
+    assert len(abnormal) == 7
+
+    digits = prepare_data(build_config({"data.protocol": "paper"}).data)
+    assert digits.info.original_order is True
+    normal = _normal_ids(digits)
+    assert normal == sorted(normal)
+    assert (np.diff(digits.test.class_ids[: len(normal)]) < 0).any()
+
+
+def _two_normal_classes(per_class: int = 48) -> LabelledSource:
+    """Normal classes that differ in brightness (dark and bright stripes) and an abnormal class,
+    stored class after class as class folders are."""
+    rng = np.random.default_rng(0)
+
+    def pool(n):
+        dark = smooth_images(n, 16, rng) // 3
+        bright = 170 + smooth_images(n, 16, rng) // 3
+        noise = rng.integers(0, 256, (n, 16, 16, 1), dtype=np.uint8)
+        return ImageSet(class_ids=np.repeat(np.arange(3), n), images=np.concatenate([dark, bright, noise]))
+
+    return LabelledSource(
+        name="synthetic",
+        class_names=["dark", "bright", "noise"],
+        train=pool(per_class),
+        test=pool(per_class),
+        channels=1,
+        info=SplitInfo(original_order=False),
+    )
+
+
+def test_pure_class_batches_score_differently_from_mixed_ones():
+    """Train-mode BatchNorm normalises each batch: batches of one class (the old class-sorted
+    order) and mixed batches (the official order) give different scores for the same images and
+    weights, so the order is part of the result. In eval mode the order changes nothing."""
+    torch.manual_seed(0)
+    model = SkipGANomaly(16, 1, ngf=8, ndf=8, nz=16)
+    splits = make_splits(_two_normal_classes(), tiny_config(**{"data.abnormal_class": "noise"}).data)
+    pool = splits.pool
+    official = official_evaluation_order(pool, original_order=False, seed=0)
+    class_sorted = np.argsort(pool.labels, kind="stable")
+    assert (pool.class_ids[class_sorted][:96] == np.repeat([0, 1], 48)).all()
+    np.testing.assert_array_equal(splits.paper_evaluation_set().images, pool.images[official])
+
+    def scores(order, **kwargs):
+        scored = score_tiny(model, pool.subset(order), batch_size=16, **kwargs)
+        by_position = {}
+        for name in ("score", "latent"):
+            by_position[name] = np.empty(len(order))
+            by_position[name][order] = getattr(scored, name)
+        return by_position
+
+    mixed, pure = scores(official, batchnorm_train=True), scores(class_sorted, batchnorm_train=True)
+    normal = pool.labels == 0
+
+    def median_change(name):
+        return np.median(np.abs(mixed[name] - pure[name])[normal] / np.abs(pure[name][normal]))
+
+    # The latent term passes through D's BatchNorm layers: about 50% apart here. In the score of
+    # an untrained model it is outweighed by the reconstruction term (about 0.4% apart), still
+    # far above float noise (1e-6).
+    assert median_change("latent") > 0.2, f"latent term: median relative change {median_change('latent'):.4f}"
+    assert median_change("score") > 1e-3, f"score: median relative change {median_change('score'):.5f}"
+    eval_official, eval_sorted = scores(official), scores(class_sorted)
+    np.testing.assert_allclose(eval_official["score"], eval_sorted["score"], rtol=1e-5, atol=1e-6)
 
 
 def test_one_training_gives_the_honest_and_the_paper_figures(tmp_path):

@@ -120,7 +120,7 @@ class EvalConfig:
     threshold: str = "f1"
     threshold_quantile: float = 0.95
     # Also score the paper protocol's evaluation after every epoch (the whole evaluation pool in
-    # class order, train-mode BatchNorm), so one training yields the honest and the paper figure.
+    # official order, train-mode BatchNorm), so one training yields the honest and the paper figure.
     paper_each_epoch: bool = False
 
 

@@ -121,7 +121,8 @@ def python_format_source(cfg: DataConfig, folder: Path) -> LabelledSource:
         saved = save_arrays(cache_file, parts)
         storage = "in memory, " + (f"cached in {cache_file}" if saved else "cache not writable")
     ids = {part: [str(i) for i in stored[f"{part}_ids"]] for part in ("train", "test")}
-    info = SplitInfo(root=str(folder), format="python batches", storage=storage)
+    # The batches' own order: the paper protocol keeps it (data.splits.official_evaluation_order).
+    info = SplitInfo(root=str(folder), format="python batches", storage=storage, original_order=True)
     return source_from_arrays("cifar10", CLASS_NAMES, stored, ids, channels, info)
 
 

@@ -43,7 +43,8 @@ def load_digits_source(
         test=ImageSet(class_ids=targets[test_idx], images=images[test_idx], ids=_ids(test_idx)),
         channels=channels,
         default_abnormal_class="0",
-        info=SplitInfo(storage="in memory (embedded in scikit-learn)"),
+        # Both pools keep scikit-learn's order (sorted indices), which the paper protocol keeps.
+        info=SplitInfo(storage="in memory (embedded in scikit-learn)", original_order=True),
     )
 
 

@@ -306,6 +306,7 @@ def _labelled_source(
         test=everything.subset(np.flatnonzero(is_test)),
         channels=channels,
         default_abnormal_class=default_abnormal_class,
+        # Files come class after class: not the data set's original order (data.splits).
         info=SplitInfo(root=str(root), split=split, **storage_info(decoded)),
     )
 
@@ -400,6 +401,8 @@ def reference_splits(cfg: DataConfig, root: Path, dataset: str = "folder") -> Sp
         normal_classes=sorted({g for g, label in zip(groups, labels, strict=True) if label == 0}),
         abnormal_classes=sorted({g for g, label in zip(groups, labels, strict=True) if label == 1}),
         evaluation_pool=pool_counts(evaluation),
+        # The official code reads this layout itself, in the same file order (ImageFolder's).
+        original_order=True,
         **storage_info(decoded),
     )
     return apply_protocol(train, evaluation, cfg, channels, info)

@@ -192,7 +192,8 @@ def idx_source(cfg: DataConfig, dataset: IdxDataset) -> LabelledSource:
         part: [f"{dataset.name}:{part}:{i:05d}" for i in range(len(stored[f"{part}_labels"]))]
         for part in ("train", "test")
     }
-    info = SplitInfo(root=str(root), format="idx", storage=storage)
+    # The idx files' own order: the paper protocol keeps it (data.splits.official_evaluation_order).
+    info = SplitInfo(root=str(root), format="idx", storage=storage, original_order=True)
     return source_from_arrays(dataset.name, dataset.class_names, stored, ids, channels, info)
 
 

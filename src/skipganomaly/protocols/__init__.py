@@ -34,7 +34,7 @@ class ProtocolSpec:
     # test is the whole pool) or "test set" (validation is the test set itself).
     validation: str
     # Score as the official code does: BatchNorm in training mode (batch statistics, which leak
-    # labels through the class-ordered batches) with the training batch size.
+    # labels through the label-ordered batches) with the training batch size.
     official_scoring: bool = False
 
     @property
@@ -67,7 +67,7 @@ PAPER = ProtocolSpec(
     name="paper",
     title="paper protocol (OPTIMISTIC)",
     note="OPTIMISTIC: the official code's procedure; the epoch is chosen on the test set itself, "
-    "scored with BatchNorm in training mode over the class-ordered test set (batch statistics leak labels)",
+    "scored with BatchNorm in training mode over the label-ordered test set (normal images first, then the abnormal ones) (batch statistics leak labels)",
     f1_note="F1 at the best threshold on the test set itself (optimistic)",
     validation="test set",
     official_scoring=True,
@@ -82,8 +82,8 @@ HONEST_PROTOCOLS = tuple(p.name for p in PROTOCOL_SPECS.values() if p.honest)
 # (eval.paper_each_epoch), at its best epoch; and ``paper_style``, the best test AUROC of the
 # run's own test split over its epochs.
 PAPER_PROTOCOL_NOTE = (
-    "OPTIMISTIC: the paper protocol (the official code's procedure): the whole evaluation pool in class "
-    "order scored with BatchNorm in training mode, the epoch chosen on that same set"
+    "OPTIMISTIC: the paper protocol (the official code's procedure): the whole evaluation pool in the "
+    "official order scored with BatchNorm in training mode, the epoch chosen on that same set"
 )
 BEST_TEST_EPOCH_NOTE = (
     "OPTIMISTIC: the best test AUROC over epochs (the epoch chosen on the test set), "

@@ -1,6 +1,7 @@
 """The ``paper`` protocol's evaluation scored beside any other protocol, every epoch.
 
-The official code evaluates on the whole evaluation pool in class order (normal images first),
+The official code evaluates on the whole evaluation pool in its own order (normal images first,
+in the data set's original order, so their classes come mixed: ``data.base.official_evaluation_order``),
 with BatchNorm in training mode and the training batch size, and reports the best AUROC over
 epochs. Scoring that evaluation after each epoch of an honest run (``eval.paper_each_epoch``)
 gives the optimistic figure from the *same* training as the honest one, without a second

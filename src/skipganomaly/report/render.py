@@ -123,8 +123,8 @@ def _notes(summary: Summary) -> list[str]:
     if PAPER.name in summary["protocols"] and len(summary["protocols"]) > 1:
         notes.append(
             "The paper-protocol figures come from the same trainings as the honest ones: each epoch also "
-            "scored the whole evaluation pool in class order with train-mode BatchNorm, and the best epoch on it "
-            "is reported."
+            "scored the whole evaluation pool in the official order with train-mode BatchNorm, and the best "
+            "epoch on it is reported."
         )
     if summary["published"]:
         notes.append(
