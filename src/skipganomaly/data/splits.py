@@ -120,24 +120,6 @@ def _pools(source: LabelledSource, cfg: DataConfig) -> tuple[ImageSet, ImageSet,
     return train, evaluation, info
 
 
-def official_evaluation_order(evaluation: ImageSet, original_order: bool, seed: int) -> np.ndarray:
-    """Positions of ``evaluation`` in the official code's test order (module docstring).
-
-    Normal images first, then abnormal ones, each part in the pool's order (which puts the
-    abnormal class's training images before its test images). When that order is not the data
-    set's original one (``original_order`` False), a part holding images of several classes is
-    shuffled with ``seed``, so no batch is a single class.
-    """
-    rng = np.random.default_rng(seed)
-    parts = []
-    for label in (0, 1):
-        part = np.flatnonzero(evaluation.labels == label)
-        if not original_order and len(np.unique(evaluation.class_ids[part])) > 1:
-            part = rng.permutation(part)
-        parts.append(part)
-    return np.concatenate(parts)
-
-
 def apply_protocol(
     train: ImageSet, evaluation: ImageSet, cfg: DataConfig, channels: int, info: SplitInfo
 ) -> Splits:
