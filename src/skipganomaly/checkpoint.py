@@ -75,6 +75,10 @@ class Checkpoint:
     optimizers: dict[str, Any] = field(default_factory=dict)  # optimiser state dicts by group
     rng: dict[str, Any] = field(default_factory=dict)  # RNG states (per rank under torchrun)
     elapsed_s: float = 0.0  # training and per-epoch scoring time so far
+    # The averaged weights (train.ema_decay > 0): what the run validated and what scores; the live
+    # weights in ``state_dict`` are what training continues from.
+    ema_state_dict: dict[str, torch.Tensor] | None = None
+    ema_updates: int = 0
     torch_version: str = field(default_factory=lambda: str(torch.__version__))
     package_version: str = __version__  # the skipganomaly that wrote it
 
@@ -95,10 +99,16 @@ class Checkpoint:
     def protocol(self) -> str:
         return self.config.data.protocol
 
+    @property
+    def scoring_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights that score: the averaged ones when the run kept an average, else the live."""
+        return self.ema_state_dict if self.ema_state_dict is not None else self.state_dict
+
     def build_model(self) -> nn.Module:
-        """The model rebuilt from its name and arguments, with the stored weights (on the CPU)."""
+        """The model rebuilt from its name and arguments, with the weights that score
+        (:attr:`scoring_state_dict`), on the CPU."""
         model = build_model(self.model_name, **self.model_args)
-        model.load_state_dict(self.state_dict)
+        model.load_state_dict(self.scoring_state_dict)
         return model
 
     # ------------------------------------------------------------------ the file's layout
@@ -117,6 +127,11 @@ class Checkpoint:
                 "history": self.history,
                 "best": None if self.best is None else self.best.to_dict(),
                 "elapsed_s": self.elapsed_s,
+                **(
+                    {"ema_state_dict": self.ema_state_dict, "ema_updates": self.ema_updates}
+                    if self.ema_state_dict is not None
+                    else {}
+                ),
                 "torch_version": self.torch_version,
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
@@ -140,6 +155,8 @@ class Checkpoint:
             optimizers=payload.get("optimizers", {}),
             rng=payload.get("rng", {}),
             elapsed_s=float(payload.get("elapsed_s", 0.0)),
+            ema_state_dict=payload.get("ema_state_dict"),
+            ema_updates=int(payload.get("ema_updates", 0)),
             torch_version=str(payload.get("torch_version", "")),
             package_version=str(payload.get("package_version", "")),
         )

@@ -99,6 +99,11 @@ class TrainConfig:
     w_adv: float = _DEFAULTS["train.w_adv"]
     w_con: float = _DEFAULTS["train.w_con"]
     w_lat: float = _DEFAULTS["train.w_lat"]
+    w_rot: float = 0.0  # D's rotation task (model.rotation_head); not in the paper
+    # An exponential moving average of the weights, updated after every step, is what validation
+    # scores, selects and stores for scoring (0: off, the live weights, as the paper).
+    ema_decay: float = 0.0
+    augment_flip: bool = False  # mirror half of each training batch left-right (not in the paper)
     input_noise_std: float = 0.0
     d_reinit_threshold: float = 1e-5
     seed: int = 0
@@ -311,6 +316,10 @@ def validate(config: Config) -> None:
         raise UserError(f"train.compile={t.compile!r}: choose off, default, reduce-overhead or max-autotune")
     if t.threads < 0:
         raise UserError(f"train.threads={t.threads}: use 0 (automatic) or a positive number")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise UserError(f"train.ema_decay={t.ema_decay}: use 0 (off) or a decay in (0, 1), e.g. 0.999")
+    if t.w_rot < 0:
+        raise UserError(f"train.w_rot={t.w_rot}: use 0 or a positive weight")
     if t.input_noise_std < 0:
         raise UserError(f"train.input_noise_std={t.input_noise_std}: use 0 or a positive std")
     if not 0.0 <= e.score_lambda <= 1.0:

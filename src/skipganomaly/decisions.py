@@ -43,6 +43,23 @@ def fit_normalization(val: ScoredSet, cfg: EvalConfig) -> ScoreNormalization:
     return normalization
 
 
+def fit_term_statistics(val: ScoredSet) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of each score term over the normal validation images (all
+    validation images when none is labelled normal): the standardisation of the improved score."""
+    normal = val.labels == 0
+    if not normal.any():
+        normal = np.ones(len(val.labels), dtype=bool)
+    values = np.stack([val.terms[name][normal] for name in val.terms])
+    return values.mean(1), values.std(1)
+
+
+def standardize_terms(scored: ScoredSet, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """The improved score of every image from its stored terms (what the model computes with the
+    same statistics; :func:`skipganomaly.objective.standardized_score`)."""
+    std = np.maximum(std, 1e-8)
+    return sum((scored.terms[name] - mean[i]) / std[i] for i, name in enumerate(scored.terms))
+
+
 def selection_value(val: ScoredSet, metric: str) -> tuple[str, float]:
     """(metric used, value) for model selection; higher is better for both."""
     has_anomalies = bool((val.labels == 1).any() and (val.labels == 0).any())

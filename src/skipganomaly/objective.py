@@ -22,6 +22,7 @@ class LossWeights:
     adversarial: float = 1.0
     contextual: float = 50.0
     latent: float = 1.0
+    rotation: float = 0.0  # w_rot: D's rotation task (the improved recipe; not in the paper)
 
 
 @dataclass
@@ -44,6 +45,9 @@ class ScoreOutput:
     anomaly_map: torch.Tensor | None = None
     reconstructed: torch.Tensor | None = None
     features: torch.Tensor | None = None
+    # The raw score terms by name when the model combines several (``model.score_terms``): what a
+    # run standardises on its normal validation images (:func:`standardized_score`).
+    terms: dict[str, torch.Tensor] | None = None
 
 
 def weighted_losses(
@@ -106,6 +110,57 @@ def reconstruction_score(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     same L1 the model was trained on, so R and the per-pixel map agree (R = map.mean()).
     """
     return (x - x_hat).abs().flatten(1).mean(1)
+
+
+def pooled_reconstruction_score(x: torch.Tensor, x_hat: torch.Tensor, fraction: float = 1.0) -> torch.Tensor:
+    """R per image pooled over the anomaly map: the mean of its ``fraction`` highest pixels.
+
+    ``fraction`` 1 is the mean over the whole image, :func:`reconstruction_score` (Eq. 2). A small
+    defect changes few pixels, and the mean over all of them dilutes it; the mean of the top few
+    percent does not.
+    """
+    if fraction >= 1.0:
+        return reconstruction_score(x, x_hat)
+    pixels = anomaly_map(x, x_hat).flatten(1)
+    k = max(1, int(round(fraction * pixels.shape[1])))
+    return pixels.topk(k, dim=1).values.mean(1)
+
+
+def rotations(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """Each image of ``x`` (N, C, H, W; square) turned by ``turns[i]`` quarter turns."""
+    out = x.clone()
+    for k in (1, 2, 3):
+        chosen = turns == k
+        if bool(chosen.any()):
+            out[chosen] = torch.rot90(x[chosen], k, dims=(2, 3))
+    return out
+
+
+def rotation_loss(logits: torch.Tensor, turns: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of predicting how many quarter turns each image was rotated by: the
+    self-supervised task of SS-GAN (Chen et al., CVPR 2019), trained on real images only."""
+    return F.cross_entropy(logits, turns, reduction=reduction)
+
+
+def nearest_neighbour_distance(features: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean Euclidean distance from each row of ``features`` to its ``k`` nearest rows of ``bank``
+    (the features of normal training images): distance to the normal data in feature space."""
+    distances = torch.cdist(features.float(), bank.float())
+    k = min(k, bank.shape[0])
+    return distances.topk(k, dim=1, largest=False).values.mean(1)
+
+
+def standardized_score(
+    terms: dict[str, torch.Tensor], names: tuple[str, ...], mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
+    """The improved score: the sum over ``names`` of each term standardised by the mean and
+    standard deviation of that term over normal validation images, so that terms on different
+    scales (pixel errors, feature distances, a cross-entropy) weigh the same. With mean 0 and std 1
+    (not yet fitted) it is the plain sum."""
+    total = torch.zeros_like(terms[names[0]], dtype=torch.float32)
+    for i, name in enumerate(names):
+        total = total + (terms[name].float() - mean[i]) / std[i]
+    return total
 
 
 def latent_score(features_real: torch.Tensor, features_fake: torch.Tensor) -> torch.Tensor:

@@ -100,6 +100,8 @@ class ScoredSet:
     features: np.ndarray | None = None
     pixel_errors: np.ndarray | None = None
     skipped: int = 0
+    # The raw terms of a model that combines several (``ScoreOutput.terms``), by name.
+    terms: dict[str, np.ndarray] | None = None
 
 
 @contextlib.contextmanager
@@ -167,8 +169,11 @@ def scored_batches(
                     **{
                         name: None if value is None else value.float().cpu()
                         for name, value in vars(out).items()
+                        if name != "terms"
                     }
                 )
+                if out.terms is not None:
+                    cpu.terms = {name: value.float().cpu() for name, value in out.terms.items()}
             yield batch, cpu
 
 
@@ -186,6 +191,7 @@ def score_set(
         k: [] for k in ("score", "reconstruction", "latent", "labels", "indices")
     }
     extra: dict[str, list[np.ndarray]] = {"anomaly_maps": [], "reconstructed": [], "features": []}
+    terms: dict[str, list[np.ndarray]] = {}
     counter = BadImageCounter()
     pixels: list[np.ndarray] = []
     pixel_rng = torch.Generator().manual_seed(0)
@@ -196,6 +202,8 @@ def score_set(
         parts["latent"].append(out.latent.numpy())
         parts["labels"].append(batch.labels.numpy())
         parts["indices"].append(batch.indices.numpy())
+        for name, value in (out.terms or {}).items():
+            terms.setdefault(name, []).append(value.numpy())
         if details:
             extra["anomaly_maps"].append(out.anomaly_map.numpy().astype(np.float16))
             extra["reconstructed"].append(out.reconstructed.numpy().astype(np.float16))
@@ -217,6 +225,7 @@ def score_set(
         indices=join(parts["indices"], np.int64).astype(np.int64),
         skipped=counter.skipped,
         pixel_errors=np.concatenate(pixels) if pixels else None,
+        terms={name: np.concatenate(values).astype(np.float64) for name, values in terms.items()} or None,
     )
     if details and parts["score"]:
         scored.anomaly_maps = np.concatenate(extra["anomaly_maps"])
@@ -248,6 +257,9 @@ def score_set_sharded(
         return np.concatenate(values)[order]
 
     pixels = [p.pixel_errors for p in parts if p.pixel_errors is not None]
+    terms = None
+    if all(p.terms is not None for p in parts):
+        terms = {name: np.concatenate([p.terms[name] for p in parts])[order] for name in parts[0].terms}
     return ScoredSet(
         score=joined("score"),
         reconstruction=joined("reconstruction"),
@@ -259,7 +271,24 @@ def score_set_sharded(
         features=joined("features"),
         pixel_errors=np.concatenate(pixels) if pixels else None,
         skipped=sum(p.skipped for p in parts),
+        terms=terms,
     )
+
+
+@torch.no_grad()
+def feature_bank(model: nn.Module, image_set: ImageSet, options: ScoringOptions) -> torch.Tensor:
+    """f(x) of every image of ``image_set`` (eval mode; the model's ``features_of``), stacked:
+    the normal training features the improved score's ``knn`` term compares with."""
+    o = options
+    with _eval_mode(model):
+        parts = []
+        for batch in iterate_batches(
+            image_set, o.batch_size, image_size=o.image_size, channels=o.channels, device=o.device
+        ):
+            x = to_model_input(batch.images, o.device, o.channels_last)
+            with autocast(o.device, o.amp_dtype):
+                parts.append(model.features_of(x).float())
+    return torch.cat(parts)
 
 
 def score_splits(

@@ -28,9 +28,16 @@ from . import distributed
 from .checkpoint import Checkpoint, Selection, checkpoint_path, load_checkpoint, save_checkpoint
 from .config import Config, dump_yaml
 from .data.base import Splits
-from .data.loading import BadImageCounter, epoch_order, iterate_batches, to_model_input
-from .decisions import fit_normalization, selection_value
+from .data.loading import (
+    BadImageCounter,
+    epoch_order,
+    iterate_batches,
+    random_horizontal_flip,
+    to_model_input,
+)
+from .decisions import fit_normalization, fit_term_statistics, selection_value, standardize_terms
 from .distributed import DistributedContext
+from .ema import WeightAverage
 from .errors import UserError
 from .files import write_json, write_text
 from .metrics import auroc
@@ -49,7 +56,7 @@ from .runtime import (
     resolve_precision,
     seed_everything,
 )
-from .scoring import ScoredSet, ScoringOptions, score_splits
+from .scoring import ScoredSet, ScoringOptions, feature_bank, score_splits
 from .tensorboard_log import open_event_mirror
 
 
@@ -133,7 +140,10 @@ class Trainer:
 
         seed_everything(t.seed)
         m = config.model
-        self.model = build_model(m.name, **model_args(m, config.data.image_size, self.channels))
+        args = model_args(m, config.data.image_size, self.channels)
+        if "knn_bank" in args:  # the feature bank holds at most every training image once
+            args["knn_bank"] = min(args["knn_bank"], len(splits.train))
+        self.model = build_model(m.name, **args)
         if t.sync_batchnorm and self.context.enabled:
             if self.device.type != "cuda":
                 raise UserError(
@@ -165,7 +175,15 @@ class Trainer:
             torch.manual_seed(rank_seed(t.seed, self.context.rank))
         if t.compile != "off":  # each network (generator, discriminator, encoder...) in place
             compile_networks(self.model.children(), t.compile)
-        self.weights = LossWeights(adversarial=t.w_adv, contextual=t.w_con, latent=t.w_lat)
+        self.weights = LossWeights(adversarial=t.w_adv, contextual=t.w_con, latent=t.w_lat, rotation=t.w_rot)
+        # The improved recipe's averaged weights (train.ema_decay), the model that scores.
+        self.average = WeightAverage(self.model, t.ema_decay) if t.ema_decay > 0 else None
+        # The training images whose features the knn score term compares with: fixed per run.
+        self._bank_images = None
+        bank_size = getattr(self.model, "feature_bank", None)
+        if bank_size is not None:
+            pick = np.random.default_rng(t.seed).choice(len(splits.train), len(bank_size), replace=False)
+            self._bank_images = splits.train.subset(np.sort(pick))
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
         self.best: Selection | None = None
@@ -186,6 +204,10 @@ class Trainer:
             model_args=dict(self.model.args),
             config=self.config,
             state_dict={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            ema_state_dict=None
+            if self.average is None
+            else {k: v.detach().cpu() for k, v in self.average.model.state_dict().items()},
+            ema_updates=0 if self.average is None else self.average.updates,
             normalization=normalization,
             epoch=epoch,
             best=self.best,
@@ -199,6 +221,13 @@ class Trainer:
     def restore(self, checkpoint: Checkpoint) -> None:
         """Continue from a ``last`` checkpoint: weights, optimisers, RNG, history, selection."""
         self.model.load_state_dict(checkpoint.state_dict)
+        if self.average is not None:
+            if checkpoint.ema_state_dict is None:
+                raise UserError(
+                    "this run was trained without train.ema_decay; resume it with its own settings"
+                )
+            self.average.model.load_state_dict(checkpoint.ema_state_dict)
+            self.average.updates = checkpoint.ema_updates
         for name, opt in self.optimizers.items():
             opt.load_state_dict(checkpoint.optimizers[name])
         rng = checkpoint.rng
@@ -241,11 +270,18 @@ class Trainer:
         losses.discriminator.backward(inputs=self._params["discriminator"])
         for opt in self.optimizers.values():
             opt.step()
+        if self.average is not None:
+            self.average.update(self.model)
         names = list(losses.parts)
         parts = distributed.mean_over_ranks(
             torch.stack([losses.parts[k].detach().float() for k in names]), self.context
         )
         return dict(zip(names, parts.tolist(), strict=True))  # one device sync per step
+
+    @property
+    def scoring_model(self) -> torch.nn.Module:
+        """The weights that are validated, selected and stored to score: the average, if any."""
+        return self.model if self.average is None else self.average.model
 
     @property
     def _params(self) -> dict[str, list[torch.nn.Parameter]]:
@@ -290,12 +326,16 @@ class Trainer:
             if len(batch.images) < 2 and not self.context.enabled:
                 continue  # BatchNorm cannot train on one image (a bad file left a batch of one)
             x = to_model_input(batch.images, self.device, cfg.train.channels_last)
+            if cfg.train.augment_flip:
+                x = random_horizontal_flip(x)
             values = self.train_step(x)
             if values["d"] < cfg.train.d_reinit_threshold:  # the same decision on every rank
                 self.model.reset_discriminator()
                 if self.wrapped:  # re-initialised from each rank's own stream: take rank 0's
                     distributed.broadcast_module(self.model.networks()["discriminator"])
                 self.optimizers["discriminator"].state.clear()
+                if self.average is not None:  # the old average of D means nothing now
+                    self.average.copy_from(self.model.discriminator, self.average.model.discriminator)
                 reinits += 1
                 runlog.write({"event": "d_reinit", "epoch": epoch + 1, "step": step + 1, "d": values["d"]})
                 self.log(
@@ -345,12 +385,14 @@ class Trainer:
             started = time.perf_counter()
             lr = self._set_lr(epoch)
             losses = self.train_epoch(epoch, runlog)
-            val, test = self.score()
+            val, test = self.score(calibrate=True)
             normalization = fit_normalization(val, cfg.eval)
             selection_name, value = selection_value(val, cfg.eval.selection_metric)
             paper = None
             if cfg.eval.paper_each_epoch and self.splits.protocol != PAPER.name:
-                paper = score_paper_protocol(self.model, self.splits, cfg, self.device, self.amp_dtype)
+                paper = score_paper_protocol(
+                    self.scoring_model, self.splits, cfg, self.device, self.amp_dtype
+                )
             seconds = time.perf_counter() - started
             self.elapsed += seconds
             record = {
@@ -393,22 +435,38 @@ class Trainer:
                 callback(self, epoch + 1)
         return self.finish(runlog)
 
-    def score(self) -> tuple[ScoredSet, ScoredSet]:
-        """Validation and test scores of the current weights (sharded over the processes)."""
+    def score(self, calibrate: bool = False) -> tuple[ScoredSet, ScoredSet]:
+        """Validation and test scores of the scoring weights (sharded over the processes).
+
+        ``calibrate``: first fit what the improved score keeps besides weights, on this epoch's
+        weights: the feature bank of the knn term (normal training images) and then the
+        standardisation of the score terms (normal validation images); the scores returned are
+        the model's scores with them."""
+        model = self.scoring_model
         if self.context.enabled:
-            distributed.average_buffers(self.model)  # one model on every rank, and in the checkpoint
+            distributed.average_buffers(model)  # one model on every rank, and in the checkpoint
         options = ScoringOptions.for_run(
             self.config, self.channels, self.device, self.amp_dtype, self.splits.protocol
         )
-        return score_splits(self.model, self.splits, options, context=self.context)
+        if calibrate and self._bank_images is not None:
+            model.set_feature_bank(
+                feature_bank(model, self._bank_images, options.replace(batchnorm_train=False))
+            )
+        val, test = score_splits(model, self.splits, options, context=self.context)
+        if calibrate and val.terms is not None:
+            mean, std = fit_term_statistics(val)
+            model.set_term_statistics(torch.from_numpy(mean).float(), torch.from_numpy(std).float())
+            for scored in {id(val): val, id(test): test}.values():
+                scored.score = standardize_terms(scored, mean, std)
+        return val, test
 
     def finish(self, runlog: RunLog) -> dict[str, Any] | None:
         """Write ``metrics.json`` and ``scores.csv`` for the best checkpoint (rank 0; the other
         processes return None)."""
         best = load_checkpoint(checkpoint_path(self.run_dir, "best")) if self.is_main else None
         if self.best_scores is None:  # resumed after the best epoch: score the best weights again
-            state = distributed.broadcast_object(best.state_dict if best else None, self.context)
-            self.model.load_state_dict(state)
+            state = distributed.broadcast_object(best.scoring_state_dict if best else None, self.context)
+            self.scoring_model.load_state_dict(state)
             self.best_scores = self.score()
         if not self.is_main:
             return None

@@ -154,6 +154,13 @@ def iterate_batches(
         yield Batch(images=images, labels=labels_all[index], indices=index, sizes=sizes)
 
 
+def random_horizontal_flip(x: torch.Tensor) -> torch.Tensor:
+    """Mirror each image of a batch left-right with probability 1/2 (``train.augment_flip``), from
+    the global torch generator, so a resumed run draws the same flips."""
+    flip = torch.rand(x.shape[0], device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
 def to_model_input(
     images: torch.Tensor, device: torch.device | str = "cpu", channels_last: bool = False
 ) -> torch.Tensor:

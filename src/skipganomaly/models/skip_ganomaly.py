@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..model_specs import parse_score_terms
 from ..objective import (
     LossWeights,
     ScoreOutput,
@@ -24,8 +25,12 @@ from ..objective import (
     generator_adversarial_loss,
     latent_loss,
     latent_score,
-    reconstruction_score,
+    nearest_neighbour_distance,
+    pooled_reconstruction_score,
+    rotation_loss,
+    rotations,
     score_output,
+    standardized_score,
     weighted_losses,
 )
 from .base import AdversarialAnomalyModel
@@ -104,10 +109,20 @@ class Discriminator(nn.Module):
     function without the dead weights.)
     """
 
-    def __init__(self, image_size: int = 32, channels: int = 3, ndf: int = 64, nz: int = 100):
+    def __init__(
+        self,
+        image_size: int = 32,
+        channels: int = 3,
+        ndf: int = 64,
+        nz: int = 100,
+        rotation_head: bool = False,
+    ):
         super().__init__()
         self.features = DCGANEncoder(image_size, channels, ndf, nz)
         self.classifier = DenseFastConv2d(nz, 1, 1, bias=False)
+        # SS-GAN's auxiliary head (Chen et al., CVPR 2019): how many quarter turns f(x)'s image
+        # was rotated by. Part of D (its optimiser, its re-initialisation).
+        self.rotation = nn.Linear(nz, 4) if rotation_head else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(logit, features)`` of shapes (N,) and (N, nz)."""
@@ -117,16 +132,69 @@ class Discriminator(nn.Module):
 
 
 class SkipGANomaly(AdversarialAnomalyModel):
-    """Generator and discriminator of Skip-GANomaly with its losses and its anomaly score."""
+    """Generator and discriminator of Skip-GANomaly with its losses and its anomaly score.
+
+    The faithful model is the first five arguments. The others are the improved recipe's switches
+    (docs/accuracy.md), each off by default, so a faithful model and its checkpoints are unchanged:
+
+    * ``rotation_head``: D also predicts the rotation of real images (SS-GAN), trained with
+      ``train.w_rot``; its loss on the four rotations of an image is the ``rotation`` score term.
+    * ``score_terms``: instead of Eq. 5, the sum of these terms, each standardised on normal
+      validation images (:func:`~skipganomaly.objective.standardized_score`); the statistics are
+      buffers the trainer fits (:meth:`set_term_statistics`), so the score of one image needs
+      nothing but the model.
+    * ``map_pooling``: R is the mean of this fraction of the highest anomaly-map pixels (1: Eq. 2).
+    * ``knn_bank``, ``knn_k``: the ``knn`` term is the mean distance from f(x) to its ``knn_k``
+      nearest features of ``knn_bank`` normal training images, kept in a buffer the trainer fills
+      (:meth:`set_feature_bank`).
+    """
 
     name = "skipganomaly"
 
-    def __init__(self, image_size: int = 32, channels: int = 3, ngf: int = 64, ndf: int = 64, nz: int = 100):
+    def __init__(
+        self,
+        image_size: int = 32,
+        channels: int = 3,
+        ngf: int = 64,
+        ndf: int = 64,
+        nz: int = 100,
+        rotation_head: bool = False,
+        score_terms: str = "",
+        map_pooling: float = 1.0,
+        knn_bank: int = 4096,
+        knn_k: int = 5,
+    ):
         super().__init__()
         self.args = {"image_size": image_size, "channels": channels, "ngf": ngf, "ndf": ndf, "nz": nz}
+        improved = {
+            "rotation_head": rotation_head,
+            "score_terms": score_terms,
+            "map_pooling": map_pooling,
+            "knn_bank": knn_bank,
+            "knn_k": knn_k,
+        }
+        defaults = {
+            "rotation_head": False,
+            "score_terms": "",
+            "map_pooling": 1.0,
+            "knn_bank": 4096,
+            "knn_k": 5,
+        }
+        self.args.update({k: v for k, v in improved.items() if v != defaults[k]})
+        self.score_terms = parse_score_terms(score_terms)
+        if "rotation" in self.score_terms and not rotation_head:
+            raise ValueError("the rotation score term needs the rotation head (model.rotation_head)")
+        self.map_pooling = map_pooling
+        self.knn_k = knn_k
         self.generator = UNetGenerator(image_size, channels, ngf)
-        self.discriminator = Discriminator(image_size, channels, ndf, nz)
+        self.discriminator = Discriminator(image_size, channels, ndf, nz, rotation_head)
         init_weights(self)
+        if self.score_terms:
+            n = len(self.score_terms)
+            self.register_buffer("term_mean", torch.zeros(n))
+            self.register_buffer("term_std", torch.ones(n))
+        if "knn" in self.score_terms:
+            self.register_buffer("feature_bank", torch.zeros(knn_bank, nz))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruct ``x``: x_hat = G(x)."""
@@ -172,8 +240,48 @@ class SkipGANomaly(AdversarialAnomalyModel):
         adversarial = generator_adversarial_loss(logit_fake)
         contextual = contextual_loss(x, x_hat)
         latent = latent_loss(features_real.detach(), features_fake)
-        discriminator = discriminator_loss(logit_real, logit_fake)
-        return weighted_losses(weights, adversarial, contextual, latent, discriminator)
+        d_loss = discriminator_loss(logit_real, logit_fake)
+        rotation = None
+        if self.discriminator.rotation is not None and weights.rotation > 0:
+            # One random quarter turn per real image, through D (or its DDP wrapper) once more.
+            turns = torch.randint(4, (x.shape[0],), device=x.device)
+            _, features_turned = discriminator(rotations(x, turns))
+            rotation = rotation_loss(self.discriminator.rotation(features_turned), turns)
+            d_loss = d_loss + weights.rotation * rotation
+        losses = weighted_losses(weights, adversarial, contextual, latent, d_loss)
+        if rotation is not None:
+            losses.parts["d_rot"] = rotation.detach()
+        return losses
+
+    # ------------------------------------------------------------------ the improved score
+    def features_of(self, x: torch.Tensor) -> torch.Tensor:
+        """f(x), the discriminator features the knn term compares (Eq. 3's features)."""
+        return self.discriminator(x)[1]
+
+    @torch.no_grad()
+    def set_feature_bank(self, features: torch.Tensor) -> None:
+        """Keep ``features`` (f(x) of normal training images, (knn_bank, nz)) for the knn term."""
+        if features.shape != self.feature_bank.shape:
+            raise ValueError(
+                f"feature bank of shape {tuple(features.shape)}, expected {tuple(self.feature_bank.shape)}"
+            )
+        self.feature_bank.copy_(features)
+
+    @torch.no_grad()
+    def set_term_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Fix the standardisation of the score terms (mean and std over normal validation images)."""
+        self.term_mean.copy_(mean)
+        self.term_std.copy_(torch.clamp(std, min=1e-8))
+
+    def _rotation_term(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The rotation head's cross-entropy averaged over the four quarter turns of each image."""
+        head = self.discriminator.rotation
+        total = rotation_loss(head(features), torch.zeros(len(x), dtype=torch.long, device=x.device), "none")
+        for k in (1, 2, 3):
+            turned = self.discriminator(torch.rot90(x, k, dims=(2, 3)))[1]
+            target = torch.full((len(x),), k, dtype=torch.long, device=x.device)
+            total = total + rotation_loss(head(turned), target, "none")
+        return total / 4
 
     def score(self, x: torch.Tensor, score_lambda: float = 0.9, details: bool = False) -> ScoreOutput:
         """Anomaly score of Eq. 5 for each image of ``x``; call in eval mode for honest scores.
@@ -189,8 +297,17 @@ class SkipGANomaly(AdversarialAnomalyModel):
             # Eval-mode BatchNorm is per image, so one pass over [x; x_hat] equals two.
             _, features = self.discriminator(torch.cat([x, x_hat]))
             features_real, features_fake = features.chunk(2)
-        reconstruction = reconstruction_score(x, x_hat)
+        reconstruction = pooled_reconstruction_score(x, x_hat, self.map_pooling)
         latent = latent_score(features_real, features_fake)
-        return score_output(
+        output = score_output(
             x, x_hat, reconstruction, latent, score_lambda, details=details, features=features_real
         )
+        if self.score_terms:
+            terms = {"reconstruction": reconstruction, "latent": latent}
+            if "knn" in self.score_terms:
+                terms["knn"] = nearest_neighbour_distance(features_real, self.feature_bank, self.knn_k)
+            if "rotation" in self.score_terms:
+                terms["rotation"] = self._rotation_term(x, features_real)
+            output.terms = {name: terms[name] for name in self.score_terms}
+            output.score = standardized_score(output.terms, self.score_terms, self.term_mean, self.term_std)
+        return output
