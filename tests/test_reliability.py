@@ -346,7 +346,7 @@ def test_predict_keeps_the_previous_csv_when_it_fails(failure, finished_run, tmp
         fragment = "broken.png"
     else:
         FullDisk(monkeypatch, output.parent, budget=200)  # the header and a row or two
-        fragment = "no space left"
+        fragment = f"no space left on the device; free some space; {output} is unchanged"
     with unchanged_outside(tmp_path):
         result = run(
             capsys, "predict", "--run", finished_run, folder, "--output", output, "--batch-size", "2"
@@ -736,12 +736,26 @@ def _tar(path: Path, members: dict[str, bytes], links: dict[str, str] | None = N
     return path
 
 
+def _zip(path: Path, members: dict[str, bytes], links: dict[str, str]) -> Path:
+    import stat
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zipped:
+        for name, data in members.items():
+            zipped.writestr(name, data)  # Python stores permissions only (no file type): regular files
+        for name, target in links.items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16  # as `zip --symlinks` stores a link
+            zipped.writestr(info, target)
+    return path
+
+
 def _dataset_members(tmp_path: Path) -> dict[str, bytes]:
     root = write_class_folders(tmp_path / "src", {"": {"a": 4, "b": 4}}, size=16, channels=1)
     return {str(p.relative_to(root.parent)): p.read_bytes() for p in sorted(root.rglob("*.png"))}
 
 
-@pytest.mark.parametrize("case", ["gzip-bomb", "too-many-files", "too-many-bytes", "symlink"])
+@pytest.mark.parametrize("case", ["gzip-bomb", "too-many-files", "too-many-bytes", "symlink", "zip-symlink"])
 def test_archives_beyond_the_limits_or_with_links_are_refused(case, tmp_path, capsys):
     members = _dataset_members(tmp_path)
     settings, links, fragment = [], None, ""
@@ -754,7 +768,11 @@ def test_archives_beyond_the_limits_or_with_links_are_refused(case, tmp_path, ca
         settings, fragment = ["--set", "data.max_unpacked_bytes=1000"], "data.max_unpacked_bytes=1,000"
     else:
         links, fragment = {"src/a/link.png": "../../../etc/passwd"}, "'src/a/link.png'"
-    archive = _tar(tmp_path / "data.tar.gz", members, links)
+    if case == "zip-symlink":
+        archive = _zip(tmp_path / "data.zip", members, {"src/a/link.png": "../../../etc/passwd"})
+        fragment = "symbolic link 'src/a/link.png'"
+    else:
+        archive = _tar(tmp_path / "data.tar.gz", members, links)
     cache = tmp_path / "cache"
     with unchanged_outside(tmp_path):  # nothing unpacked into the cache, no run folder
         result = run(

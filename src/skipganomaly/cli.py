@@ -610,7 +610,7 @@ def cmd_configs(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- predict
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .files import check_output_file, check_output_folder, partial_path
+    from .files import WriteError, check_output_file, check_output_folder, partial_path
     from .predict import Predictor, predict_to_csv, skipped_list_path
 
     if args.batch_size < 1:
@@ -624,10 +624,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if heatmaps is not None:
         check_output_folder(heatmaps, "--heatmaps")
     predictor = Predictor.from_run(args.run, args.checkpoint, args.device, args.max_image_pixels)
+    previous = output.exists()
     try:
         counts = predict_to_csv(
             predictor, args.paths, output, heatmaps, args.batch_size, args.workers, args.skip_bad_images
         )
+    except WriteError as exc:
+        kept = f"{output} is unchanged" if previous else f"{output} was not written"
+        raise UserError(f"{exc}; {kept}") from None
     except KeyboardInterrupt:
         print(
             f"interrupted; the rows scored so far are in {partial_path(output)}, and {output} is unchanged",

@@ -184,6 +184,11 @@ def streamed_file(path: str | os.PathLike) -> Iterator[IO[str]]:
         raise
 
 
+def is_temporary_name(name: str) -> bool:
+    """Whether ``name`` is the temporary name of an atomic write (``.NAME.XXXXXXXX.tmp``)."""
+    return bool(_TEMP_NAME.match(name))
+
+
 def remove_orphan_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Delete the temporary files (``.NAME.XXXXXXXX.tmp``) that atomic writes killed before their
     rename left in ``folder``; only that pattern, only files. Returns what was removed."""
@@ -194,7 +199,7 @@ def remove_orphan_temporaries(folder: str | os.PathLike) -> list[Path]:
     except OSError:
         return removed
     for entry in entries:
-        if _TEMP_NAME.match(entry.name) and entry.is_file() and not entry.is_symlink():
+        if is_temporary_name(entry.name) and entry.is_file() and not entry.is_symlink():
             with contextlib.suppress(OSError):
                 entry.unlink()
                 removed.append(entry)

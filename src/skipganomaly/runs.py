@@ -30,7 +30,7 @@ from .data import prepare_data
 from .data.base import Splits
 from .distributed import DistributedContext
 from .errors import UserError
-from .files import remove_orphan_temporaries, write_text
+from .files import is_temporary_name, remove_orphan_temporaries, write_text
 from .trainer import Trainer
 
 # Settings that change neither what a run computes nor its results: a run folder made with other
@@ -108,10 +108,10 @@ def check_new_run_folder(run_dir: str | os.PathLike, config: Config) -> None:
             "or choose another --output"
         )
     checkpoints = run_dir / "checkpoints"
-    foreign = [name for name in entries if name not in START_FILES and not _is_temporary(name)]
+    foreign = [name for name in entries if name not in START_FILES and not is_temporary_name(name)]
     if checkpoints.is_dir():
         foreign += [
-            f"checkpoints/{p.name}" for p in sorted(checkpoints.iterdir()) if not _is_temporary(p.name)
+            f"checkpoints/{p.name}" for p in sorted(checkpoints.iterdir()) if not is_temporary_name(p.name)
         ]
     stored = _stored_config(run_dir)
     if foreign or stored is None or not _is_config(stored):
@@ -133,10 +133,6 @@ def _is_config(stored: dict[str, Any]) -> bool:
     except UserError:
         return False
     return True
-
-
-def _is_temporary(name: str) -> bool:
-    return name.startswith(".") and name.endswith(".tmp")
 
 
 def resume_point(run_dir: str | os.PathLike) -> tuple[Checkpoint | None, Config, str]:

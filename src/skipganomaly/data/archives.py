@@ -139,9 +139,11 @@ def _unpack_zip(archive: Path, target: Path, budget: _Budget) -> int:
             relative = _safe_relative(info.filename, archive)
             if relative is None:
                 continue
-            mode = info.external_attr >> 16  # Unix mode bits, where the zip was made on Unix
-            if mode and not (stat_module.S_ISREG(mode) or stat_module.S_ISDIR(mode)):
-                what = "a symbolic link" if stat_module.S_ISLNK(mode) else "a special file"
+            # The Unix file type, where the zip was made on Unix (0 where it was not, or where the
+            # writer stored permissions only, as Python's zipfile does).
+            kind = stat_module.S_IFMT(info.external_attr >> 16)
+            if kind and kind not in (stat_module.S_IFREG, stat_module.S_IFDIR):
+                what = "a symbolic link" if kind == stat_module.S_IFLNK else "a special file"
                 raise _refuse_member(archive, info.filename, what)
             out = target.joinpath(*relative.parts)
             if info.is_dir():
