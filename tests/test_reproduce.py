@@ -216,6 +216,7 @@ def test_an_interrupted_run_is_resumed_to_the_same_weights(tmp_path, synthetic_d
     assert run_plan(whole, progress=False, log=lambda s: None) == {"trained": 1, "resumed": 0, "skipped": 0}
     resumed = load_checkpoint(checkpoint_path(spec.run_dir, "last")).state_dict
     uninterrupted = load_checkpoint(checkpoint_path(whole.runs[0].run_dir, "last")).state_dict
+    # Exact: resumption repeats the uninterrupted run's code path (same process and threads).
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
     rows, whole_rows = collect_rows(plan), collect_rows(whole)
     assert [r["auroc"] for r in rows] == [r["auroc"] for r in whole_rows] and len(rows) == 2

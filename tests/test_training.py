@@ -51,6 +51,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, splits)
 
     a, b = _weights(full), _weights(resumed)
     assert a.keys() == b.keys()
+    # Exact: the resumed run repeats the uninterrupted one's code path (same process, threads
+    # and batches), so any difference at all would be a resumption bug.
     for key in a:
         assert torch.equal(a[key], b[key]), key
     full_metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
@@ -72,7 +74,7 @@ def test_same_seed_same_weights_other_seed_differs(tmp_path, splits):
     )
     other.fit()
     a, b, c = (_weights(r) for r in (*runs, other))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # exact: one code path run twice (determinism)
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 

@@ -321,6 +321,7 @@ class Trainer:
             skip_bad=cfg.data.skip_bad_images,
             counter=counter,
             device=self.device,
+            max_pixels=cfg.data.max_image_pixels,
         )
         for step, batch in enumerate(batches):
             if len(batch.images) < 2 and not self.context.enabled:

@@ -36,7 +36,7 @@ from ..errors import UserError
 from .archives import is_archive, unpack_archive
 from .base import ImageSet, LabelledSource, SplitInfo, Splits, pool_counts
 from .cache import array_cache_path, key_of, load_arrays, save_arrays
-from .images import BadImageError, is_image_file, load_image, native_channels
+from .images import DEFAULT_MAX_IMAGE_PIXELS, BadImageError, is_image_file, load_image, native_channels
 from .splits import apply_protocol
 
 TEST_FRACTION = 0.2
@@ -118,14 +118,14 @@ def fingerprint(files: list[ImageFile]) -> str:
     return digest.hexdigest()
 
 
-def probe_channels(files: list[ImageFile], skip_bad: bool) -> int:
+def probe_channels(files: list[ImageFile], skip_bad: bool, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> int:
     """3 when any of a few evenly spaced files has colour, else 1."""
     if not files:
         return 3
     picks = np.unique(np.linspace(0, len(files) - 1, min(CHANNEL_PROBES, len(files))).astype(int))
     for i in picks:
         try:
-            if native_channels(files[i].path) == 3:
+            if native_channels(files[i].path, max_pixels) == 3:
                 return 3
         except BadImageError:
             if not skip_bad:
@@ -170,7 +170,7 @@ def decode_files(files: list[ImageFile], cfg: DataConfig, channels: int, dataset
     if stored is not None and {"images", "kept", "skipped"} <= stored.keys():
         skipped = [str(s) for s in stored["skipped"]]
         if skipped and not cfg.skip_bad_images:
-            load_image(root / skipped[0], cfg.image_size, channels)  # raises BadImageError naming it
+            load_image(root / skipped[0], cfg.image_size, channels, cfg.max_image_pixels)  # raises, naming it
         return Decoded(
             images=stored["images"],
             kept=stored["kept"].astype(np.int64),
@@ -183,7 +183,7 @@ def decode_files(files: list[ImageFile], cfg: DataConfig, channels: int, dataset
     bar = tqdm(files, desc=f"decoding {n:,} images (once; cached after)", disable=None, leave=False)
     for i, f in enumerate(bar):
         try:
-            images[len(kept)] = load_image(f.path, cfg.image_size, channels)
+            images[len(kept)] = load_image(f.path, cfg.image_size, channels, cfg.max_image_pixels)
         except BadImageError:
             if not cfg.skip_bad_images:
                 raise
@@ -296,7 +296,7 @@ def _labelled_source(
     default_abnormal_class: str | None = None,
     split: str | None = None,
 ) -> LabelledSource:
-    channels = cfg.channels or probe_channels(files, cfg.skip_bad_images)
+    channels = cfg.channels or probe_channels(files, cfg.skip_bad_images, cfg.max_image_pixels)
     everything, decoded = image_set_from_files(files, np.asarray(class_ids), cfg, channels, dataset, root)
     is_test = np.asarray(in_test, dtype=bool)[decoded.kept]
     return LabelledSource(
@@ -382,7 +382,7 @@ def reference_splits(cfg: DataConfig, root: Path, dataset: str = "folder") -> Sp
             labels += [int(kind(name) == "abnormal")] * len(found)
             groups += [name] * len(found)
             in_test += [part == "test"] * len(found)
-    channels = cfg.channels or probe_channels(files, cfg.skip_bad_images)
+    channels = cfg.channels or probe_channels(files, cfg.skip_bad_images, cfg.max_image_pixels)
     labels_array = np.asarray(labels, dtype=np.int64)
     everything, decoded = image_set_from_files(
         files, labels_array, cfg, channels, dataset, root, groups=groups

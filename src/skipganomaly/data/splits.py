@@ -107,7 +107,7 @@ def _pools(source: LabelledSource, cfg: DataConfig) -> tuple[ImageSet, ImageSet,
         abnormal_names = [source.class_names[abnormal]]
         setting = "leave-one-class-out"
     if len(train) == 0:
-        raise UserError(f"{source.name} has no normal training images for this choice of classes")
+        raise UserError(_no_normal_training_images(source, cfg))
     info = dataclasses.replace(
         source.info,
         dataset=source.name,
@@ -118,6 +118,22 @@ def _pools(source: LabelledSource, cfg: DataConfig) -> tuple[ImageSet, ImageSet,
         evaluation_pool=pool_counts(evaluation),
     )
     return train, evaluation, info
+
+
+def _no_normal_training_images(source: LabelledSource, cfg: DataConfig) -> str:
+    """One line: where, the choice made, and the training images found per class."""
+    where = f"{source.name} in {source.info.root}" if source.info.root else source.name
+    choice = (
+        f"--normal-class {cfg.normal_class}"
+        if cfg.normal_class is not None
+        else f"--abnormal-class {cfg.abnormal_class if cfg.abnormal_class is not None else source.default_abnormal_class}"
+    )
+    counts = np.bincount(source.train.class_ids, minlength=len(source.class_names))
+    found = ", ".join(f"{name} {int(n)}" for name, n in zip(source.class_names, counts, strict=True))
+    return (
+        f"{where} has no normal training images for {choice}; training images per class found: {found}; "
+        "choose another class or add training images of the normal classes"
+    )
 
 
 def apply_protocol(
