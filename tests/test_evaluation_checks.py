@@ -321,3 +321,7 @@ def test_normal_only_validation_has_no_shortcut_entry_and_no_types():
     # Held-out normals 0.1..0.4 at threshold 0.35: one of four flagged.
     e.normalization.threshold = 0.35
     assert false_positive_section(e)["val"] == {"fpr": 0.25}
+    e.normalization.method = (
+        "validation normal min-max; threshold = 0.95 quantile of normal validation scores"
+    )
+    assert false_positive_section(e)["test"] == {"fpr": 0.25, "fpr_target": pytest.approx(0.05)}

@@ -94,7 +94,8 @@ def test_normal_only_prints_the_metric_it_selects_on(reference_layout, tmp_path)
         f"selected by the mean anomaly score of the held-out normal images, {best:.4f} (lower is better); "
         "validation holds no anomalies, so it has no AUROC" in result.stdout
     )
-    assert "normal test images flagged" in result.stdout
+    assert metrics["test"]["fpr_target"] == pytest.approx(0.05)
+    assert f"normal test images flagged {metrics['test']['fpr']:.3f} (the threshold" in result.stdout
     assert metrics["shortcuts"]["val"] is None and "by_type" not in metrics["val"]
     assert metrics["steadiness"]["val_auroc"] is None and metrics["steadiness"]["test_auroc"]["epochs"] == 2
 

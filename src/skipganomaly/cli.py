@@ -543,6 +543,8 @@ def print_summary(metrics: dict, run_dir: Path, seconds: float | None = None) ->
         f"{_selection_phrase(metrics)})"
     )
     fpr = f"; normal test images flagged {test['fpr']:.3f}" if "fpr" in test else ""
+    if "fpr_target" in test:
+        fpr += f" (the threshold, a quantile of validation normals, targets {test['fpr_target']:.3f})"
     print(
         f"test at the stored threshold {test['threshold']:.3f}: precision {test['precision']:.3f} "
         f"recall {test['recall']:.3f} F1 {test['f1']:.3f}{fpr}; AUPRC {test['auprc']:.4f}"

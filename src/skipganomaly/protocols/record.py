@@ -104,13 +104,18 @@ def _pairs(e: EvaluationInputs) -> list[tuple[str, ScoredSet]]:
 
 def false_positive_section(e: EvaluationInputs) -> dict[str, Any]:
     """``fpr`` into ``val`` and ``test``: the share of their normal images flagged at the stored
-    threshold. Under normal-only it shows whether the threshold, fixed on held-out training
-    normals, holds on the test normals (the quantile promises 1 - eval.threshold_quantile)."""
+    threshold; and ``fpr_target`` where that threshold is a quantile of normal validation scores
+    (normal-only, ``eval.threshold=quantile``), which promises 1 - ``eval.threshold_quantile``.
+    It shows whether the threshold, fixed on held-out training normals, holds on test normals."""
     threshold = e.normalization.threshold
-    return {
+    out: dict[str, Any] = {
         name: {"fpr": false_positive_rate(scored.labels, e.normalization(scored.score), threshold)}
         for name, scored in _pairs(e)
     }
+    if "quantile" in e.normalization.method:  # a quantile of normal scores promises its complement
+        for entry in out.values():
+            entry["fpr_target"] = 1.0 - e.config.eval.threshold_quantile
+    return out
 
 
 def anomaly_types_section(e: EvaluationInputs) -> dict[str, Any]:
