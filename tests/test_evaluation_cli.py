@@ -3,6 +3,9 @@ per anomaly type (Table II), the trivial statistics beside the model's AUROC wit
 and, under normal-only, the metric the epoch is chosen on; ``reproduce`` puts them in its report."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,3 +146,32 @@ def test_reproduce_reports_both_honest_protocols_table_ii_shortcuts_and_steadine
     assert "Table II layout" in html and "SHORTCUT WARNING" in html
     csv_text = (output / "results.csv").read_text().splitlines()
     assert "auroc_std_last" in csv_text[0] and "shortcut_separability" in csv_text[0]
+
+
+def test_threshold_study_script_measures_every_rule_on_a_normal_only_run(tmp_path):
+    run_dir = tmp_path / "digits-normal-only"
+    trained = run_cli(
+        "train", "--dataset", "digits", "--abnormal-class", "0", "--protocol", "normal-only",
+        "--epochs", "1", "--output", run_dir, *TINY_CLI,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    script = Path(__file__).resolve().parents[1] / "scripts" / "threshold_study.py"
+    out = tmp_path / "study.json"
+    result = subprocess.run(
+        [sys.executable, script, "--run", run_dir, "--shifts", "brightness+4", "--json", out],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    study = json.loads(out.read_text())["normal_only"]
+    assert list(study["shifts"]) == ["none", "brightness+4"]
+    rules = study["shifts"]["none"]["rules"]
+    fpr = [rules[f"q{q} of held-out normals"]["fpr"] for q in ("0.90", "0.95", "0.99")]
+    fpr.append(rules["max of held-out normals"]["fpr"])
+    assert fpr == sorted(fpr, reverse=True), fpr  # a higher quantile flags fewer normal images
+    assert any(name.startswith("q0.95 of 100 normals taken after the shift") for name in rules)
+    # The same model on unshifted images: its AUROC is the run's own on that half of the pool.
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= study["shifts"]["none"]["auroc"] <= 1.0 and metrics["protocol"] == "normal-only"
+    assert "| none (AUROC" in result.stdout
