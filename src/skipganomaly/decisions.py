@@ -74,7 +74,8 @@ def selection_report(metric: str, value: float) -> dict:
 
 
 def selection_text(metric: str, value: float) -> str:
-    """``val mean normal score 0.1234 (lower is better)`` for the per-epoch log line."""
+    """The per-epoch log line's validation part: ``val AUROC 0.8123``, or under normal-only
+    ``val normal score 0.1234 (selects; lower is better)``."""
     report = selection_report(metric, value)
     if metric == "val.auroc":
         return f"val AUROC {report['value']:.4f}"

@@ -187,6 +187,10 @@ def shortcuts_section(e: EvaluationInputs) -> dict[str, Any]:
     return {"shortcuts": out}
 
 
+def _curve_value(record: dict[str, Any], split: str) -> float | None:
+    return (record.get(split) or {}).get("auroc")
+
+
 def steadiness_section(e: EvaluationInputs) -> dict[str, Any]:
     """``steadiness``: the spread of the per-epoch validation AUROC over the last
     :data:`STEADY_EPOCHS` epochs (population standard deviation and range), and of the test AUROC
@@ -196,8 +200,8 @@ def steadiness_section(e: EvaluationInputs) -> dict[str, Any]:
             "last_epochs": STEADY_EPOCHS,
             "note": f"population standard deviation (ddof = 0) and range (max - min) of the AUROC after "
             f"each of the last {STEADY_EPOCHS} epochs (fewer when the run had fewer)",
-            "val_auroc": curve_spread([h["val"]["auroc"] for h in e.history], STEADY_EPOCHS),
-            "test_auroc": curve_spread([h["test"]["auroc"] for h in e.history], STEADY_EPOCHS),
+            "val_auroc": curve_spread([_curve_value(h, "val") for h in e.history], STEADY_EPOCHS),
+            "test_auroc": curve_spread([_curve_value(h, "test") for h in e.history], STEADY_EPOCHS),
         }
     }
 

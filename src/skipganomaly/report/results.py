@@ -174,10 +174,10 @@ def steadiness_of(metrics: dict[str, Any], protocol: str) -> tuple[float, str]:
     if protocol == PAPER.name and metrics.get("protocol") != PAPER.name:
         spread = curve_spread([h["paper"]["auroc"] for h in history if h.get("paper")], STEADY_EPOCHS)
         return (spread["std"] if spread else math.nan), "paper"
-    spread = curve_spread([h["val"]["auroc"] for h in history], STEADY_EPOCHS)
+    spread = curve_spread([(h.get("val") or {}).get("auroc") for h in history], STEADY_EPOCHS)
     if spread is not None:
         return spread["std"], "val"
-    spread = curve_spread([h["test"]["auroc"] for h in history], STEADY_EPOCHS)
+    spread = curve_spread([(h.get("test") or {}).get("auroc") for h in history], STEADY_EPOCHS)
     return (spread["std"] if spread else math.nan), "test"
 
 
