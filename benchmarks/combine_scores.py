@@ -97,7 +97,9 @@ def main() -> int:
                 if r is not None:
                     results.setdefault(name, {}).setdefault(weights, {})[run.name] = r
     runs = [r.name for r in args.runs]
-    header = f"{'formula':<22} {'weights':<5} " + " ".join(f"{n[:18]:>18}" for n in runs) + "   mean val / test"
+    header = (
+        f"{'formula':<22} {'weights':<5} " + " ".join(f"{n[:18]:>18}" for n in runs) + "   mean val / test"
+    )
     print(header)
     for name, by_weights in results.items():
         for weights, by_run in by_weights.items():
@@ -108,7 +110,9 @@ def main() -> int:
                 if r is None:
                     cells.append(f"{'-':>18}")
                     continue
-                cells.append(f"{r['val']:.3f}/{r['test']:.3f} e{r['epoch']:<2} s{r['steadiness']:.2f}"[:18].rjust(18))
+                cells.append(
+                    f"{r['val']:.3f}/{r['test']:.3f} e{r['epoch']:<2} s{r['steadiness']:.2f}"[:18].rjust(18)
+                )
                 vals.append(r["val"])
                 tests.append(r["test"])
             mean = f"{np.mean(vals):.3f} / {np.mean(tests):.3f}" if vals else "-"

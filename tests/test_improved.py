@@ -122,7 +122,11 @@ def test_weight_average_follows_the_weights_with_warm_up():
     expected = d * start + (1 - d) * (start + 1)
     assert torch.allclose(average.model[0].weight, expected)
     assert torch.allclose(average.model[1].running_mean, torch.full((2,), (1 - d) * 2.0))
-    assert [n for n, _ in batchnorm_buffers(model)] == ["1.running_mean", "1.running_var", "1.num_batches_tracked"]
+    assert [n for n, _ in batchnorm_buffers(model)] == [
+        "1.running_mean",
+        "1.running_var",
+        "1.num_batches_tracked",
+    ]
     assert not any(p.requires_grad for p in average.model.parameters())
 
 

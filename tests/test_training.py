@@ -168,9 +168,9 @@ def test_metrics_json_is_assembled_from_sections():
     assert metrics["paper_style"]["epoch"] == 2 and metrics["paper_protocol"] is None
     assert "pixel_auroc" not in metrics["test"]
 
-    def shortcut_section(e):
-        return {"test": {"mean_intensity_auroc": 0.5}, "shortcuts": {"warning": None}}
+    def extra_section(e):
+        return {"test": {"extra_statistic_auroc": 0.5}, "extra_check": {"warning": None}}
 
-    extended = build_metrics(inputs, (*METRIC_SECTIONS, shortcut_section))
-    assert extended["test"]["mean_intensity_auroc"] == 0.5 and extended["test"]["auroc"] == 1.0
-    assert extended["shortcuts"] == {"warning": None} and list(extended)[:-1] == list(metrics)
+    extended = build_metrics(inputs, (*METRIC_SECTIONS, extra_section))
+    assert extended["test"]["extra_statistic_auroc"] == 0.5 and extended["test"]["auroc"] == 1.0
+    assert extended["extra_check"] == {"warning": None} and list(extended)[:-1] == list(metrics)

@@ -336,8 +336,8 @@ def validate(config: Config) -> None:
         raise UserError(f"train.input_noise_std={t.input_noise_std}: use 0 or a positive std")
     if not 0.0 <= e.score_lambda <= 1.0:
         raise UserError(f"eval.score_lambda={e.score_lambda}: lambda of Eq. 5 lies in [0, 1]")
-    if e.selection_metric not in ("auto", "auroc", "loss"):
-        raise UserError(f"eval.selection_metric={e.selection_metric!r}: choose auto, auroc or loss")
+    if e.selection_metric not in ("auto", "auroc", "loss", "last"):
+        raise UserError(f"eval.selection_metric={e.selection_metric!r}: choose auto, auroc, loss or last")
     if e.threshold not in ("f1", "quantile"):
         raise UserError(f"eval.threshold={e.threshold!r}: choose f1 or quantile")
     if not 0.0 < e.threshold_quantile < 1.0:

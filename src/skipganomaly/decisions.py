@@ -60,15 +60,53 @@ def standardize_terms(scored: ScoredSet, mean: np.ndarray, std: np.ndarray) -> n
     return sum((scored.terms[name] - mean[i]) / std[i] for i, name in enumerate(scored.terms))
 
 
-def selection_value(val: ScoredSet, metric: str) -> tuple[str, float]:
-    """(metric used, value) for model selection; higher is better for both."""
+def selection_value(val: ScoredSet, metric: str, epoch: int = 0) -> tuple[str, float]:
+    """(metric used, value) for model selection; higher is better for all three.
+
+    ``auto``: validation AUROC where validation holds labelled anomalies; else the mean score of
+    the held-out normal images (lower is better), except for a standardised score (the improved
+    recipe's ``model.score_terms``), whose normal validation images average 0 by construction:
+    then the latest epoch (``last``), which the averaged weights make a steady choice."""
     has_anomalies = bool((val.labels == 1).any() and (val.labels == 0).any())
     if metric == "auto":
-        metric = "auroc" if has_anomalies else "loss"
+        metric = "auroc" if has_anomalies else ("last" if val.terms is not None else "loss")
+    if metric == "last":
+        return "epoch", float(epoch)
     if metric == "auroc":
         return "val.auroc", detection_summary(val.labels, val.score)["auroc"]
     normal = val.score[val.labels <= 0]
     return "val.mean_normal_score", -float(np.mean(normal))
+
+
+SELECTION_TITLES = {
+    "epoch": "latest epoch",
+    "val.auroc": "validation AUROC",
+    "val.mean_normal_score": "mean anomaly score of the held-out normal images",
+}
+
+
+def selection_report(metric: str, value: float) -> dict:
+    """A selection metric as a person reads it: its name, the value on its own scale and which way
+    is better (:func:`selection_value` negates the mean normal score so that higher wins)."""
+    if metric == "val.mean_normal_score":
+        return {"metric": metric, "title": SELECTION_TITLES[metric], "value": -value, "better": "lower"}
+    return {
+        "metric": metric,
+        "title": SELECTION_TITLES.get(metric, metric),
+        "value": value,
+        "better": "higher",
+    }
+
+
+def selection_text(metric: str, value: float) -> str:
+    """The per-epoch log line's validation part: ``val AUROC 0.8123``, or under normal-only
+    ``val normal score 0.1234 (selects; lower is better)``."""
+    report = selection_report(metric, value)
+    if metric == "val.auroc":
+        return f"val AUROC {report['value']:.4f}"
+    if metric == "epoch":
+        return "val: the latest epoch is kept (standardised score, no labelled anomalies)"
+    return f"val normal score {report['value']:.4f} (selects; {report['better']} is better)"
 
 
 def split_metrics(scored: ScoredSet, normalization: ScoreNormalization) -> dict:

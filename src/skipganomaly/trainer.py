@@ -35,7 +35,13 @@ from .data.loading import (
     random_horizontal_flip,
     to_model_input,
 )
-from .decisions import fit_normalization, fit_term_statistics, selection_value, standardize_terms
+from .decisions import (
+    fit_normalization,
+    fit_term_statistics,
+    selection_text,
+    selection_value,
+    standardize_terms,
+)
 from .distributed import DistributedContext
 from .ema import WeightAverage
 from .errors import UserError
@@ -388,7 +394,7 @@ class Trainer:
             losses = self.train_epoch(epoch, runlog)
             val, test = self.score(calibrate=True)
             normalization = fit_normalization(val, cfg.eval)
-            selection_name, value = selection_value(val, cfg.eval.selection_metric)
+            selection_name, value = selection_value(val, cfg.eval.selection_metric, epoch=epoch + 1)
             paper = None
             if cfg.eval.paper_each_epoch and self.splits.protocol != PAPER.name:
                 paper = score_paper_protocol(
@@ -425,9 +431,13 @@ class Trainer:
                 save_checkpoint(checkpoint_path(self.run_dir, "last"), checkpoint)
             # The generator's terms are model-specific (g_con, g_lat, g_enc, ...): show those present.
             terms = " ".join(f"{k[2:]} {v:.4f}" for k, v in losses.items() if k.startswith("g_"))
+            # The metric the epoch is chosen on; normal-only has no validation AUROC (no anomalies).
+            val_text = selection_text(selection_name, value)
+            if selection_name != "val.auroc" and not math.isnan(record["val"]["auroc"]):
+                val_text += f"  val AUROC {record['val']['auroc']:.4f}"
             self.log(
                 f"epoch {epoch + 1:>3}/{cfg.train.epochs}  g {losses['g']:.4f} ({terms})  d {losses['d']:.4f}  "
-                f"val AUROC {record['val']['auroc']:.4f}  test AUROC {record['test']['auroc']:.4f}"
+                f"{val_text}  test AUROC {record['test']['auroc']:.4f}"
                 + (f"  paper-protocol AUROC {record['paper']['auroc']:.4f}" if "paper" in record else "")
                 + f"  {seconds:.1f}s"
                 + ("  *best*" if improved else "")

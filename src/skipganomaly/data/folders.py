@@ -8,7 +8,9 @@
   and test pools, seeded by ``data.split_seed`` (``TEST_FRACTION``).
 * the reference code's layout, ``ROOT/train/0.normal``, ``ROOT/test/0.normal`` and
   ``ROOT/test/1.abnormal``: normal and abnormal given directly; the training images are the
-  normal ones of ``train``, the labelled evaluation pool is ``test``.
+  normal ones of ``train``, the labelled evaluation pool is ``test``. Sub-folders of an
+  abnormal folder (``test/1.abnormal/knife/``) name kinds of anomaly, reported one by one in the
+  paper's Table II layout.
 
 Images within a class folder are found recursively (any format Pillow reads; hidden files
 skipped). ``ROOT`` may also be an archive (.tar.gz, .zip), unpacked once into the cache.
@@ -349,6 +351,14 @@ def reject_class_choice(cfg: DataConfig, what: str) -> None:
         raise UserError(f"{what} says which images are normal and abnormal itself; drop {option}")
 
 
+def anomaly_group(folder_name: str, file_id: str) -> str:
+    """The kind of an abnormal image of the reference layout: the sub-folder of its abnormal
+    folder that holds it (``test/1.abnormal/knife/001.png`` is a knife), else the folder's name.
+    The paper's X-ray table reports AUROC per such kind (Table II)."""
+    parts = file_id.split("/")
+    return parts[2] if len(parts) > 3 else folder_name
+
+
 def reference_splits(cfg: DataConfig, root: Path, dataset: str = "folder") -> Splits:
     """The official code's custom layout: train/0.normal; test/0.normal and test/1.abnormal."""
     reject_class_choice(cfg, f"{root} (the reference layout train/0.normal, test/1.abnormal)")
@@ -380,7 +390,7 @@ def reference_splits(cfg: DataConfig, root: Path, dataset: str = "folder") -> Sp
             found = images_in(folder, root)
             files += found
             labels += [int(kind(name) == "abnormal")] * len(found)
-            groups += [name] * len(found)
+            groups += [anomaly_group(name, f.id) if kind(name) == "abnormal" else name for f in found]
             in_test += [part == "test"] * len(found)
     channels = cfg.channels or probe_channels(files, cfg.skip_bad_images, cfg.max_image_pixels)
     labels_array = np.asarray(labels, dtype=np.int64)

@@ -382,6 +382,7 @@ def run_plan(
             counts["resumed" if state == "interrupted" else "trained"] += 1
             overall.run_done()
             paper = metrics.get("paper_protocol")
+            shortcut_count = len((metrics.get("shortcuts") or {}).get("warnings") or [])
             write(
                 f"[{number}/{len(plan.runs)}] {spec.label}: test AUROC {metrics['test']['auroc']:.3f} "
                 f"(epoch {metrics['epoch_best']})"
@@ -390,6 +391,7 @@ def run_plan(
                     if paper
                     else ""
                 )
+                + (f"; SHORTCUT WARNING ({shortcut_count}, see the report)" if shortcut_count else "")
                 + f"; {time.perf_counter() - started:.0f} s"
             )
     finally:
