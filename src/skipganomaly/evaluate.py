@@ -306,7 +306,7 @@ def score_splits(
     model, splits: Splits, config: Config, device, amp_dtype, details: bool = False, context=None
 ):
     """Score validation and test as the protocol says: eval mode, or (``paper``) the official
-    code's train-mode BatchNorm over the class-ordered set with the training batch size.
+    code's train-mode BatchNorm over the set in the official order with the training batch size.
 
     ``context`` (a :class:`~skipganomaly.distributed.DistributedContext`) shares the eval-mode
     scoring out over the processes of a torchrun job; the ``paper`` protocol's train-mode scoring

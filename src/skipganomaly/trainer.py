@@ -65,7 +65,8 @@ PROTOCOL_NOTES = {
     "normal-only": "no labelled anomalies used for selection: epoch chosen on the mean score of held-out "
     "normal training images, threshold at a quantile of their scores",
     "paper": "OPTIMISTIC: the official code's procedure; the epoch is chosen on the test set itself, "
-    "scored with BatchNorm in training mode over the class-ordered test set (batch statistics leak labels)",
+    "scored with BatchNorm in training mode over the test set in the official order, normal images first "
+    "(batch statistics leak labels)",
 }
 
 

@@ -8,7 +8,7 @@ EGBAD [12] and GANomaly [13] are the baselines as the paper reports them; "Propo
 Skip-GANomaly.
 
 These numbers come from the authors' procedure (the official code's): the best epoch chosen on the
-test set and scoring with BatchNorm in training mode over the class-ordered test set, so they are
+test set and scoring with BatchNorm in training mode over the test set (normal images first), so they are
 optimistic in the sense of this package's ``paper`` protocol. They were measured on the original
 CIFAR-10 files.
 """
