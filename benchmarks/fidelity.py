@@ -313,12 +313,17 @@ def official_weights_into_ours(official_g: dict, official_d: dict, model) -> Non
     model.load_state_dict(mapped, strict=False)
 
 
-def cross_score(args, batches: Path, name: str, official_dir: Path, official: dict) -> list[dict]:
-    """Score the official code's saved weights with our ``paper`` protocol (L1 reconstruction term,
-    as we train) and with the official formula (squared error) over the same set and batches: with
-    the same weights, the second must give the official code's own AUROC."""
+def cross_score(
+    args, batches: Path, name: str, official_dir: Path, official: dict, ours_dir: Path
+) -> list[dict]:
+    """Score the same weights both ways over the paper protocol's set, order and batches: with our
+    ``paper`` protocol (L1 reconstruction term, as we train) and with the official formula
+    (squared error). The official code's saved weights must give its own AUROC the second way;
+    our last epoch's weights give our paper figure the first way, and the second way shows what
+    the official formula would make of our training."""
     import torch
 
+    from skipganomaly.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
     from skipganomaly.data import prepare_data
     from skipganomaly.data.loading import iterate_batches, to_model_input
     from skipganomaly.evaluate import batchnorm_train_mode, score_set
@@ -329,6 +334,42 @@ def cross_score(args, batches: Path, name: str, official_dir: Path, official: di
     values = {"data.dataset": "cifar10", "data.root": str(batches), "data.abnormal_class": name}
     splits = prepare_data(build_config(values).data)
     pool = paper_evaluation_set(splits)
+
+    def both_ways(model) -> dict[str, float]:
+        """AUROCs of the score with the squared-error R and with our L1 R (train-mode BatchNorm),
+        and of its terms alone, with each term's mean over the normal images."""
+        ours = score_set(
+            model,
+            pool,
+            image_size=32,
+            channels=3,
+            batch_size=args.batch_size,
+            device=torch.device("cpu"),
+            batchnorm_train=True,
+        )
+        terms: dict[str, list[np.ndarray]] = {"r_squared": [], "r_l1": [], "latent": []}
+        labels = []
+        with batchnorm_train_mode(model), torch.inference_mode():
+            for batch in iterate_batches(pool, args.batch_size, image_size=32, channels=3):
+                x = to_model_input(batch.images)
+                x_hat = model.generator(x)
+                _, real = model.discriminator(x)
+                _, fake = model.discriminator(x_hat)
+                terms["r_squared"].append((x - x_hat).pow(2).flatten(1).mean(1).float().numpy())
+                terms["r_l1"].append((x - x_hat).abs().flatten(1).mean(1).float().numpy())
+                terms["latent"].append((real - fake).pow(2).flatten(1).mean(1).float().numpy())
+                labels.append(batch.labels.numpy())
+        y = np.concatenate(labels)
+        t = {k: np.concatenate(v) for k, v in terms.items()}
+        result = {
+            "scored_squared": auroc(y, 0.9 * t["r_squared"] + 0.1 * t["latent"]),
+            "scored_l1": auroc(ours.labels, ours.score),
+        }
+        for key, values in t.items():
+            result[f"auroc_{key}"] = auroc(y, values)
+            result[f"mean_normal_{key}"] = float(values[y == 0].mean())
+        return result
+
     weights = official_dir / "output" / "skipganomaly" / "cifar10" / "train" / "weights"
     rows = []
     for epoch in range(1, args.epochs + 1):
@@ -341,33 +382,18 @@ def cross_score(args, batches: Path, name: str, official_dir: Path, official: di
             torch.load(d_file, weights_only=True)["state_dict"],
             model,
         )
-        ours = score_set(
-            model,
-            pool,
-            image_size=32,
-            channels=3,
-            batch_size=args.batch_size,
-            device=torch.device("cpu"),
-            batchnorm_train=True,
-        )
-        squared, labels = [], []
-        with batchnorm_train_mode(model), torch.inference_mode():
-            for batch in iterate_batches(pool, args.batch_size, image_size=32, channels=3):
-                x = to_model_input(batch.images)
-                x_hat = model.generator(x)
-                _, real = model.discriminator(x)
-                _, fake = model.discriminator(x_hat)
-                r = (x - x_hat).pow(2).flatten(1).mean(1)
-                latent = (real - fake).pow(2).flatten(1).mean(1)
-                squared.append((0.9 * r + 0.1 * latent).numpy())
-                labels.append(batch.labels.numpy())
         rows.append(
-            {
-                "epoch": epoch,
-                "official": official["paper_auroc"][epoch - 1],
-                "ours_scoring_squared": auroc(np.concatenate(labels), np.concatenate(squared)),
-                "ours_scoring_l1": auroc(ours.labels, ours.score),
-            }
+            {"weights": "official", "epoch": epoch, "reported": official["paper_auroc"][epoch - 1]}
+            | both_ways(model)
+        )
+    last = checkpoint_path(ours_dir, "last")
+    if last.is_file():
+        payload = load_checkpoint(last)
+        history = json.loads((ours_dir / "metrics.json").read_text())["history"]
+        epoch = int(payload["epoch"])
+        rows.append(
+            {"weights": "ours", "epoch": epoch, "reported": history[epoch - 1]["paper"]["auroc"]}
+            | both_ways(model_from_checkpoint(payload))
         )
     return rows
 
@@ -626,7 +652,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.cross_score and "official" in results[name]:
             official_dir = work / "runs" / f"official-{name}-{tag}"
             results[name]["same_weights"] = cross_score(
-                args, batches, name, official_dir, results[name]["official"]
+                args,
+                batches,
+                name,
+                official_dir,
+                results[name]["official"],
+                work / "runs" / f"ours-{name}-{tag}",
             )
 
     print(
@@ -652,13 +683,23 @@ def main(argv: list[str] | None = None) -> int:
                 f"{cell(honest, 11)}"
             )
     if args.cross_score:
-        print("\nThe official code's saved weights, scored by our paper protocol (same set, order, batches):")
-        print(f"{'class':<11} {'epoch':>5} {'official':>9} {'ours, squared R':>15} {'ours, L1 R':>10}")
+        print(
+            "\nThe same weights scored both ways (paper protocol set, order and batches; train-mode BatchNorm), "
+            "and each term alone (AUROC; its mean over the normal images)"
+        )
+        print(
+            f"{'class':<11} {'weights':<9} {'epoch':>5} {'reported':>9} {'squared R':>10} {'L1 R (ours)':>11} "
+            f"{'R squared':>15} {'R L1':>15} {'L':>15}"
+        )
         for name, sides in results.items():
             for row in sides.get("same_weights", []):
+                terms = " ".join(
+                    f"{row[f'auroc_{k}']:>6.3f} ({row[f'mean_normal_{k}']:.4f})"
+                    for k in ("r_squared", "r_l1", "latent")
+                )
                 print(
-                    f"{name:<11} {row['epoch']:>5} {row['official']:>9.3f} {row['ours_scoring_squared']:>15.4f} "
-                    f"{row['ours_scoring_l1']:>10.4f}"
+                    f"{name:<11} {row['weights']:<9} {row['epoch']:>5} {row['reported']:>9.3f} "
+                    f"{row['scored_squared']:>10.4f} {row['scored_l1']:>11.4f} {terms}"
                 )
     for name, sides in results.items():
         seconds = ", ".join(
