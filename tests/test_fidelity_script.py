@@ -71,7 +71,7 @@ def test_class_folders_become_python_batches_in_a_seeded_mixed_order(tmp_path):
         }
     ).data
     splits = prepare_data(cfg)
-    assert splits.info["format"] == "python batches" and splits.info["original_order"] is True
+    assert splits.info.format == "python batches" and splits.info.original_order is True
     normal = splits.test.class_ids[splits.test.labels == 0]
     np.testing.assert_array_equal(normal, labels[labels != 3])
     # Converted once: a second call reuses the batches; another order seed writes other ones.
