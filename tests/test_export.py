@@ -230,3 +230,21 @@ def test_models_that_search_at_scoring_time_are_refused(tmp_path):
     )
     with pytest.raises(UserError, match="cannot be exported"):
         export_checkpoint(checkpoint)
+
+
+@pytest.mark.parametrize("name", ["ganomaly", "egbad"])
+def test_the_baselines_export_too(name):
+    """Export traces each model's own score: the baselines' (other networks, other terms) too."""
+    from skipganomaly.checkpoint import Checkpoint
+    from skipganomaly.config import build_config
+    from skipganomaly.export import export_checkpoint
+
+    config = build_config({"model.name": name, "data.image_size": 32, "model.ngf": 8, "model.ndf": 8})
+    torch.manual_seed(0)
+    model = build_model(name, image_size=32, channels=3, ngf=8, ndf=8, nz=16)
+    checkpoint = Checkpoint(
+        name, dict(model.args), config, model.state_dict(), ScoreNormalization(0.0, 1.0, 0.5), 1
+    )
+    result = export_checkpoint(checkpoint)  # raises unless ONNX Runtime agrees with PyTorch within 1e-4
+    assert result.max_relative_difference <= 1e-4 and result.metadata["model"]["name"] == name
+    assert result.metadata["batchnorm_nodes_left"] == 0
