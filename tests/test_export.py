@@ -16,11 +16,11 @@ from torch import nn
 
 from skipganomaly.detector import Detector, TorchEngine
 from skipganomaly.errors import UserError
-from skipganomaly.export import ScoringGraph, exported_for_run, inference_rewrites, score_output_fields
+from skipganomaly.export import ScoringGraph, inference_rewrites, score_output_fields
 from skipganomaly.metrics import auroc
 from skipganomaly.models import build_model
 from skipganomaly.objective import ScoreNormalization
-from skipganomaly.onnx_format import content_sha256, read_exported, read_metadata_props
+from skipganomaly.onnx_format import content_sha256, exported_for_run, read_exported, read_metadata_props
 
 
 def test_the_export_matches_the_pytorch_scorer_on_a_digits_run(digits_run, digits_onnx):
@@ -176,14 +176,17 @@ def test_from_run_exports_once_and_again_when_the_checkpoint_changes(digits_run)
 
 def test_scoring_an_export_never_imports_torch(digits_run, digits_onnx):
     """A scoring-only install (pip install skipganomaly[serve]) works without PyTorch: imports of
-    torch are made to fail, and the Detector still scores."""
-    images, _ = split_images(digits_run)
+    torch are made to fail, and the Detector still scores; a run whose export is up to date is
+    served from it without PyTorch too."""
+    exported_for_run(digits_run)  # made here (with PyTorch) if an earlier test did not
     code = f"""
 import sys
 sys.modules["torch"] = None  # any 'import torch' now raises ImportError
 import numpy as np
 from skipganomaly.detector import Detector
 from skipganomaly.service import create_app
+from skipganomaly.onnx_format import exported_for_run
+exported_for_run({str(digits_run)!r})  # the run's export is up to date: read, not made again
 detector = Detector.from_onnx({str(digits_onnx)!r})
 results = detector.score([np.full((16, 16), 128, np.uint8), np.zeros((20, 30, 3), np.uint8)])
 create_app(detector)

@@ -681,7 +681,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.onnx:
         detector = Detector.from_onnx(args.onnx, args.threads)
     else:
-        from .export import exported_for_run
+        from .onnx_format import exported_for_run
 
         detector = Detector.from_exported(
             exported_for_run(args.run, args.checkpoint, log=print), args.threads

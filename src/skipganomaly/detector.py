@@ -236,7 +236,7 @@ class Detector:
         export of the checkpoint as it is now; ``engine="torch"`` scores with PyTorch on
         ``device``."""
         if engine == "onnx":
-            from .export import exported_for_run
+            from .onnx_format import exported_for_run
 
             return cls.from_exported(exported_for_run(run_dir, which), threads)
         if engine == "torch":

@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
-import hashlib
 import io
 import os
 import warnings
@@ -51,7 +50,15 @@ from .data.loading import to_model_input
 from .errors import UserError
 from .files import write_bytes
 from .models.blocks import DenseFastConv2d
-from .onnx_format import FORMAT, FORMAT_VERSION, content_sha256, metadata_props, parse_exported
+from .onnx_format import (
+    FORMAT,
+    FORMAT_VERSION,
+    content_sha256,
+    default_export_path,
+    file_sha256,
+    metadata_props,
+    parse_exported,
+)
 from .scoring import ScoringOptions
 
 OPSET = 17
@@ -74,15 +81,6 @@ OUTPUT_DESCRIPTIONS = {
     "anomaly_map": "(N, H, W): per-pixel |x - G(x)| averaged over channels",
     "reconstructed": "(N, C, H, W): the reconstruction G(x) in [-1, 1]",
 }
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (the checkpoint an export came from)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- inference rewrites
@@ -590,12 +588,6 @@ def export_checkpoint(
     )
 
 
-def default_export_path(run_dir: str | os.PathLike, which: str = "best", suffix: str = "") -> Path:
-    """Where ``export`` writes by default and where ``predict --engine onnx`` and ``serve`` look:
-    ``RUN_DIR/exports/<which><suffix>.onnx``."""
-    return Path(run_dir) / "exports" / f"{which}{suffix}.onnx"
-
-
 def export_run(
     run_dir: str | os.PathLike,
     which: str = "best",
@@ -613,38 +605,3 @@ def export_run(
     write_bytes(path, result.model_bytes)
     result.path = path
     return result
-
-
-def exported_for_run(run_dir: str | os.PathLike, which: str = "best", log=None):
-    """The run's ONNX export, read and checked (:class:`~skipganomaly.onnx_format.ExportedModel`):
-    the file at :func:`default_export_path` when it was exported from the checkpoint as it is now
-    (same SHA-256) by this package version; else exported again, written there when the folder is
-    writable (kept in memory when it is not)."""
-    from .onnx_format import read_exported
-
-    run_dir = Path(run_dir)
-    source = checkpoint_path(run_dir, which)
-    load_run_checkpoint(run_dir, which)  # a clear error for a missing run or checkpoint
-    path = default_export_path(run_dir, which)
-    if path.is_file():
-        try:
-            existing = read_exported(path)
-        except UserError:
-            existing = None
-        if (
-            existing is not None
-            and existing.metadata.get("checkpoint", {}).get("sha256") == file_sha256(source)
-            and existing.metadata.get("package_version") == __version__
-            and existing.quantization is None
-            and existing.input.get("dtype") == "uint8"
-        ):
-            return existing
-    if log is not None:
-        log(f"exporting {source} to ONNX ...")
-    result = export_checkpoint(load_run_checkpoint(run_dir, which), which=which, source=source)
-    try:
-        write_bytes(path, result.model_bytes)
-        where = path
-    except OSError:
-        where = None  # a read-only run folder: score from memory
-    return parse_exported(result.model_bytes, where)

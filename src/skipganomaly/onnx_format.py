@@ -232,3 +232,63 @@ def read_exported(path: str | os.PathLike) -> ExportedModel:
     if not path.is_file():
         raise UserError(f"{path} does not exist; export a run with 'skipganomaly export --run RUN_DIR'")
     return parse_exported(path.read_bytes(), path)
+
+
+# --------------------------------------------------------------------------- a run's export
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (the checkpoint an export came from)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def default_export_path(run_dir: str | os.PathLike, which: str = "best") -> Path:
+    """Where ``export`` writes by default and where ``predict --engine onnx``, ``serve --run`` and
+    ``Detector.from_run`` look: ``RUN_DIR/exports/<which>.onnx``."""
+    return Path(run_dir) / "exports" / f"{which}.onnx"
+
+
+def _checkpoint_file(run_dir: Path, which: str) -> Path:
+    # checkpoint.checkpoint_path's layout; that module imports PyTorch, which this path must not.
+    return run_dir / "checkpoints" / f"{which}.pt"
+
+
+def exported_for_run(run_dir: str | os.PathLike, which: str = "best", log=None) -> ExportedModel:
+    """The run's ONNX export, read and checked: the file at :func:`default_export_path` when it was
+    exported from the checkpoint as it is now (same SHA-256) by this package version (then no
+    PyTorch is imported); else exported again (:mod:`skipganomaly.export`), written there when the
+    folder is writable and kept in memory when it is not."""
+    from . import __version__
+
+    run_dir = Path(run_dir)
+    source = _checkpoint_file(run_dir, which)
+    path = default_export_path(run_dir, which)
+    if source.is_file() and path.is_file():
+        try:
+            existing = read_exported(path)
+        except UserError:
+            existing = None
+        if (
+            existing is not None
+            and existing.metadata.get("checkpoint", {}).get("sha256") == file_sha256(source)
+            and existing.metadata.get("package_version") == __version__
+            and existing.quantization is None
+            and existing.input.get("dtype") == "uint8"
+        ):
+            return existing
+    from .checkpoint import load_run_checkpoint  # PyTorch from here on
+    from .export import export_checkpoint
+    from .files import write_bytes
+
+    checkpoint = load_run_checkpoint(run_dir, which)  # a clear error for a missing run or checkpoint
+    if log is not None:
+        log(f"exporting {source} to ONNX ...")
+    result = export_checkpoint(checkpoint, which=which, source=source)
+    try:
+        write_bytes(path, result.model_bytes)
+        where: Path | None = path
+    except OSError:
+        where = None  # a read-only run folder: score from memory
+    return parse_exported(result.model_bytes, where)
