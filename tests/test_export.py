@@ -190,7 +190,9 @@ exported_for_run({str(digits_run)!r})  # the run's export is up to date: read, n
 detector = Detector.from_onnx({str(digits_onnx)!r})
 results = detector.score([np.full((16, 16), 128, np.uint8), np.zeros((20, 30, 3), np.uint8)])
 create_app(detector)
-print(len(results), results[0].anomaly_map.shape, sorted(m for m in ("torch", "sklearn", "yaml") if sys.modules.get(m)))
+import skipganomaly.cli
+skipganomaly.cli.build_parser()  # the serve verb's path: cli, detector, service
+print(len(results), results[0].anomaly_map.shape, sorted(m for m in ("torch", "sklearn", "scipy") if sys.modules.get(m)))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
