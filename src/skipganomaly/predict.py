@@ -23,7 +23,6 @@ from .checkpoint import Checkpoint, load_run_checkpoint
 from .data.base import ImageSet
 from .data.images import collect_image_paths, is_image_file
 from .data.loading import BadImageCounter
-from .errors import UserError
 from .files import partial_path, streamed_file, write_error, write_text
 from .heatmaps import write_heatmap
 from .runtime import resolve_device, resolve_precision
