@@ -565,7 +565,7 @@ def export_checkpoint(
             "sha256": None if source is None else file_sha256(source),
             # The checkpoint's own content hash (weights, config, threshold: checkpoint.content_hash),
             # the same value the run's checkpoint stores and verifies.
-            "content_hash": checkpoint.content_hash(),
+            "content_hash": checkpoint.content_hash,
             "package_version": checkpoint.package_version,
         },
         "outputs": [
