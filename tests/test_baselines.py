@@ -327,7 +327,7 @@ def test_scores_do_not_depend_on_batch_or_order(name):
     "name, protocol, extra",
     [
         # GANomaly's latent score separates these anomalies only when scored the official way
-        # (train-mode BatchNorm over the class-ordered test set: AUROC ~1.0); in eval mode it ranks
+        # (train-mode BatchNorm over the test set, normal images first: AUROC ~1.0); in eval mode it ranks
         # them below the normal images (docs/baselines.md). Its honest training is checked below.
         ("ganomaly", "paper", {}),
         ("egbad", "val-split", {}),

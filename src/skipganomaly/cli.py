@@ -1,4 +1,5 @@
-"""Command line: ``skipganomaly train | test | predict | reproduce | benchmark | configs``. Each verb
+"""Command line: ``skipganomaly train | test | predict | export | serve | reproduce | benchmark |
+configs``. Each verb
 is a thin wrapper over the library; ``main(argv)`` returns the exit code. User errors print one
 line and exit with 2 (``--debug`` shows the traceback).
 
@@ -260,7 +261,91 @@ def _add_predict(verbs) -> None:
         metavar="N",
         help="an image with more pixels is a bad image (default: the run's data.max_image_pixels)",
     )
+    predict.add_argument(
+        "--engine",
+        default="torch",
+        choices=["torch", "onnx"],
+        help="torch (default): the PyTorch model; onnx: the run's ONNX export on ONNX Runtime (exported to "
+        "RUN_DIR/exports/ first when needed; --workers threads decode ahead)",
+    )
     _add_common(predict)
+
+
+def _add_export(verbs) -> None:
+    export = verbs.add_parser(
+        "export",
+        help="export a trained run as one self-describing ONNX file",
+        description=(
+            "Export a run's checkpoint to ONNX: the model's own scoring function with the preprocessing, "
+            "the deployment normalisation and the threshold, BatchNorm folded; image size, channels, "
+            "preprocessing, normalisation, threshold, model, protocol, package version and a content hash "
+            "in the model's metadata (docs/deployment.md). The graph is checked against the PyTorch model "
+            "before it is written."
+        ),
+    )
+    export.add_argument(
+        "--run", required=True, metavar="RUN_DIR", help="the --output folder of a training run"
+    )
+    export.add_argument(
+        "--checkpoint", default="best", choices=["best", "last"], help="which checkpoint (default best)"
+    )
+    export.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default onnx)")
+    export.add_argument(
+        "--output", metavar="FILE.onnx", help="where to write (default RUN_DIR/exports/<checkpoint>.onnx)"
+    )
+    export.add_argument(
+        "--input-type",
+        default="uint8",
+        choices=["uint8", "float32"],
+        help="the graph's input: (N, H, W, C) uint8 (default) or float32, both in [0, 255]",
+    )
+    _add_common(export)
+
+
+def _add_serve(verbs) -> None:
+    serve = verbs.add_parser(
+        "serve",
+        help="HTTP scoring service with an inspection page",
+        description=(
+            "Serve a run (its ONNX export, made when needed) or an exported .onnx file over HTTP: "
+            "POST /v1/score, GET /v1/model, GET /healthz, GET /openapi.json, API docs at /docs and the "
+            "inspection page at /. Binds to 127.0.0.1 unless --host names another address; the service has "
+            "no authentication, so expose it only behind a proxy that adds it (docs/deployment.md)."
+        ),
+    )
+    which = serve.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", metavar="RUN_DIR", help="a training run folder")
+    which.add_argument("--onnx", metavar="FILE.onnx", help="an exported model (needs no PyTorch)")
+    serve.add_argument(
+        "--checkpoint", default="best", choices=["best", "last"], help="with --run: which checkpoint"
+    )
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 listens on every interface)",
+    )
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 takes a free one)")
+    serve.add_argument(
+        "--threads", type=int, default=0, metavar="N", help="ONNX Runtime threads (default: all cores)"
+    )
+    serve.add_argument(
+        "--max-upload-mb", type=float, default=32, metavar="MB", help="largest request body (default 32)"
+    )
+    serve.add_argument(
+        "--max-images", type=int, default=64, metavar="N", help="images per request (default 64)"
+    )
+    serve.add_argument(
+        "--max-pixels",
+        type=int,
+        default=40_000_000,
+        metavar="N",
+        help="width x height of one image, checked before decoding (default 40,000,000)",
+    )
+    serve.add_argument(
+        "--max-batch", type=int, default=64, metavar="N", help="images per model call (default 64)"
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _add_common(serve)
 
 
 def _add_reproduce(verbs) -> None:
@@ -388,7 +473,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"skipganomaly {__version__}")
     _add_common(parser)
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
-    for add in (_add_train, _add_test, _add_predict, _add_reproduce, _add_benchmark, _add_configs):
+    for add in (
+        _add_train,
+        _add_test,
+        _add_predict,
+        _add_export,
+        _add_serve,
+        _add_reproduce,
+        _add_benchmark,
+        _add_configs,
+    ):
         add(verbs)
     return parser
 
@@ -700,7 +794,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_output_file(output, "--output", "predictions.csv")
     if heatmaps is not None:
         check_output_folder(heatmaps, "--heatmaps")
-    predictor = Predictor.from_run(args.run, args.checkpoint, args.device, args.max_image_pixels)
+    if args.engine == "onnx":
+        from .detector import Detector
+
+        predictor = Detector.from_run(
+            args.run, args.checkpoint, engine="onnx", max_image_pixels=args.max_image_pixels
+        )
+    else:
+        predictor = Predictor.from_run(args.run, args.checkpoint, args.device, args.max_image_pixels)
     previous = output.exists()
     try:
         counts = predict_to_csv(
@@ -728,6 +829,66 @@ def cmd_predict(args: argparse.Namespace) -> int:
         f"{predictor.normalization.threshold:.3f}{skipped}; wrote {output}"
         + (f" and heatmaps in {heatmaps}" if heatmaps else "")
     )
+    return 0
+
+
+# --------------------------------------------------------------------------- export, serve
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    result = export_run(args.run, args.checkpoint, args.output, args.input_type)
+    m = result.metadata
+    print(
+        f"wrote {result.path} ({len(result.model_bytes) / 2**20:.1f} MiB): {m['model']['name']}, "
+        f"{m['image_size']}x{m['image_size']}x{m['channels']} {m['input']['dtype']} input, threshold "
+        f"{m['normalization']['threshold']:.4f}, protocol {m['protocol']}; "
+        f"{', '.join(m['graph_rewrites'])}; raw scores match PyTorch within "
+        f"{result.max_relative_difference:.1e} (relative); content SHA-256 {result.content_sha256[:16]}..."
+    )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .detector import Detector
+    from .service import ServiceLimits, is_loopback, serve
+
+    for name in ("max_images", "max_pixels", "max_batch"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: use 1 or more")
+    if args.max_upload_mb <= 0:
+        raise UserError(f"--max-upload-mb {args.max_upload_mb}: use a positive size")
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: use 0 to 65535")
+    if args.onnx:
+        detector = Detector.from_onnx(args.onnx, args.threads)
+    else:
+        from .onnx_format import exported_for_run
+
+        detector = Detector.from_exported(
+            exported_for_run(args.run, args.checkpoint, log=print), args.threads
+        )
+    limits = ServiceLimits(
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_images=args.max_images,
+        max_image_pixels=args.max_pixels,
+        max_batch=args.max_batch,
+    )
+    if not is_loopback(args.host):
+        print(
+            f"warning: listening on {args.host}, reachable from other machines; the service has no "
+            "authentication or TLS: put it behind a proxy that adds them (docs/deployment.md)",
+            file=sys.stderr,
+        )
+
+    def ready(url: str) -> None:
+        info = detector.info
+        print(
+            f"serving {info['model']} ({info['image_size']} px, threshold {detector.threshold:.4f}, "
+            f"{info.get('engine')}) on {url}: page {url}/, API docs {url}/docs; Ctrl-C stops",
+            flush=True,
+        )
+
+    serve(detector, args.host, args.port, limits, args.log_level, ready=ready)
     return 0
 
 
@@ -815,6 +976,8 @@ COMMANDS = {
     "train": cmd_train,
     "test": cmd_test,
     "predict": cmd_predict,
+    "export": cmd_export,
+    "serve": cmd_serve,
     "reproduce": cmd_reproduce,
     "benchmark": cmd_benchmark,
     "configs": cmd_configs,

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import torch
 
 from .errors import UserError
 
@@ -144,6 +143,9 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 
 
 def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    # Imported here: the scoring-only install (ONNX Runtime, no PyTorch) also writes files.
+    import torch
+
     _atomic(Path(path), lambda handle: torch.save(obj, handle))
 
 

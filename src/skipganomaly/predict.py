@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +21,8 @@ from PIL import Image
 
 from .checkpoint import Checkpoint, load_run_checkpoint
 from .data.base import ImageSet
-from .data.images import is_image_file, list_image_files
+from .data.images import collect_image_paths, is_image_file
 from .data.loading import BadImageCounter
-from .errors import UserError
 from .files import partial_path, streamed_file, write_error, write_text
 from .heatmaps import write_heatmap
 from .runtime import resolve_device, resolve_precision
@@ -47,27 +46,6 @@ class Prediction:
     anomaly_map: np.ndarray | None = None
     heatmap: str = ""
     size: tuple[int, int] | None = None  # the file's own (width, height), when scored from a file
-
-
-def collect_image_paths(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Image files named directly, and every image file below each folder named (sorted)."""
-    paths: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = list_image_files(path)
-            if not found:
-                raise UserError(
-                    f"folder {path} holds no image files ({', '.join(('png', 'jpg', 'bmp', 'tif'))}, ...)"
-                )
-            paths.extend(found)
-        elif path.is_file():
-            paths.append(path)
-        else:
-            raise UserError(f"{path} does not exist; pass image files or folders of images")
-    if not paths:
-        raise UserError("no images to score; pass image files or folders")
-    return paths
 
 
 class Predictor:

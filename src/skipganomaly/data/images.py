@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,27 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     ]
     return sorted(found)
+
+
+def collect_image_paths(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Image files named directly, and every image file below each folder named (sorted)."""
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = list_image_files(path)
+            if not found:
+                raise UserError(
+                    f"folder {path} holds no image files ({', '.join(('png', 'jpg', 'bmp', 'tif'))}, ...)"
+                )
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise UserError(f"{path} does not exist; pass image files or folders of images")
+    if not paths:
+        raise UserError("no images to score; pass image files or folders")
+    return paths
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:

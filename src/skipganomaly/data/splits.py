@@ -29,8 +29,9 @@ images, then the abnormal test images, never shuffled, in batches of the trainin
 without ``drop_last``. We build the same order: normal images first, then abnormal ones (the
 training images of the abnormal class before its test images), each part in the data set's
 original order where the reader knows it (``SplitInfo.original_order``: CIFAR-10 python batches,
-MNIST idx files, scikit-learn's digits). Where it does not (class folders, whose files come class
-after class), a part holding several classes is shuffled, seeded by ``data.split_seed``, so its
+MNIST idx files, scikit-learn's digits, the reference layout). Where it does not (class folders,
+whose files come class after class; MVTec AD), a part holding several classes is shuffled, seeded
+by ``data.split_seed``, so its
 classes come mixed as in the original; a part of one class keeps the reader's order. Without
 this, class-folder data gave batches of one class each, and train-mode BatchNorm normalised every
 class on its own: on CIFAR-10 (automobile abnormal, one epoch, full width) that moved the paper
