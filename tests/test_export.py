@@ -253,3 +253,29 @@ def test_the_baselines_export_too(name):
     result = export_checkpoint(checkpoint)  # raises unless ONNX Runtime agrees with PyTorch within 1e-4
     assert result.max_relative_difference <= 1e-4 and result.metadata["model"]["name"] == name
     assert result.metadata["batchnorm_nodes_left"] == 0
+
+
+def test_the_improved_score_exports():
+    """The improved recipe's score (kNN over a feature bank, the rotation head's four passes,
+    standardised terms) traces to ONNX and agrees with PyTorch like the paper's score."""
+    from skipganomaly.checkpoint import Checkpoint
+    from skipganomaly.config import build_config
+    from skipganomaly.export import export_checkpoint
+
+    terms = "reconstruction,latent,knn,rotation"
+    overrides = {"model.rotation_head": True, "model.score_terms": terms, "model.knn_bank": 40, "train.w_rot": 1.0}
+    config = build_config({"model.name": "skipganomaly", "data.image_size": 32, "model.ngf": 8,
+                           "model.ndf": 8, **overrides})
+    torch.manual_seed(0)
+    model = build_model("skipganomaly", image_size=32, channels=3, ngf=8, ndf=8, nz=16,
+                        rotation_head=True, score_terms=terms, knn_bank=40)
+    model.eval()
+    with torch.no_grad():
+        model.set_feature_bank(model.features_of(torch.rand(40, 3, 32, 32) * 2 - 1))
+        model.set_term_statistics(torch.tensor([0.3, 0.1, 1.0, 1.4]), torch.tensor([0.05, 0.02, 0.3, 0.2]))
+    checkpoint = Checkpoint(
+        "skipganomaly", dict(model.args), config, model.state_dict(), ScoreNormalization(0.0, 1.0, 0.5), 1
+    )
+    result = export_checkpoint(checkpoint)  # raises unless ONNX Runtime agrees with PyTorch within 1e-4
+    assert result.max_relative_difference <= 1e-4
+    assert result.metadata["model"]["args"]["score_terms"] == terms

@@ -19,6 +19,7 @@ from skipganomaly.objective import (
     LossWeights,
     nearest_neighbour_distance,
     pooled_reconstruction_score,
+    quarter_turns,
     reconstruction_score,
     rotations,
     standardized_score,
@@ -221,3 +222,9 @@ def test_knn_bank_never_exceeds_the_training_set(tmp_path):
 
 def test_improved_preset_is_registered():
     assert "improved" in MODEL_SPECS["skipganomaly"].presets
+
+
+def test_quarter_turns_are_rot90():
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).reshape(2, 3, 5, 5)
+    for k in range(5):
+        assert torch.equal(quarter_turns(x, k), torch.rot90(x, k, dims=(2, 3))), f"k={k}"

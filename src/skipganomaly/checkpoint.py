@@ -119,6 +119,7 @@ class Checkpoint:
         """The weights that score: the averaged ones when the run kept an average, else the live."""
         return self.ema_state_dict if self.ema_state_dict is not None else self.state_dict
 
+    @property
     def content_hash(self) -> str:
         """``sha256:<hex>`` of what a score depends on (see :func:`content_hash`): the value stored
         in (and verified against) the file it was read from, else computed."""

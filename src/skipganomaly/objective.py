@@ -126,13 +126,27 @@ def pooled_reconstruction_score(x: torch.Tensor, x_hat: torch.Tensor, fraction: 
     return pixels.topk(k, dim=1).values.mean(1)
 
 
+def quarter_turns(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``x`` (N, C, H, W; square) turned by ``k`` quarter turns counter-clockwise: the same values
+    as ``torch.rot90(x, k, dims=(2, 3))``, written with transposes and flips, which ONNX exports
+    (``rot90`` has no ONNX operator)."""
+    k %= 4
+    if k == 1:
+        return x.transpose(2, 3).flip(2)
+    if k == 2:
+        return x.flip(2).flip(3)
+    if k == 3:
+        return x.transpose(2, 3).flip(3)
+    return x
+
+
 def rotations(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     """Each image of ``x`` (N, C, H, W; square) turned by ``turns[i]`` quarter turns."""
     out = x.clone()
     for k in (1, 2, 3):
         chosen = turns == k
         if bool(chosen.any()):
-            out[chosen] = torch.rot90(x[chosen], k, dims=(2, 3))
+            out[chosen] = quarter_turns(x[chosen], k)
     return out
 
 

@@ -27,6 +27,7 @@ from ..objective import (
     latent_score,
     nearest_neighbour_distance,
     pooled_reconstruction_score,
+    quarter_turns,
     rotation_loss,
     rotations,
     score_output,
@@ -274,13 +275,16 @@ class SkipGANomaly(AdversarialAnomalyModel):
         self.term_std.copy_(torch.clamp(std, min=1e-8))
 
     def _rotation_term(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """The rotation head's cross-entropy averaged over the four quarter turns of each image."""
+        """The rotation head's cross-entropy averaged over the four quarter turns of each image.
+
+        Written as logsumexp minus the true turn's logit (no per-batch target tensors), so that an
+        ONNX export keeps the batch dimension dynamic."""
         head = self.discriminator.rotation
-        total = rotation_loss(head(features), torch.zeros(len(x), dtype=torch.long, device=x.device), "none")
-        for k in (1, 2, 3):
-            turned = self.discriminator(torch.rot90(x, k, dims=(2, 3)))[1]
-            target = torch.full((len(x),), k, dtype=torch.long, device=x.device)
-            total = total + rotation_loss(head(turned), target, "none")
+        total = None
+        for k in range(4):
+            logits = head(features if k == 0 else self.discriminator(quarter_turns(x, k))[1])
+            term = torch.logsumexp(logits, dim=1) - logits[:, k]
+            total = term if total is None else total + term
         return total / 4
 
     def score(self, x: torch.Tensor, score_lambda: float = 0.9, details: bool = False) -> ScoreOutput:
