@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from skipganomaly.decisions import choose_terms, fit_term_statistics, standardize_terms
 from skipganomaly.metrics import auroc
+from skipganomaly.scoring import ScoredSet
 
 # name -> the standardised terms summed; a single raw term is the term alone.
 FORMULAS: dict[str, tuple[str, ...]] = {
@@ -41,6 +43,39 @@ FORMULAS: dict[str, tuple[str, ...]] = {
 }
 
 
+# name -> the terms of which validation chooses the subset to sum each epoch, as the trainer does
+# with model.select_terms (skipganomaly.decisions.choose_terms).
+CHOSEN: dict[str, tuple[str, ...]] = {
+    "chosen of R,L,knn,rot": ("R", "L", "knn_f", "ROT"),
+    "chosen of R,L,knn": ("R", "L", "knn_f"),
+    "chosen of R,L,rot": ("R", "L", "ROT"),
+    "chosen of R,L": ("R", "L"),
+}
+
+
+def chosen_scores(epoch: dict[str, np.ndarray], terms: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Validation and test scores of the subset of ``terms`` that validation chooses."""
+    if any(f"{split}/{t}" not in epoch for split in ("val", "test") for t in terms):
+        return None
+
+    def scored(split: str) -> ScoredSet:
+        n = len(epoch[f"{split}/_labels"])
+        blank = np.zeros(n)
+        return ScoredSet(
+            score=blank,
+            reconstruction=blank,
+            latent=blank,
+            labels=epoch[f"{split}/_labels"],
+            indices=np.arange(n),
+            terms={t: epoch[f"{split}/{t}"].astype(np.float64) for t in terms},
+        )
+
+    val, test = scored("val"), scored("test")
+    mean, std = fit_term_statistics(val)
+    weights = choose_terms(val, mean, std)
+    return standardize_terms(val, mean, std, weights), standardize_terms(test, mean, std, weights)
+
+
 def load_epochs(run: Path, weights: str) -> list[dict[str, np.ndarray]]:
     files = sorted(run.glob(f"scores-{weights}-e*.npz"), key=lambda p: int(re.findall(r"e(\d+)", p.name)[-1]))
     return [dict(np.load(f)) for f in files]
@@ -59,11 +94,15 @@ def formula_scores(epoch: dict[str, np.ndarray], split: str, terms: tuple[str, .
     return total
 
 
-def evaluate(epochs: list[dict[str, np.ndarray]], terms: tuple[str, ...]) -> dict | None:
+def evaluate(epochs: list[dict[str, np.ndarray]], terms: tuple[str, ...], chosen: bool = False) -> dict | None:
     val_curve, test_curve = [], []
     for epoch in epochs:
-        v = formula_scores(epoch, "val", terms)
-        t = formula_scores(epoch, "test", terms)
+        if chosen:
+            both = chosen_scores(epoch, terms)
+            v, t = both if both is not None else (None, None)
+        else:
+            v = formula_scores(epoch, "val", terms)
+            t = formula_scores(epoch, "test", terms)
         if v is None or t is None:
             return None
         val_curve.append(auroc(epoch["val/_labels"], v))
@@ -92,8 +131,9 @@ def main() -> int:
             epochs = load_epochs(run, weights)
             if not epochs:
                 continue
-            for name, terms in FORMULAS.items():
-                r = evaluate(epochs, terms)
+            for name, terms, chosen in [*((n, t, False) for n, t in FORMULAS.items()),
+                                        *((n, t, True) for n, t in CHOSEN.items())]:
+                r = evaluate(epochs, terms, chosen)
                 if r is not None:
                     results.setdefault(name, {}).setdefault(weights, {})[run.name] = r
     runs = [r.name for r in args.runs]

@@ -228,3 +228,29 @@ def test_quarter_turns_are_rot90():
     x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).reshape(2, 3, 5, 5)
     for k in range(5):
         assert torch.equal(quarter_turns(x, k), torch.rot90(x, k, dims=(2, 3))), f"k={k}"
+
+
+def test_choose_terms_drops_a_term_that_points_the_wrong_way():
+    """Validation keeps the subset of terms with the best AUROC: a term that is lower for the
+    anomalies (reconstruction of simple anomalous images) is left out; without labelled anomalies
+    every term counts."""
+    from skipganomaly.decisions import choose_terms, fit_term_statistics, standardize_terms
+    from skipganomaly.metrics import auroc
+    from skipganomaly.scoring import ScoredSet
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 200 + [1] * 100)
+    good = rng.normal(size=300) + 1.5 * labels  # higher for anomalies
+    inverted = rng.normal(size=300) - 2.0 * labels  # lower for anomalies
+    noise = rng.normal(size=300)
+    blank = {"score": np.zeros(300), "reconstruction": np.zeros(300), "latent": np.zeros(300),
+             "indices": np.arange(300)}
+    val = ScoredSet(labels=labels, terms={"a": good, "b": inverted, "c": noise}, **blank)
+    mean, std = fit_term_statistics(val)
+    weights = choose_terms(val, mean, std)
+    assert weights.tolist() == [1.0, 0.0, 0.0], weights
+    everything = auroc(labels, standardize_terms(val, mean, std))
+    chosen = auroc(labels, standardize_terms(val, mean, std, weights))
+    assert chosen > 0.8 > 0.5 > everything, (chosen, everything)
+    normal_only = ScoredSet(labels=np.zeros(300, dtype=int), terms=val.terms, **blank)
+    assert choose_terms(normal_only, mean, std).tolist() == [1.0, 1.0, 1.0]

@@ -247,15 +247,16 @@ def build_config(user: dict[str, Any] | None = None) -> Config:
     """
     flat = flatten_keys(user or {})
     sections = _section_classes()
-    preset = str(flat.get("train.preset", DEFAULT_PRESET))
+    spec = model_spec(str(flat.get("model.name", DEFAULT_MODEL)))
+    preset = str(flat.get("train.preset", spec.default_preset))
     if preset not in preset_names():
         raise UserError(f"train.preset={preset!r} is unknown; choose one of {', '.join(preset_names())}")
-    spec = model_spec(str(flat.get("model.name", DEFAULT_MODEL)))
     if preset not in spec.presets:
         raise UserError(
             f"train.preset={preset!r} is not a preset of model {spec.name}; choose one of {', '.join(spec.presets)}"
         )
     values: dict[str, dict[str, Any]] = {name: {} for name in sections}
+    values["train"]["preset"] = preset
     for dotted, value in [*spec.presets[preset].items(), *flat.items()]:
         if "." not in dotted:
             raise UserError(f"config key {dotted!r} needs a section: one of {', '.join(sections)}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import EvalConfig
-from .metrics import best_f1_threshold, detection_summary
+from .metrics import auroc, best_f1_threshold, detection_summary
 from .objective import ScoreNormalization
 from .scoring import ScoredSet
 
@@ -53,11 +53,33 @@ def fit_term_statistics(val: ScoredSet) -> tuple[np.ndarray, np.ndarray]:
     return values.mean(1), values.std(1)
 
 
-def standardize_terms(scored: ScoredSet, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+def standardize_terms(
+    scored: ScoredSet, mean: np.ndarray, std: np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray:
     """The improved score of every image from its stored terms (what the model computes with the
-    same statistics; :func:`skipganomaly.objective.standardized_score`)."""
+    same statistics and weights; :func:`skipganomaly.objective.standardized_score`)."""
     std = np.maximum(std, 1e-8)
-    return sum((scored.terms[name] - mean[i]) / std[i] for i, name in enumerate(scored.terms))
+    weights = np.ones(len(mean)) if weights is None else weights
+    return sum(weights[i] * (scored.terms[name] - mean[i]) / std[i] for i, name in enumerate(scored.terms))
+
+
+def choose_terms(val: ScoredSet, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Which of the score terms to sum (weights of 1 or 0): the non-empty subset whose
+    standardised sum has the highest validation AUROC, larger subsets first on ties. A term
+    whose direction is wrong for this data (a reconstruction error that is lower for the
+    anomalies, as for simple anomalous images) is left out rather than averaged in. Needs
+    labelled anomalies in validation; without them every term counts."""
+    n = len(mean)
+    if not ((val.labels == 1).any() and (val.labels == 0).any()):
+        return np.ones(n)
+    labelled = val.labels >= 0
+    best, best_auroc = np.ones(n), -1.0
+    subsets = [np.array([(mask >> i) & 1 for i in range(n)], dtype=float) for mask in range(1, 2**n)]
+    for weights in sorted(subsets, key=lambda w: -w.sum()):
+        value = auroc(val.labels[labelled], standardize_terms(val, mean, std, weights)[labelled])
+        if value > best_auroc + 1e-12:
+            best, best_auroc = weights, value
+    return best
 
 
 def selection_value(val: ScoredSet, metric: str, epoch: int = 0) -> tuple[str, float]:

@@ -165,15 +165,21 @@ def nearest_neighbour_distance(features: torch.Tensor, bank: torch.Tensor, k: in
 
 
 def standardized_score(
-    terms: dict[str, torch.Tensor], names: tuple[str, ...], mean: torch.Tensor, std: torch.Tensor
+    terms: dict[str, torch.Tensor],
+    names: tuple[str, ...],
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The improved score: the sum over ``names`` of each term standardised by the mean and
     standard deviation of that term over normal validation images, so that terms on different
-    scales (pixel errors, feature distances, a cross-entropy) weigh the same. With mean 0 and std 1
-    (not yet fitted) it is the plain sum."""
+    scales (pixel errors, feature distances, a cross-entropy) weigh the same; ``weights`` (1 or 0
+    per term, chosen on validation) leave terms out. With mean 0, std 1 and no weights (not yet
+    fitted) it is the plain sum."""
     total = torch.zeros_like(terms[names[0]], dtype=torch.float32)
     for i, name in enumerate(names):
-        total = total + (terms[name].float() - mean[i]) / std[i]
+        term = (terms[name].float() - mean[i]) / std[i]
+        total = total + (term if weights is None else weights[i] * term)
     return total
 
 

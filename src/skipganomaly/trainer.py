@@ -37,6 +37,7 @@ from .data.loading import (
 )
 from .decisions import (
     fit_normalization,
+    choose_terms,
     fit_term_statistics,
     selection_text,
     selection_value,
@@ -194,6 +195,7 @@ class Trainer:
         self.start_epoch = 0
         self.best: Selection | None = None
         self.best_scores: tuple[ScoredSet, ScoredSet] | None = None
+        self.score_terms_used: list[str] | None = None  # the improved score's terms this epoch
         self.callbacks: list[Callable[[Trainer, int], None]] = []
         self.elapsed = 0.0
 
@@ -418,6 +420,8 @@ class Trainer:
             }
             if paper is not None:
                 record["paper"] = paper
+            if self.score_terms_used is not None:
+                record["score_terms"] = self.score_terms_used
             improved = self.best is None or value > self.best.value
             if improved:
                 self.best = Selection(epoch=epoch + 1, metric=selection_name, value=value)
@@ -439,6 +443,7 @@ class Trainer:
                 f"epoch {epoch + 1:>3}/{cfg.train.epochs}  g {losses['g']:.4f} ({terms})  d {losses['d']:.4f}  "
                 f"{val_text}  test AUROC {record['test']['auroc']:.4f}"
                 + (f"  paper-protocol AUROC {record['paper']['auroc']:.4f}" if "paper" in record else "")
+                + (f"  score {'+'.join(record['score_terms'])}" if "score_terms" in record else "")
                 + f"  {seconds:.1f}s"
                 + ("  *best*" if improved else "")
             )
@@ -466,9 +471,13 @@ class Trainer:
         val, test = score_splits(model, self.splits, options, context=self.context)
         if calibrate and val.terms is not None:
             mean, std = fit_term_statistics(val)
-            model.set_term_statistics(torch.from_numpy(mean).float(), torch.from_numpy(std).float())
+            weights = choose_terms(val, mean, std) if model.select_terms else np.ones(len(mean))
+            model.set_term_statistics(
+                torch.from_numpy(mean).float(), torch.from_numpy(std).float(), torch.from_numpy(weights).float()
+            )
             for scored in {id(val): val, id(test): test}.values():
-                scored.score = standardize_terms(scored, mean, std)
+                scored.score = standardize_terms(scored, mean, std, weights)
+            self.score_terms_used = [name for name, w in zip(val.terms, weights, strict=True) if w]
         return val, test
 
     def finish(self, runlog: RunLog) -> dict[str, Any] | None:

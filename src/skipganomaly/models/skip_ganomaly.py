@@ -144,6 +144,9 @@ class SkipGANomaly(AdversarialAnomalyModel):
       validation images (:func:`~skipganomaly.objective.standardized_score`); the statistics are
       buffers the trainer fits (:meth:`set_term_statistics`), so the score of one image needs
       nothing but the model.
+    * ``select_terms``: where validation holds labelled anomalies, the trainer keeps the subset of
+      ``score_terms`` whose standardised sum has the highest validation AUROC (weights of 1 or 0
+      in the ``term_weights`` buffer); without anomalies every term counts.
     * ``map_pooling``: R is the mean of this fraction of the highest anomaly-map pixels (1: Eq. 2).
     * ``knn_bank``, ``knn_k``: the ``knn`` term is the mean distance from f(x) to its ``knn_k``
       nearest features of ``knn_bank`` normal training images, kept in a buffer the trainer fills
@@ -164,6 +167,7 @@ class SkipGANomaly(AdversarialAnomalyModel):
         map_pooling: float = 1.0,
         knn_bank: int = 4096,
         knn_k: int = 5,
+        select_terms: bool = True,
     ):
         super().__init__()
         self.args = {"image_size": image_size, "channels": channels, "ngf": ngf, "ndf": ndf, "nz": nz}
@@ -173,6 +177,7 @@ class SkipGANomaly(AdversarialAnomalyModel):
             "map_pooling": map_pooling,
             "knn_bank": knn_bank,
             "knn_k": knn_k,
+            "select_terms": select_terms,
         }
         defaults = {
             "rotation_head": False,
@@ -180,6 +185,7 @@ class SkipGANomaly(AdversarialAnomalyModel):
             "map_pooling": 1.0,
             "knn_bank": 4096,
             "knn_k": 5,
+            "select_terms": True,
         }
         self.args.update({k: v for k, v in improved.items() if v != defaults[k]})
         self.score_terms = parse_score_terms(score_terms)
@@ -187,6 +193,7 @@ class SkipGANomaly(AdversarialAnomalyModel):
             raise ValueError("the rotation score term needs the rotation head (model.rotation_head)")
         self.map_pooling = map_pooling
         self.knn_k = knn_k
+        self.select_terms = select_terms
         self.generator = UNetGenerator(image_size, channels, ngf)
         self.discriminator = Discriminator(image_size, channels, ndf, nz, rotation_head)
         init_weights(self)
@@ -194,6 +201,7 @@ class SkipGANomaly(AdversarialAnomalyModel):
             n = len(self.score_terms)
             self.register_buffer("term_mean", torch.zeros(n))
             self.register_buffer("term_std", torch.ones(n))
+            self.register_buffer("term_weights", torch.ones(n))
         if "knn" in self.score_terms:
             self.register_buffer("feature_bank", torch.zeros(knn_bank, nz))
 
@@ -269,10 +277,15 @@ class SkipGANomaly(AdversarialAnomalyModel):
         self.feature_bank.copy_(features)
 
     @torch.no_grad()
-    def set_term_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Fix the standardisation of the score terms (mean and std over normal validation images)."""
+    def set_term_statistics(
+        self, mean: torch.Tensor, std: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> None:
+        """Fix the standardisation of the score terms (mean and std over normal validation images)
+        and, when given, which terms the score sums (``weights``, 1 or 0 per term)."""
         self.term_mean.copy_(mean)
         self.term_std.copy_(torch.clamp(std, min=1e-8))
+        if weights is not None:
+            self.term_weights.copy_(weights)
 
     def _rotation_term(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """The rotation head's cross-entropy averaged over the four quarter turns of each image.
@@ -313,5 +326,7 @@ class SkipGANomaly(AdversarialAnomalyModel):
             if "rotation" in self.score_terms:
                 terms["rotation"] = self._rotation_term(x, features_real)
             output.terms = {name: terms[name] for name in self.score_terms}
-            output.score = standardized_score(output.terms, self.score_terms, self.term_mean, self.term_std)
+            output.score = standardized_score(
+                output.terms, self.score_terms, self.term_mean, self.term_std, self.term_weights
+            )
         return output

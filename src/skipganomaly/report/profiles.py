@@ -25,11 +25,14 @@ class Profile:
     note: str = ""
 
 
+# reproduce reproduces the paper's Table I: the faithful model (the ``reference`` preset, the
+# official code's defaults), not the improved default of ``train``; ``--preset improved`` runs the
+# improved recipe under the same protocol (and the report says the profile was changed).
 FAITHFUL = Profile(
     "faithful",
-    {},
+    {"train.preset": "reference"},
     "faithful settings: the configuration defaults (32x32 px, ngf = ndf = 64, nz = 100, batch 64, "
-    "15 epochs as in the paper, the default training preset)",
+    "15 epochs as in the paper) with the reference training preset (the official code's defaults)",
 )
 
 # Light profiles, by data set name.
@@ -62,9 +65,9 @@ LIGHT: dict[str, Profile] = {
     # classes of the 45,000-image leave-one-class-out protocol run in an hour on 2 CPU cores.
     "cifar10": Profile(
         "light",
-        {"model.ngf": 16, "model.ndf": 16, "train.epochs": 5},
+        {"model.ngf": 16, "model.ndf": 16, "train.epochs": 5, "train.preset": "reference"},
         "LIGHT profile (reduced to run on a small CPU): ngf = ndf = 16 instead of 64 and 5 epochs "
-        "instead of 15; 32x32 px, batch 64 and the default training preset as in the faithful "
+        "instead of 15; 32x32 px, batch 64 and the reference training preset as in the faithful "
         "settings; --profile faithful runs the full-size settings",
     ),
 }
