@@ -79,6 +79,9 @@ def _step_worker(rank, port, out_dir):
                 },
                 out_dir / "ddp.pt",
             )
+        # Both ranks leave together: a rank that tears gloo down while the other still talks to
+        # it can abort ("terminate called without an active exception", seen under heavy load).
+        torch.distributed.barrier()
     finally:
         shutdown()
 
