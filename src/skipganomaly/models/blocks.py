@@ -42,64 +42,121 @@ def init_weights(net: nn.Module) -> nn.Module:
     return net
 
 
-class DenseFastConv2d(nn.Conv2d):
-    """``nn.Conv2d`` that computes a convolution with a single output pixel as one matrix product.
+# The GEMM paths below serve maps of at most this many pixels: a convolution's output, a transposed
+# convolution's input. Measured on an Intel Xeon (AVX-512) and earlier on AMD Zen 3 (docs/speed.md):
+# at 2x2 the matrix products ran forward and backward 2-5x faster than oneDNN's kernels, at 4x4
+# (transposed) about even, at 4x4 output and larger oneDNN's kernels are the faster.
+SMALL_MAP_PIXELS = 4
 
-    At the narrow end of the networks (2x2 -> 1x1 in the UNet, 4x4 -> 1x1 for the features f(.))
-    a convolution is a dense layer over the taps that touch the input: ``x.flatten(1) @
-    W[:, :, p:p+H, p:p+W].flatten(1).T``. That is the same function with the same parameters (the
-    taps that only ever see padding get a zero gradient either way), but oneDNN's kernels for
-    such 1x1 outputs are many times slower on CPUs than a plain GEMM, their backward above all.
+
+class DenseFastConv2d(nn.Conv2d):
+    """``nn.Conv2d`` that computes a convolution with a tiny output map as matrix products.
+
+    At the narrow end of the networks (4x4 -> 2x2 and 2x2 -> 1x1 in the UNet, 4x4 -> 1x1 for the
+    features f(.)) oneDNN's convolution kernels are many times slower on CPUs than a plain GEMM
+    of the same size, their backward above all. Two exact rewrites of the same function with the
+    same parameters:
+
+    * one output pixel: a dense layer over the taps that touch the input, ``x.flatten(1) @
+      W[:, :, p:p+H, p:p+W].flatten(1).T`` (the taps that only ever see padding get a zero
+      gradient either way);
+    * up to ``SMALL_MAP_PIXELS`` output pixels: im2col (``F.unfold``) and one matrix product over
+      all images and output pixels; the result comes out channels-last in memory.
+
     Set ``dense_fast_path = False`` to run the library convolution throughout.
     """
 
     dense_fast_path = True
 
-    def _dense_window(self, x: torch.Tensor) -> tuple[int, int] | None:
-        if not self.dense_fast_path or x.dim() != 4 or self.groups != 1 or self.padding_mode != "zeros":
-            return None
-        if isinstance(self.padding, str) or self.dilation != (1, 1):
-            return None
+    def _gemm_ready(self, x: torch.Tensor) -> bool:
+        return (
+            self.dense_fast_path
+            and x.dim() == 4
+            and self.groups == 1
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+            and self.dilation == (1, 1)
+        )
+
+    def _output_size(self, x: torch.Tensor) -> tuple[int, int]:
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         h, w = x.shape[-2:]
-        one_pixel = (h + 2 * ph - kh) // sh == 0 and (w + 2 * pw - kw) // sw == 0
-        if not one_pixel or h + ph > kh or w + pw > kw:
+        return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+    def _dense_window(self, x: torch.Tensor) -> tuple[int, int] | None:
+        if not self._gemm_ready(x):
+            return None
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        h, w = x.shape[-2:]
+        if self._output_size(x) != (1, 1) or h + ph > kh or w + pw > kw:
             return None
         return ph, pw
 
+    def _small_map(self, x: torch.Tensor) -> tuple[int, int] | None:
+        if not self._gemm_ready(x):
+            return None
+        oh, ow = self._output_size(x)
+        return (oh, ow) if 1 <= oh * ow <= SMALL_MAP_PIXELS else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         window = self._dense_window(x)
-        if window is None:
+        if window is not None:
+            (ph, pw), (h, w) = window, x.shape[-2:]
+            weight = self.weight[:, :, ph : ph + h, pw : pw + w].reshape(self.out_channels, -1)
+            return F.linear(x.reshape(x.shape[0], -1), weight, self.bias).view(x.shape[0], -1, 1, 1)
+        small = self._small_map(x)
+        if small is None:
             return super().forward(x)
-        (ph, pw), (h, w) = window, x.shape[-2:]
-        weight = self.weight[:, :, ph : ph + h, pw : pw + w].reshape(self.out_channels, -1)
-        return F.linear(x.reshape(x.shape[0], -1), weight, self.bias).view(x.shape[0], -1, 1, 1)
+        (oh, ow), n = small, x.shape[0]
+        columns = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)  # (N, C*k*k, L)
+        rows = columns.transpose(1, 2).reshape(n * oh * ow, -1)  # one row per output pixel
+        out = F.linear(rows, self.weight.reshape(self.out_channels, -1), self.bias)
+        return out.view(n, oh, ow, self.out_channels).permute(0, 3, 1, 2)  # channels-last memory
 
 
 class DenseFastConvTranspose2d(nn.ConvTranspose2d):
-    """``nn.ConvTranspose2d`` that computes a transposed convolution of a 1x1 input as one matrix
-    product: output[:, o, a, b] = sum_c x[:, c] W[c, o, a + p, b + p]. Same function and parameters
-    as the library kernel (see :class:`DenseFastConv2d` for why); ``dense_fast_path = False`` turns it off."""
+    """``nn.ConvTranspose2d`` that computes a transposed convolution of a tiny input map as matrix
+    products (see :class:`DenseFastConv2d` for why):
+
+    * a 1x1 input: one product, output[:, o, a, b] = sum_c x[:, c] W[c, o, a + p, b + p];
+    * up to ``SMALL_MAP_PIXELS`` input pixels: one product over all images and input pixels to
+      every tap's contribution, summed into place by col2im (``F.fold``).
+
+    Same function and parameters as the library kernel; ``dense_fast_path = False`` turns it off.
+    """
 
     dense_fast_path = True
 
+    def _gemm_ready(self, x: torch.Tensor, output_size) -> bool:
+        return (
+            self.dense_fast_path
+            and output_size is None
+            and x.dim() == 4
+            and self.groups == 1
+            and self.dilation == (1, 1)
+            and self.output_padding == (0, 0)
+        )
+
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        (kh, kw), (ph, pw) = self.kernel_size, self.padding
-        if (
-            not self.dense_fast_path
-            or output_size is not None
-            or x.dim() != 4
-            or x.shape[-2:] != (1, 1)
-            or self.groups != 1
-            or self.dilation != (1, 1)
-            or self.output_padding != (0, 0)
-            or kh - 2 * ph < 1
-            or kw - 2 * pw < 1
-        ):
+        if not self._gemm_ready(x, output_size):
             return super().forward(x, output_size)
-        oh, ow = kh - 2 * ph, kw - 2 * pw
-        weight = self.weight[:, :, ph : ph + oh, pw : pw + ow].reshape(self.in_channels, -1)
-        out = (x.reshape(x.shape[0], -1) @ weight).view(x.shape[0], self.out_channels, oh, ow)
+        (kh, kw), (ph, pw), (sh, sw) = self.kernel_size, self.padding, self.stride
+        h, w = x.shape[-2:]
+        n = x.shape[0]
+        if (h, w) == (1, 1) and kh - 2 * ph >= 1 and kw - 2 * pw >= 1:
+            oh, ow = kh - 2 * ph, kw - 2 * pw
+            weight = self.weight[:, :, ph : ph + oh, pw : pw + ow].reshape(self.in_channels, -1)
+            out = (x.reshape(n, -1) @ weight).view(n, self.out_channels, oh, ow)
+            if self.bias is not None:
+                out = out + self.bias.view(1, -1, 1, 1)
+            return out
+        oh, ow = (h - 1) * sh - 2 * ph + kh, (w - 1) * sw - 2 * pw + kw
+        if not 1 < h * w <= SMALL_MAP_PIXELS or oh < 1 or ow < 1:
+            return super().forward(x, output_size)
+        rows = x.permute(0, 2, 3, 1).reshape(n * h * w, self.in_channels)  # one row per input pixel
+        taps = rows @ self.weight.reshape(self.in_channels, -1)  # (N*H*W, C_out*kh*kw)
+        columns = taps.view(n, h * w, -1).transpose(1, 2)  # (N, C_out*kh*kw, H*W)
+        out = F.fold(columns, (oh, ow), self.kernel_size, padding=self.padding, stride=self.stride)
         if self.bias is not None:
             out = out + self.bias.view(1, -1, 1, 1)
         return out
