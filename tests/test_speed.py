@@ -90,6 +90,29 @@ def test_matrix_product_paths_are_taken_only_for_small_maps(monkeypatch):
     assert calls == []
 
 
+def test_channels_last_weights_only_where_the_library_convolves(tmp_path):
+    """On a CPU, channels_last gives channels-last weights to the layers oneDNN runs and keeps the
+    matrix-product layers' weights in the default layout, without changing a value or the run's
+    random stream."""
+    splits = synthetic_splits(size=32, n_train=16)
+    runs = {}
+    for channels_last in (False, True):
+        config = tiny_config(**{"data.image_size": 32, "train.channels_last": channels_last})
+        trainer = _quiet(config, splits, tmp_path / str(channels_last))
+        runs[channels_last] = (trainer, torch.get_rng_state())
+    (default, rng_default), (mixed, rng_mixed) = runs[False], runs[True]
+    assert torch.equal(rng_default, rng_mixed)
+    layouts = {}
+    for (name, a), b in zip(default.model.named_parameters(), mixed.model.parameters(), strict=True):
+        assert torch.equal(a, b), name
+        if b.dim() == 4 and b.shape[1] > 1 and b.shape[-1] > 1:
+            layouts[name] = b.stride(1) == 1  # channels innermost
+    assert layouts["generator.down.1.1.weight"] and layouts["generator.up.3.1.weight"]  # 16 -> 8, 8 -> 16
+    assert not layouts["generator.down.3.1.weight"]  # 4x4 -> 2x2: unfold and a matrix product
+    assert not layouts["generator.up.1.1.weight"]  # 2x2 -> 4x4: a matrix product and fold
+    assert not layouts["discriminator.features.layers.8.weight"]  # 4x4 -> 1x1: a dense layer
+
+
 @pytest.mark.parametrize("size", [16, 32, 64])
 def test_whole_model_same_with_and_without_the_dense_path(size):
     torch.manual_seed(0)

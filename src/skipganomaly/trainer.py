@@ -36,6 +36,7 @@ from .errors import UserError
 from .files import write_json, write_text
 from .metrics import auroc
 from .models import build_model, model_args
+from .models.blocks import channels_last_where_library
 from .objective import LossWeights, ScoreNormalization, TrainingLosses
 from .protocols import PAPER
 from .protocols.paper import score_paper_protocol
@@ -172,10 +173,9 @@ class Trainer:
                 )
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model = self.model.to(self.device)
-        if t.channels_last and self.device.type != "cpu":
-            # On CPUs the activations go channels-last (the input is) but the parameters keep the
-            # default layout: fused Adam and gradient accumulation copied every channels-last
-            # weight each step (docs/speed.md).
+        if t.channels_last and self.device.type == "cpu":
+            self._channels_last_weights()
+        elif t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizers = {
             name: adam(params, t.lr, (t.beta1, t.beta2), self.device)
@@ -298,6 +298,22 @@ class Trainer:
         if self.context.enabled and cfg.train.precision == "auto":
             choice = distributed.broadcast_object(choice, self.context)
         return choice
+
+    def _channels_last_weights(self) -> None:
+        """Channels-last weights only for the convolutions oneDNN runs (models.blocks.
+        channels_last_where_library), found by one forward pass in eval mode (no BatchNorm
+        update) on two images of the training shape; the random stream is left as it was."""
+        cfg = self.config
+        x = torch.zeros(2, self.channels, cfg.data.image_size, cfg.data.image_size, device=self.device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        weights = LossWeights(adversarial=cfg.train.w_adv, contextual=cfg.train.w_con, latent=cfg.train.w_lat)
+        rng = _rng_state(self.device)
+        self.model.eval()
+        try:
+            channels_last_where_library(self.model, lambda: self.model.training_losses(x, weights))
+        finally:
+            self.model.train()
+            _set_rng_state(rng, self.device)
 
     def _probe_precisions(self) -> dict[str, list[float]]:
         """Seconds per training step in fp32 and bf16 (runtime.probe_precisions), on copies of the

@@ -8,6 +8,7 @@ biases before BatchNorm.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -43,9 +44,9 @@ def init_weights(net: nn.Module) -> nn.Module:
 
 
 # The GEMM paths below serve maps of at most this many pixels: a convolution's output, a transposed
-# convolution's input. Measured on an Intel Xeon (AVX-512) and earlier on AMD Zen 3 (docs/speed.md):
-# at 2x2 the matrix products ran forward and backward 2-5x faster than oneDNN's kernels, at 4x4
-# (transposed) about even, at 4x4 output and larger oneDNN's kernels are the faster.
+# convolution's input. Measured on an Intel Xeon (AVX-512; docs/speed.md): at 2x2 the matrix
+# products ran forward and backward 2-5x faster than oneDNN's kernels (at 1x1, first measured on
+# AMD Zen 3, many times faster); at 4x4 even (transposed) or slower (a convolution's output).
 SMALL_MAP_PIXELS = 4
 
 
@@ -98,6 +99,9 @@ class DenseFastConv2d(nn.Conv2d):
         oh, ow = self._output_size(x)
         return (oh, ow) if 1 <= oh * ow <= SMALL_MAP_PIXELS else None
 
+    def uses_matrix_product(self, x: torch.Tensor) -> bool:
+        return self._dense_window(x) is not None or self._small_map(x) is not None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         window = self._dense_window(x)
         if window is not None:
@@ -137,26 +141,36 @@ class DenseFastConvTranspose2d(nn.ConvTranspose2d):
             and self.output_padding == (0, 0)
         )
 
-    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+    def _path(self, x: torch.Tensor, output_size=None) -> str | None:
+        """``"dense"`` (1x1 input), ``"small"`` (up to SMALL_MAP_PIXELS) or None (the library's)."""
         if not self._gemm_ready(x, output_size):
-            return super().forward(x, output_size)
+            return None
         (kh, kw), (ph, pw), (sh, sw) = self.kernel_size, self.padding, self.stride
         h, w = x.shape[-2:]
-        n = x.shape[0]
         if (h, w) == (1, 1) and kh - 2 * ph >= 1 and kw - 2 * pw >= 1:
+            return "dense"
+        oh, ow = (h - 1) * sh - 2 * ph + kh, (w - 1) * sw - 2 * pw + kw
+        return "small" if 1 < h * w <= SMALL_MAP_PIXELS and oh >= 1 and ow >= 1 else None
+
+    def uses_matrix_product(self, x: torch.Tensor) -> bool:
+        return self._path(x) is not None
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        path = self._path(x, output_size)
+        if path is None:
+            return super().forward(x, output_size)
+        (kh, kw), (ph, pw), (sh, sw) = self.kernel_size, self.padding, self.stride
+        n, (h, w) = x.shape[0], x.shape[-2:]
+        if path == "dense":
             oh, ow = kh - 2 * ph, kw - 2 * pw
             weight = self.weight[:, :, ph : ph + oh, pw : pw + ow].reshape(self.in_channels, -1)
             out = (x.reshape(n, -1) @ weight).view(n, self.out_channels, oh, ow)
-            if self.bias is not None:
-                out = out + self.bias.view(1, -1, 1, 1)
-            return out
-        oh, ow = (h - 1) * sh - 2 * ph + kh, (w - 1) * sw - 2 * pw + kw
-        if not 1 < h * w <= SMALL_MAP_PIXELS or oh < 1 or ow < 1:
-            return super().forward(x, output_size)
-        rows = x.permute(0, 2, 3, 1).reshape(n * h * w, self.in_channels)  # one row per input pixel
-        taps = rows @ self.weight.reshape(self.in_channels, -1)  # (N*H*W, C_out*kh*kw)
-        columns = taps.view(n, h * w, -1).transpose(1, 2)  # (N, C_out*kh*kw, H*W)
-        out = F.fold(columns, (oh, ow), self.kernel_size, padding=self.padding, stride=self.stride)
+        else:
+            oh, ow = (h - 1) * sh - 2 * ph + kh, (w - 1) * sw - 2 * pw + kw
+            rows = x.permute(0, 2, 3, 1).reshape(n * h * w, self.in_channels)  # one row per input pixel
+            taps = rows @ self.weight.reshape(self.in_channels, -1)  # (N*H*W, C_out*kh*kw)
+            columns = taps.view(n, h * w, -1).transpose(1, 2)  # (N, C_out*kh*kw, H*W)
+            out = F.fold(columns, (oh, ow), self.kernel_size, padding=self.padding, stride=self.stride)
         if self.bias is not None:
             out = out + self.bias.view(1, -1, 1, 1)
         return out
@@ -168,6 +182,37 @@ def set_dense_fast_path(net: nn.Module, enabled: bool) -> nn.Module:
         if isinstance(module, (DenseFastConv2d, DenseFastConvTranspose2d)):
             module.dense_fast_path = enabled
     return net
+
+
+def channels_last_where_library(net: nn.Module, forward: Callable[[], object]) -> int:
+    """Give channels-last weights to the convolutions that ``forward()`` (a pass over inputs of
+    the training shape) runs through the library kernels, and the default layout to those on the
+    matrix-product paths; returns how many went channels-last.
+
+    With channels-last activations, oneDNN reorders a default-layout weight at every call
+    (scoring measured ~1.2x faster with channels-last weights), while the matrix-product paths
+    produce default-layout weight gradients that gradient accumulation and fused Adam would copy
+    into a channels-last weight at every step (docs/speed.md). Values are unchanged either way.
+    """
+    layers = [m for m in net.modules() if isinstance(m, (DenseFastConv2d, DenseFastConvTranspose2d))]
+    library: set[nn.Module] = set()
+
+    def record(module, inputs, output):
+        if not module.uses_matrix_product(inputs[0]):
+            library.add(module)
+
+    hooks = [layer.register_forward_hook(record) for layer in layers]
+    try:
+        with torch.no_grad():
+            forward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    with torch.no_grad():
+        for layer in layers:
+            layout = torch.channels_last if layer in library else torch.contiguous_format
+            layer.weight.data = layer.weight.data.contiguous(memory_format=layout)
+    return len(library)
 
 
 def dcgan_trunk_layers(image_size: int, channels: int, width: int) -> tuple[list[nn.Module], int]:
