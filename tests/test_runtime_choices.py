@@ -105,29 +105,33 @@ def test_cores_busy_with_other_work_subtracts_our_own_time():
 
 
 @pytest.mark.parametrize(
-    "available, others, current, threads",
+    "available, others, free, candidates",
     [
-        (2, 0.0, None, 2),  # quiet
-        (2, 0.2, None, 2),  # light background work: it leaves more than FREE_SHARE of a core
-        (2, 0.3, None, 1),  # a core less than 3/4 idle is not free
-        (2, 1.0, None, 1),  # one core busy (the issue's case)
-        (2, 6.0, None, 1),  # oversubscribed: never fewer than one
-        (8, 1.0, None, 7),
-        (8, 3.4, None, 4),
-        (8, 0.0, None, 8),
-        (2, 0.2, 1, 1),  # hysteresis: 0.8 idle is free for a start, not enough to take a core back
-        (2, 0.05, 1, 2),  # ... 0.95 is
-        (2, 0.2, 2, 2),  # a running count stays while the rule still allows it
-        (2, 0.5, 2, 1),  # and drops at once when a core is taken
-        (8, 0.0, 4, 8),
+        (2, 0.0, 2, [2]),  # quiet: all cores, nothing to compare
+        (2, 0.2, 2, [2]),  # light background work leaves more than FREE_SHARE of a core
+        (2, 0.3, 1, [1, 2]),  # a core less than 3/4 idle is not free: compare 1 and 2 threads
+        (2, 1.0, 1, [1, 2]),  # one core busy (the issue's case)
+        (2, 6.0, 1, [1, 2]),  # oversubscribed: never fewer than one
+        (1, 3.0, 1, [1]),
+        (8, 1.0, 7, [7, 8]),
+        (8, 3.4, 4, [4, 8]),
+        (8, 0.0, 8, [8]),
     ],
 )
-def test_threads_for_load(available, others, current, threads):
-    assert threads_for_load(available, others, current) == threads
+def test_free_cores_and_the_counts_worth_comparing(available, others, free, candidates):
+    assert threads_for_load(available, others) == free
+    assert runtime.thread_candidates(available, others) == candidates
+
+
+def test_fastest_thread_count_by_median_with_ties_to_fewer_threads():
+    assert runtime.fastest_thread_count({1: [1.0, 1.1, 0.9], 2: [0.6, 0.7, 5.0]}) == 2  # one outlier
+    assert runtime.fastest_thread_count({1: [0.5, 0.5, 0.5], 2: [0.6, 0.6, 0.6]}) == 1
+    assert runtime.fastest_thread_count({1: [1.0, 1.0, 1.0], 2: [0.98, 0.98, 0.98]}) == 1  # a tie
+    assert runtime.fastest_thread_count({4: [2.0], 8: [1.0]}) == 8
 
 
 class FakeMachine:
-    """A /proc/stat reader: ``others`` cores kept busy by other processes from now on."""
+    """A /proc/stat reader and clock: ``others`` cores kept busy by other processes."""
 
     def __init__(self):
         self.clock, self.busy, self.own, self.others = 100.0, 0.0, 0.0, 0.0
@@ -149,62 +153,92 @@ def two_free_cores(tmp_path, monkeypatch):
     return _machine(tmp_path, "0::/", {"cpu.max": "max 100000"})
 
 
-def test_thread_chooser_measures_then_follows_the_load(two_free_cores):
+def _chooser(two_free_cores, machine, **kwargs):
     proc, cgroup = two_free_cores
+    return ThreadChooser(
+        proc=proc, cgroup=cgroup, sampler=machine.sample, sleep=machine.advance, clock=lambda: machine.clock,
+        interval_s=10.0, retrial_s=120.0, trial_steps=3, probe_s=0.25, **kwargs,
+    )  # fmt: skip
+
+
+def _train(chooser, machine, step_s: dict[int, float], steps: int) -> list[int]:
+    """Run ``steps`` steps that take ``step_s[threads]`` each; the counts they ran at."""
+    counts = []
+    for _ in range(steps):
+        counts.append(chooser.threads)
+        assert torch.get_num_threads() == chooser.threads
+        seconds = step_s[chooser.threads]
+        machine.advance(seconds, own_cores=chooser.threads)
+        chooser.step_done(seconds)
+    return counts
+
+
+@pytest.fixture
+def keep_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_thread_chooser_compares_counts_on_a_busy_machine_and_keeps_the_faster(two_free_cores, keep_threads):
     machine = FakeMachine()
     machine.others = 1.0  # another process spins one core
-    before = torch.get_num_threads()
-    try:
-        chooser = ThreadChooser(
-            proc=proc, cgroup=cgroup, sampler=machine.sample, sleep=machine.advance, clock=lambda: machine.clock,
-            interval_s=5.0, probe_s=0.25,
-        )  # fmt: skip
-        assert chooser.start() == 1 and torch.get_num_threads() == 1
-        assert chooser.others == pytest.approx(1.0)
-        assert "1 thread (2 cores available, 1.0 busy with other work" in chooser.describe()
-
-        machine.advance(2.0, own_cores=1.0)  # training on one thread: too early to look again
-        assert chooser.update() is False and machine.readings == 2
-        machine.others = 0.0  # the other process ended
-        machine.advance(4.0, own_cores=1.0)  # 6 s since the reading: 2 s busy, 4 s free
-        assert chooser.update() is False  # others 0.33 of a core on average: not yet
-        machine.advance(6.0, own_cores=1.0)
-        assert chooser.update() is True and chooser.threads == 2 and torch.get_num_threads() == 2
-        assert chooser.changes == [{"from": 1, "to": 2, "others": 0.0}]
-
-        machine.others = 0.67  # a spinner again; beside our 2 threads it gets 2/3 of a core
-        machine.advance(6.0, own_cores=1.33)
-        assert chooser.update() is True and chooser.threads == 1
-
-        torch.set_num_threads(2)  # someone else (the benchmark's plain mode) changed it
-        assert chooser.apply() == 1 and torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
+    chooser = _chooser(two_free_cores, machine)
+    assert chooser.start() == 1 and chooser.trial == {1: [], 2: []}
+    assert chooser.others == pytest.approx(1.0)
+    assert "1 and 2 threads compared over the first steps (2 cores available, 1.0 busy" in chooser.describe()
+    # Each count's first step warms up and is not counted; then the counts alternate.
+    counts = _train(chooser, machine, {1: 1.0, 2: 0.7}, 8)
+    assert counts == [1, 2, 1, 2, 1, 2, 1, 2] and chooser.trial is None and chooser.threads == 2
+    assert chooser.decisions == [{"from": 2, "to": 2, "others": 1.0, "step_s": {1: 1.0, 2: 0.7}}]
+    assert "2 threads (2 cores available, 1.0 busy" in chooser.describe()
+    # The same load later: the comparison stands until retrial_s has passed.
+    assert set(_train(chooser, machine, {1: 1.0, 2: 0.7}, 40)) == {2}
+    assert len(chooser.decisions) == 1
+    # A collapse (2 threads now much slower): the next comparison, after retrial_s, finds it.
+    counts = _train(chooser, machine, {1: 1.0, 2: 4.0}, 200)
+    assert counts[-1] == 1 and chooser.decisions[-1]["to"] == 1
 
 
-def test_thread_chooser_fixed_counts_never_measure(two_free_cores):
-    proc, cgroup = two_free_cores
+def test_thread_chooser_takes_all_cores_when_the_machine_quietens(two_free_cores, keep_threads):
     machine = FakeMachine()
-    before = torch.get_num_threads()
-    try:
-        fixed = ThreadChooser(3, proc=proc, cgroup=cgroup, sampler=machine.sample, sleep=machine.advance)
-        assert fixed.start() == 3 and fixed.describe() == "3 threads (as set)"
-        shared = ThreadChooser(0, 2, proc=proc, cgroup=cgroup, sampler=machine.sample, sleep=machine.advance)
-        assert shared.start() == 1  # two torchrun processes on two cores
-        machine.advance(60)
-        assert not fixed.update() and not shared.update() and machine.readings == 0
-    finally:
-        torch.set_num_threads(before)
+    machine.others = 1.0
+    chooser = _chooser(two_free_cores, machine)
+    chooser.start()
+    _train(chooser, machine, {1: 0.5, 2: 1.0}, 8)  # 2 threads lose: 1 kept
+    assert chooser.threads == 1 and chooser.trial is None
+    readings = machine.readings
+    _train(chooser, machine, {1: 0.5, 2: 1.0}, 5)  # 2.5 s: too early to read the load again
+    assert machine.readings == readings
+    machine.others = 0.0  # the other process ended
+    counts = _train(chooser, machine, {1: 0.5, 2: 0.3}, 60)
+    assert counts[-1] == 2 and chooser.decisions[-1]["from"] == 1 and chooser.decisions[-1]["others"] < 0.25
+    torch.set_num_threads(1)  # someone else (the benchmark's plain mode) changed it
+    assert chooser.apply() == 2 and torch.get_num_threads() == 2
 
 
-def test_thread_chooser_without_proc_keeps_the_available_cores(two_free_cores):
+def test_thread_chooser_on_a_quiet_machine_never_compares(two_free_cores, keep_threads):
+    machine = FakeMachine()
+    chooser = _chooser(two_free_cores, machine)
+    assert chooser.start() == 2 and chooser.trial is None
+    assert set(_train(chooser, machine, {1: 0.1, 2: 0.5}, 100)) == {2} and chooser.decisions == []
+
+
+def test_thread_chooser_fixed_counts_never_measure(two_free_cores, keep_threads):
+    machine = FakeMachine()
+    fixed = _chooser(two_free_cores, machine, requested=3)
+    assert fixed.start() == 3 and fixed.describe() == "3 threads (as set)"
     proc, cgroup = two_free_cores
-    before = torch.get_num_threads()
-    try:
-        chooser = ThreadChooser(proc=proc, cgroup=cgroup, sampler=lambda: None, sleep=lambda s: None)
-        assert chooser.start() == 2 and not chooser.update()
-    finally:
-        torch.set_num_threads(before)
+    shared = ThreadChooser(0, 2, proc=proc, cgroup=cgroup, sampler=machine.sample, sleep=machine.advance)
+    assert shared.start() == 1  # two torchrun processes on two cores
+    machine.advance(60)
+    assert not fixed.step_done(1.0) and not shared.step_done(1.0) and machine.readings == 0
+
+
+def test_thread_chooser_without_proc_keeps_the_available_cores(two_free_cores, keep_threads):
+    proc, cgroup = two_free_cores
+    chooser = ThreadChooser(proc=proc, cgroup=cgroup, sampler=lambda: None, sleep=lambda s: None)
+    assert chooser.start() == 2 and not chooser.step_done(1.0)
 
 
 # --------------------------------------------------------------------------- precision

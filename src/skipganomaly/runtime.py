@@ -400,26 +400,39 @@ def cores_busy_with_other_work(before: CpuSample, after: CpuSample) -> float:
     return max(0.0, others / seconds)
 
 
-# A core is free when other work leaves at least FREE_SHARE of it idle; a thread given back on a
-# busier machine is taken again only when RETAKE_SHARE is idle (hysteresis: no flapping).
+# A core is free when other work leaves at least FREE_SHARE of it idle.
 FREE_SHARE = 0.75
-RETAKE_SHARE = 0.9
 
 
-def threads_for_load(available: int, others: float, current: int | None = None) -> int:
-    """Intra-op threads for ``available`` cores of which ``others`` are kept busy by other work.
+def threads_for_load(available: int, others: float) -> int:
+    """The cores of ``available`` that other work (``others`` cores' worth) leaves free: those at
+    least ``FREE_SHARE`` idle, at least 1."""
+    return max(1, min(available, math.floor(available - others + 1 - FREE_SHARE + 1e-9)))
+
+
+def thread_candidates(available: int, others: float) -> list[int]:
+    """The thread counts worth running: all cores on a quiet machine; on a busy one both the
+    free cores (:func:`threads_for_load`) and all cores, to be compared by step time.
 
     Every parallel region ends at a barrier that waits for its slowest thread, and a thread that
-    shares its core with another busy process waits for the scheduler to give it a turn (a
-    time slice, milliseconds) at every barrier: a training step runs hundreds of regions, so one
-    thread too many costs far more than one core left idle (docs/speed.md). Hence: one thread per
-    core at least ``FREE_SHARE`` idle (``RETAKE_SHARE`` to grow back from ``current``), at least 1.
-    """
-    free = available - others
-    threads = math.floor(free + 1 - FREE_SHARE + 1e-9)
-    if current is not None and threads > current:
-        threads = max(current, math.floor(free + 1 - RETAKE_SHARE + 1e-9))
-    return max(1, min(available, threads))
+    shares its core with a busy process waits for the scheduler at each barrier. Whether that
+    costs more than the core it adds depends on how many regions a second brings (a small model,
+    bf16 casts: thousands) and on the scheduler, so it is measured rather than guessed
+    (docs/speed.md)."""
+    free = threads_for_load(available, others)
+    return [available] if free == available else [free, available]
+
+
+# Step times within this fraction of the fastest count are a tie, won by the fewer threads (fewer
+# barriers, and cores left to the other work).
+THREAD_TIE = 0.03
+
+
+def fastest_thread_count(step_times: dict[int, list[float]]) -> int:
+    """The count whose median step time is lowest; near-ties go to the fewer threads."""
+    medians = {count: statistics.median(times) for count, times in step_times.items() if times}
+    best = min(medians.values())
+    return min(count for count, median in medians.items() if median <= best * (1 + THREAD_TIE))
 
 
 REUSE_S = 30.0
@@ -435,10 +448,14 @@ class ThreadChooser:
 
     * ``requested`` > 0: that many, always.
     * several processes on this machine (torchrun): the available cores shared out among them.
-    * otherwise: the available cores (:func:`available_cores`) less those other processes keep
-      busy (:func:`threads_for_load`), measured over ``probe_s`` at the start and then over each
-      ``interval_s`` of training (``update``, called between steps, costs one read of
-      ``/proc/stat``).
+    * otherwise: the available cores (:func:`available_cores`: affinity mask and cgroup quota).
+      When other processes keep some of them busy (``/proc/stat`` less this process's own CPU
+      time, read over ``probe_s`` at the start and then every ``interval_s``), the free cores
+      and all cores are each run for ``trial_steps`` training steps, interleaved, and the faster
+      by median step time is kept (:func:`thread_candidates`, :func:`fastest_thread_count`);
+      on the same load the comparison is repeated every ``retrial_s``. The trainer reports each
+      step's time (``step_done``); between steps this costs one read of ``/proc/stat`` every
+      ``interval_s``.
     """
 
     def __init__(
@@ -446,7 +463,9 @@ class ThreadChooser:
         requested: int = 0,
         processes_per_machine: int = 1,
         *,
-        interval_s: float = 5.0,
+        interval_s: float = 10.0,
+        retrial_s: float = 120.0,
+        trial_steps: int = 3,
         probe_s: float = 0.25,
         proc: Path = PROC,
         cgroup: Path = CGROUP,
@@ -456,8 +475,12 @@ class ThreadChooser:
     ):
         self.requested = requested
         self.available = available_cores(proc, cgroup)
-        self.interval_s = interval_s
-        self.probe_s = probe_s
+        self.interval_s, self.retrial_s, self.trial_steps, self.probe_s = (
+            interval_s,
+            retrial_s,
+            trial_steps,
+            probe_s,
+        )
         self.sampler = sampler or (_default_sampler if proc == PROC else (lambda: sample_cpu(proc)))
         self.sleep = sleep
         self.clock = clock
@@ -469,11 +492,16 @@ class ThreadChooser:
         else:
             self.threads = self.available
         self.others: float | None = None
-        self.changes: list[dict[str, float]] = []
+        self.decisions: list[dict[str, Any]] = []  # each comparison's outcome and each change
+        self.trial: dict[int, list[float]] | None = None  # step times per count while comparing
+        self._trial_key: tuple[int, ...] | None = None  # the candidates the last comparison settled
+        self._trial_ended = -math.inf
+        self._seen: set[int] = set()  # counts a step has run at (the first one warms up)
         self._last: CpuSample | None = None
 
+    # ---------------------------------------------------------------- readings
     def start(self) -> int:
-        """Measure the machine (adaptive mode), set the thread count, return it.
+        """Read the machine (adaptive mode), set the thread count, return it.
 
         The reading spans ``probe_s`` of sleep, or, when this process took a reading between
         ``probe_s`` and ``REUSE_S`` seconds ago (a previous run, a benchmark's other mode), the
@@ -489,10 +517,24 @@ class ThreadChooser:
                 self._last = self.sampler()
                 if self._last is not None:
                     self.others = cores_busy_with_other_work(before, self._last)
-                    self.threads = threads_for_load(self.available, self.others)
                     if self.sampler is _default_sampler:
                         _last_reading = self._last
+                    self._plan(thread_candidates(self.available, self.others))
         return self.apply()
+
+    def _plan(self, candidates: list[int]) -> bool:
+        """Run ``candidates``' one count, or compare them (unless this comparison was settled
+        less than ``retrial_s`` ago); True if the count changed."""
+        before = self.threads
+        if len(candidates) == 1:
+            self.trial = None
+            self.threads = candidates[0]
+        elif self.trial is None and (
+            tuple(candidates) != self._trial_key or self.clock() - self._trial_ended >= self.retrial_s
+        ):
+            self.trial = {count: [] for count in candidates}
+            self.threads = candidates[0]
+        return self.threads != before
 
     def apply(self) -> int:
         """Set the chosen count (again: another part of the process may have changed it)."""
@@ -500,24 +542,40 @@ class ThreadChooser:
             torch.set_num_threads(self.threads)
         return self.threads
 
-    def update(self) -> bool:
-        """Re-choose when ``interval_s`` has passed since the last reading; True if it changed."""
-        if not self.adaptive or self._last is None:
+    def step_done(self, seconds: float) -> bool:
+        """Record one training step of ``seconds`` at the current count; compare or re-read the
+        machine as due. True if the thread count changed (``decisions`` says why, when it was
+        a decision rather than a step of a comparison)."""
+        if not self.adaptive:
             return False
-        if self.clock() - self._last.wall < self.interval_s:
-            return False
-        sample = self.sampler()
-        if sample is None:
-            return False
-        self.others = cores_busy_with_other_work(self._last, sample)
-        self._last = sample
-        threads = threads_for_load(self.available, self.others, self.threads)
-        if threads == self.threads:
-            return False
-        self.changes.append({"from": self.threads, "to": threads, "others": round(self.others, 2)})
-        self.threads = threads
-        self.apply()
-        return True
+        before = self.threads
+        warm = self.threads in self._seen
+        self._seen.add(self.threads)
+        if self.trial is not None:
+            if warm:
+                self.trial[self.threads].append(seconds)
+            if all(len(times) >= self.trial_steps for times in self.trial.values()):
+                self.threads = fastest_thread_count(self.trial)
+                self._note(before, step_s={c: round(statistics.median(t), 4) for c, t in self.trial.items()})
+                self._trial_key, self._trial_ended, self.trial = tuple(self.trial), self.clock(), None
+            else:  # the next count that still needs steps
+                counts = list(self.trial)
+                ordered = counts[counts.index(self.threads) + 1 :] + counts[: counts.index(self.threads) + 1]
+                self.threads = next(c for c in ordered if len(self.trial[c]) < self.trial_steps)
+        elif self._last is not None and self.clock() - self._last.wall >= self.interval_s:
+            sample = self.sampler()
+            if sample is not None:
+                self.others = cores_busy_with_other_work(self._last, sample)
+                self._last = sample
+                if self._plan(thread_candidates(self.available, self.others)) and self.trial is None:
+                    self._note(before)
+        if self.threads != before:
+            self.apply()
+        return self.threads != before
+
+    def _note(self, before: int, **details: Any) -> None:
+        others = round(self.others, 2) if self.others is not None else None
+        self.decisions.append({"from": before, "to": self.threads, "others": others} | details)
 
     def describe(self) -> str:
         """One line: the count and why."""
@@ -527,7 +585,13 @@ class ThreadChooser:
         if not self.adaptive:
             return f"{self.threads} thread{plural} ({self.available} cores shared among the processes)"
         busy = f", {self.others:.1f} busy with other work" if self.others is not None else ""
-        return f"{self.threads} thread{plural} ({self.available} cores available{busy}; re-checked every {self.interval_s:g} s)"
+        if self.trial is not None:
+            counts = " and ".join(str(c) for c in self.trial)
+            return (
+                f"{counts} threads compared over the first steps ({self.available} cores available{busy}; "
+                f"the load re-read every {self.interval_s:g} s)"
+            )
+        return f"{self.threads} thread{plural} ({self.available} cores available{busy}; re-read every {self.interval_s:g} s)"
 
 
 def configure_threads(threads: int = 0, processes_per_machine: int = 1) -> int:

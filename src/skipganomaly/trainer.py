@@ -389,9 +389,12 @@ class Trainer:
             if len(batch.images) < 2 and not self.context.enabled:
                 continue  # BatchNorm cannot train on one image (a bad file left a batch of one)
             x = to_model_input(batch.images, self.device, cfg.train.channels_last)
+            started, decided = time.perf_counter(), len(threads.decisions)
             values = self.train_step(x)
-            if self.device.type == "cpu" and threads.update():
-                runlog.write({"event": "threads", "epoch": epoch + 1, "step": step + 1} | threads.changes[-1])
+            if self.device.type == "cpu":
+                threads.step_done(time.perf_counter() - started)
+                for decision in threads.decisions[decided:]:
+                    runlog.write({"event": "threads", "epoch": epoch + 1, "step": step + 1} | decision)
             if values["d"] < cfg.train.d_reinit_threshold:  # the same decision on every rank
                 self.model.reset_discriminator()
                 if self.wrapped:  # re-initialised from each rank's own stream: take rank 0's
