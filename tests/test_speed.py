@@ -20,7 +20,13 @@ from skipganomaly.benchmark import BenchmarkSettings, PlainMode, _child_peak, ru
 from skipganomaly.data.base import ImageSet
 from skipganomaly.data.loading import iterate_batches, to_model_input
 from skipganomaly.models import SkipGANomaly
-from skipganomaly.models.blocks import DenseFastConv2d, DenseFastConvTranspose2d, set_dense_fast_path
+from skipganomaly.models.blocks import (
+    DenseFastConv2d,
+    DenseFastConvTranspose2d,
+    concat_channels,
+    is_channels_last,
+    set_dense_fast_path,
+)
 from skipganomaly.objective import LossWeights
 from skipganomaly.predict import Predictor, predict_to_csv
 from skipganomaly.trainer import RunLog, Trainer
@@ -61,6 +67,7 @@ def test_dense_path_is_the_library_convolution(make, shape):
         x_ref = x.detach().clone().requires_grad_()
         out, ref = layer(x), library(x_ref)
         assert out.shape == ref.shape
+        assert is_channels_last(out) == is_channels_last(x), "the output keeps the input's memory layout"
         # Sums over at most 12 x 16 = 192 products of N(0, 1) values, accumulated in another order
         # by another kernel: errors of a few 1e-6 on values of ~10.
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
@@ -73,6 +80,21 @@ def test_dense_path_is_the_library_convolution(make, shape):
             torch.testing.assert_close(
                 a, b, rtol=1e-5, atol=1e-4, msg=lambda m, name=name: f"{name} gradient: {m}"
             )
+
+
+def test_concat_channels_is_cat_with_dense_gradients():
+    torch.manual_seed(0)
+    a = torch.randn(4, 3, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    b = torch.randn(4, 2, 5, 5).requires_grad_()
+    out = concat_channels(a, b)
+    torch.testing.assert_close(out, torch.cat([a, b], 1), rtol=0, atol=0)
+    grad = torch.randn_like(out)
+    ga, gb = torch.autograd.grad(out, [a, b], grad)
+    torch.testing.assert_close(ga, grad[:, :3], rtol=0, atol=0)
+    torch.testing.assert_close(gb, grad[:, 3:], rtol=0, atol=0)
+    assert ga.is_contiguous(memory_format=torch.channels_last) and gb.is_contiguous()
+    with torch.no_grad():
+        assert torch.equal(concat_channels(a, b), torch.cat([a, b], 1))
 
 
 def test_matrix_product_paths_are_taken_only_for_small_maps(monkeypatch):

@@ -50,6 +50,24 @@ def init_weights(net: nn.Module) -> nn.Module:
 SMALL_MAP_PIXELS = 4
 
 
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` (N, C, H, W) keeps its channels innermost in memory, 1x1 maps included
+    (their strides tell a channels-last (C, 1, C, C) from a default (C, 1, 1, 1) tensor)."""
+    return x.dim() == 4 and x.shape[1] > 1 and x.stride(1) == 1 and x.stride(3) == x.shape[1]
+
+
+def _channels_last_out(layer: nn.Module, x: torch.Tensor) -> bool:
+    """Whether a matrix-product path's output goes channels-last: as its input ``x`` is, so that
+    a network stays in one layout (mixed layouts cost copies, and BatchNorm's backward was
+    measured 30x slower on them); a 1x1 input, laid out either way, follows the layer's
+    ``channels_last_1x1`` (set by :func:`channels_last_where_library`)."""
+    return layer.channels_last_1x1 if x.shape[-2:] == (1, 1) else is_channels_last(x)
+
+
+def _as_layout(out: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
 class DenseFastConv2d(nn.Conv2d):
     """``nn.Conv2d`` that computes a convolution with a tiny output map as matrix products.
 
@@ -62,12 +80,14 @@ class DenseFastConv2d(nn.Conv2d):
       W[:, :, p:p+H, p:p+W].flatten(1).T`` (the taps that only ever see padding get a zero
       gradient either way);
     * up to ``SMALL_MAP_PIXELS`` output pixels: im2col (``F.unfold``) and one matrix product over
-      all images and output pixels; the result comes out channels-last in memory.
+      all images and output pixels.
 
-    Set ``dense_fast_path = False`` to run the library convolution throughout.
+    The output keeps the input's memory layout. Set ``dense_fast_path = False`` to run the
+    library convolution throughout.
     """
 
     dense_fast_path = True
+    channels_last_1x1 = False
 
     def _gemm_ready(self, x: torch.Tensor) -> bool:
         return (
@@ -104,18 +124,26 @@ class DenseFastConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         window = self._dense_window(x)
+        n = x.shape[0]
         if window is not None:
             (ph, pw), (h, w) = window, x.shape[-2:]
-            weight = self.weight[:, :, ph : ph + h, pw : pw + w].reshape(self.out_channels, -1)
-            return F.linear(x.reshape(x.shape[0], -1), weight, self.bias).view(x.shape[0], -1, 1, 1)
+            weight = self.weight[:, :, ph : ph + h, pw : pw + w]
+            if _channels_last_out(self, x):  # flatten both in channels-last order
+                rows, weight = x.permute(0, 2, 3, 1).reshape(n, -1), weight.permute(0, 2, 3, 1)
+                out = F.linear(rows, weight.reshape(self.out_channels, -1), self.bias)
+                return out.view(n, 1, 1, -1).permute(0, 3, 1, 2)
+            out = F.linear(x.reshape(n, -1), weight.reshape(self.out_channels, -1), self.bias)
+            return out.view(n, -1, 1, 1)
         small = self._small_map(x)
         if small is None:
             return super().forward(x)
-        (oh, ow), n = small, x.shape[0]
+        oh, ow = small
         columns = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)  # (N, C*k*k, L)
         rows = columns.transpose(1, 2).reshape(n * oh * ow, -1)  # one row per output pixel
         out = F.linear(rows, self.weight.reshape(self.out_channels, -1), self.bias)
-        return out.view(n, oh, ow, self.out_channels).permute(0, 3, 1, 2)  # channels-last memory
+        return _as_layout(
+            out.view(n, oh, ow, self.out_channels).permute(0, 3, 1, 2), _channels_last_out(self, x)
+        )
 
 
 class DenseFastConvTranspose2d(nn.ConvTranspose2d):
@@ -126,10 +154,12 @@ class DenseFastConvTranspose2d(nn.ConvTranspose2d):
     * up to ``SMALL_MAP_PIXELS`` input pixels: one product over all images and input pixels to
       every tap's contribution, summed into place by col2im (``F.fold``).
 
-    Same function and parameters as the library kernel; ``dense_fast_path = False`` turns it off.
+    Same function and parameters as the library kernel; the output keeps the input's memory
+    layout; ``dense_fast_path = False`` turns it off.
     """
 
     dense_fast_path = True
+    channels_last_1x1 = False
 
     def _gemm_ready(self, x: torch.Tensor, output_size) -> bool:
         return (
@@ -163,14 +193,21 @@ class DenseFastConvTranspose2d(nn.ConvTranspose2d):
         n, (h, w) = x.shape[0], x.shape[-2:]
         if path == "dense":
             oh, ow = kh - 2 * ph, kw - 2 * pw
-            weight = self.weight[:, :, ph : ph + oh, pw : pw + ow].reshape(self.in_channels, -1)
-            out = (x.reshape(n, -1) @ weight).view(n, self.out_channels, oh, ow)
+            weight = self.weight[:, :, ph : ph + oh, pw : pw + ow]
+            if _channels_last_out(self, x):  # the product's columns in (a, b, o) order
+                out = x.reshape(n, -1) @ weight.permute(0, 2, 3, 1).reshape(self.in_channels, -1)
+                out = out.view(n, oh, ow, self.out_channels).permute(0, 3, 1, 2)
+            else:
+                out = (x.reshape(n, -1) @ weight.reshape(self.in_channels, -1)).view(
+                    n, self.out_channels, oh, ow
+                )
         else:
             oh, ow = (h - 1) * sh - 2 * ph + kh, (w - 1) * sw - 2 * pw + kw
             rows = x.permute(0, 2, 3, 1).reshape(n * h * w, self.in_channels)  # one row per input pixel
             taps = rows @ self.weight.reshape(self.in_channels, -1)  # (N*H*W, C_out*kh*kw)
             columns = taps.view(n, h * w, -1).transpose(1, 2)  # (N, C_out*kh*kw, H*W)
             out = F.fold(columns, (oh, ow), self.kernel_size, padding=self.padding, stride=self.stride)
+            out = _as_layout(out, _channels_last_out(self, x))
         if self.bias is not None:
             out = out + self.bias.view(1, -1, 1, 1)
         return out
@@ -212,7 +249,43 @@ def channels_last_where_library(net: nn.Module, forward: Callable[[], object]) -
         for layer in layers:
             layout = torch.channels_last if layer in library else torch.contiguous_format
             layer.weight.data = layer.weight.data.contiguous(memory_format=layout)
+            layer.channels_last_1x1 = True  # the activations are channels-last
     return len(library)
+
+
+class _ConcatChannels(torch.autograd.Function):
+    """``torch.cat(tensors, 1)`` whose backward hands each input a gradient laid out as that input
+    is, rather than a strided slice of the concatenation's gradient."""
+
+    @staticmethod
+    def forward(ctx, *tensors: torch.Tensor) -> torch.Tensor:
+        ctx.widths = [t.shape[1] for t in tensors]
+        ctx.layouts = [
+            torch.channels_last if is_channels_last(t) else torch.contiguous_format for t in tensors
+        ]
+        ctx.dtypes = [t.dtype for t in tensors]
+        return torch.cat(tensors, 1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        parts = grad.split(ctx.widths, 1)
+        return tuple(
+            part.to(dtype).contiguous(memory_format=layout)
+            for part, layout, dtype in zip(parts, ctx.layouts, ctx.dtypes, strict=True)
+        )
+
+
+def concat_channels(*tensors: torch.Tensor) -> torch.Tensor:
+    """Concatenate along the channels, as ``torch.cat(tensors, 1)``.
+
+    The UNet's skips: PyTorch's ``cat`` back-propagates a strided slice of its gradient into each
+    input, and on such a gradient BatchNorm's CPU backward (the decoder block before each
+    concatenation) ran ~25x slower than on a dense one (docs/speed.md); here each input gets a
+    dense gradient in its own layout, one copy.
+    """
+    if not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors):
+        return torch.cat(tensors, 1)
+    return _ConcatChannels.apply(*tensors)
 
 
 def dcgan_trunk_layers(image_size: int, channels: int, width: int) -> tuple[list[nn.Module], int]:
