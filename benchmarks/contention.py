@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 
+import skipganomaly  # noqa: F401  (before PyTorch: it asks OpenMP threads to wait passively)
+
 WAIT_POLICIES = ("PASSIVE", "ACTIVE")
 
 

@@ -16,6 +16,8 @@ import os
 import sys
 import tempfile
 
+import skipganomaly  # noqa: F401  (before PyTorch: it asks OpenMP threads to wait passively)
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -58,7 +60,7 @@ def main() -> int:
         plain = PlainMode(trainer.model, trainer.device, args.batch_size)
         steps["plain"] = lambda: plain.train_step(to_model_input(images, trainer.device, False))
     print(
-        f"{args.size} px, batch {args.batch_size}, {trainer.precision.describe()}, {torch.get_num_threads()} threads, "
+        f"{args.size} px, batch {args.batch_size}, {trainer.precision.describe()}, {torch.get_num_threads()} thread(s), "
         f"load average {', '.join(f'{v:.1f}' for v in os.getloadavg())}"
     )
     for name, step in steps.items():

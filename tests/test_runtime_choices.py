@@ -371,3 +371,31 @@ def test_busy_processes_end_on_their_own_after_their_time():
         started = time.monotonic()
         process.wait(timeout=30)
         assert time.monotonic() - started < 30
+
+
+# --------------------------------------------------------------------------- OpenMP's wait policy
+@pytest.mark.parametrize(
+    "code, env, policy, note",
+    [
+        ("import skipganomaly, torch", {}, "PASSIVE", ""),
+        ("import torch, skipganomaly", {}, "default", "PyTorch was imported before skipganomaly"),
+        (
+            "import skipganomaly, torch",
+            {"OMP_WAIT_POLICY": "active"},
+            "ACTIVE",
+            "OMP_WAIT_POLICY=ACTIVE was set",
+        ),
+    ],
+)
+def test_openmp_wait_policy_is_reported_as_it_took_effect(code, env, policy, note):
+    import subprocess
+    import sys
+
+    script = f"{code}\nfrom skipganomaly.runtime import openmp_wait_policy\nprint(repr(openmp_wait_policy()))"
+    environment = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | env
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=environment, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    found_policy, found_note = eval(done.stdout.strip().splitlines()[-1])
+    assert found_policy == policy and note in found_note

@@ -400,6 +400,30 @@ def cores_busy_with_other_work(before: CpuSample, after: CpuSample) -> float:
     return max(0.0, others / seconds)
 
 
+def openmp_wait_policy() -> tuple[str, str]:
+    """How PyTorch's OpenMP threads wait at a barrier, and a note when that is not the passive
+    waiting this package asks for (``skipganomaly/__init__.py``): libgomp reads
+    ``OMP_WAIT_POLICY`` once, when PyTorch loads, and a spinning thread holds a core that a
+    thread of the same step, or another process, needs (measured 3-10x slower on a busy
+    machine, docs/speed.md)."""
+    import skipganomaly
+
+    if skipganomaly.OMP_WAIT_POLICY_GIVEN:
+        policy = skipganomaly.OMP_WAIT_POLICY_GIVEN.upper()
+        return (
+            policy,
+            ""
+            if policy == "PASSIVE"
+            else f"OMP_WAIT_POLICY={policy} was set: OpenMP threads spin while they wait",
+        )
+    if skipganomaly.TORCH_LOADED_FIRST:
+        return "default", (
+            "PyTorch was imported before skipganomaly, so OpenMP threads spin while they wait; on a shared "
+            "machine import skipganomaly first or set OMP_WAIT_POLICY=PASSIVE"
+        )
+    return "PASSIVE", ""
+
+
 # A core is free when other work leaves at least FREE_SHARE of it idle.
 FREE_SHARE = 0.75
 
@@ -585,13 +609,18 @@ class ThreadChooser:
         if not self.adaptive:
             return f"{self.threads} thread{plural} ({self.available} cores shared among the processes)"
         busy = f", {self.others:.1f} busy with other work" if self.others is not None else ""
+        _, note = openmp_wait_policy()
+        note = f"; {note}" if note else ""
         if self.trial is not None:
             counts = " and ".join(str(c) for c in self.trial)
             return (
                 f"{counts} threads compared over the first steps ({self.available} cores available{busy}; "
-                f"the load re-read every {self.interval_s:g} s)"
+                f"the load re-read every {self.interval_s:g} s){note}"
             )
-        return f"{self.threads} thread{plural} ({self.available} cores available{busy}; re-read every {self.interval_s:g} s)"
+        return (
+            f"{self.threads} thread{plural} ({self.available} cores available{busy}; "
+            f"re-read every {self.interval_s:g} s){note}"
+        )
 
 
 def configure_threads(threads: int = 0, processes_per_machine: int = 1) -> int:
