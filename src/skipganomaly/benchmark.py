@@ -517,6 +517,9 @@ def _run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None]) -> d
         header["optimised_dtype"] = (
             "bfloat16" if chosen == {"bf16"} else "float32" if chosen == {"fp32"} else "per size"
         )
+    counts = sorted({n for r in results for n in r.get("optimised_threads", [])})
+    if counts:  # what the optimised mode ran at in the timed rounds (the header saw only the start)
+        header["threads"]["optimised"] = counts[0] if len(counts) == 1 else counts
     header["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     report = {"machine": header, "results": results}
     log(format_table(report))
