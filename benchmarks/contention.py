@@ -27,9 +27,7 @@ import sys
 import tempfile
 import time
 
-import skipganomaly  # noqa: F401  (before PyTorch: it asks OpenMP threads to wait passively)
-
-WAIT_POLICIES = ("PASSIVE", "ACTIVE")
+WAIT_POLICIES = ("PASSIVE", "ACTIVE", "DEFAULT")  # DEFAULT: unset, PyTorch imported first (libgomp's own)
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -58,7 +56,9 @@ def measure(args: argparse.Namespace) -> dict:
         steps[f"plain@{count}"] = (count, lambda: plain.train_step(x_plain))
         steps[f"optimised@{count}"] = (count, lambda: trainer.train_step(x_optimised))
     reference = f"plain@{max(threads)}"
-    report = {"wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"), "conditions": {}}
+    from skipganomaly.runtime import openmp_wait_policy
+
+    report = {"wait_policy": openmp_wait_policy()[0], "conditions": {}}
     profiles = {}
     for condition in args.conditions.split(","):
         kind = {"quiet": None, "spin": "spin", "train": "train"}[condition]
@@ -150,7 +150,11 @@ def main() -> int:
     parser.add_argument("--threads", default="", help="thread counts to compare (default: all cores and 1)")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--conditions", default="quiet,spin,train")
-    parser.add_argument("--wait-policies", default="PASSIVE", help="comma-separated: PASSIVE, ACTIVE")
+    parser.add_argument(
+        "--wait-policies",
+        default="PASSIVE",
+        help="comma-separated: PASSIVE, ACTIVE, DEFAULT (unset, PyTorch imported before skipganomaly)",
+    )
     parser.add_argument(
         "--profile", action="store_true", help="also profile the optimised step per condition"
     )
@@ -163,6 +167,11 @@ def main() -> int:
         cores = available_cores()
         args.threads = f"{cores},1" if cores > 1 else "1"
     if args.child:
+        if os.environ.get("OMP_WAIT_POLICY") == "DEFAULT":
+            del os.environ["OMP_WAIT_POLICY"]
+            import torch  # noqa: F401  (before skipganomaly: libgomp starts with its default policy)
+        import skipganomaly  # noqa: F401  (sets OMP_WAIT_POLICY=PASSIVE if unset and PyTorch not loaded)
+
         print(json.dumps(measure(args)))
         return 0
     reports = []
