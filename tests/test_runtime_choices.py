@@ -399,3 +399,31 @@ def test_openmp_wait_policy_is_reported_as_it_took_effect(code, env, policy, not
     assert done.returncode == 0, done.stderr
     found_policy, found_note = eval(done.stdout.strip().splitlines()[-1])
     assert found_policy == policy and note in found_note
+
+
+def test_benchmark_busy_reports_the_same_table_and_stops_its_processes(monkeypatch):
+    import subprocess as sp
+
+    from skipganomaly.benchmark import BenchmarkSettings, run_benchmark
+    from skipganomaly.cli import main
+
+    started = []
+    popen = sp.Popen
+
+    def recording_popen(*args, **kwargs):
+        process = popen(*args, **kwargs)
+        started.append(process)
+        return process
+
+    monkeypatch.setattr(sp, "Popen", recording_popen)
+    settings = BenchmarkSettings(
+        sizes=[16], batch_size=8, score_batch_size=16, steps=1, score_images=16, repeats=1, warmup=0,
+        channels=1, ngf=4, ndf=4, nz=8, memory=False, device="cpu", busy=1,
+    )  # fmt: skip
+    report = run_benchmark(settings, log=lambda s: None)
+    assert report["machine"]["busy"] == {"processes": 1, "kind": "spin"}
+    [result] = report["results"]
+    assert result["train_ratio"] > 0 and result["score_ratio"] > 0 and "native_bf16" in report["machine"]
+    busy = [p for p in started if "-c" in p.args and "ready" in p.args[2]]
+    assert len(busy) == 1 and busy[0].poll() is not None  # the busy process was stopped
+    assert main(["benchmark", "--busy", "-1"]) == 2  # a user error, before any work
