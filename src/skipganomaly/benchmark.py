@@ -13,7 +13,7 @@ slows both alike and the ratio holds. Each figure is the median over ``repeats``
   with two discriminator passes.
 * **optimised**: what ``skipganomaly train`` and ``predict`` run: ``Trainer.train_epoch`` and
   ``scoring.score_set`` with the chosen precision, memory format and threads; images preloaded as
-  one uint8 tensor; one D pass per input; fused Adam; dense 1x1 layers as matrix products;
+  one uint8 tensor; one D pass per input; fused Adam; 1x1 and 2x2 maps as matrix products;
   ``inference_mode`` and one D pass over [x; x_hat] for scoring.
 
 Threads: the plain mode runs with PyTorch's default (one per core), as the official code does;

@@ -26,6 +26,8 @@ from torch import nn
 from .errors import UserError
 
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+PROC = Path("/proc")  # where the kernel tells about CPUs and load (tests point these at fixtures)
+CGROUP = Path("/sys/fs/cgroup")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -253,8 +255,6 @@ def _versus(step_s: dict[str, float]) -> str:
 
 
 # --------------------------------------------------------------------------- cores and threads
-PROC = Path("/proc")
-CGROUP = Path("/sys/fs/cgroup")
 
 
 def affinity_cores() -> int:
