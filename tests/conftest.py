@@ -201,3 +201,20 @@ def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
         cwd=cwd,
         timeout=600,
     )
+
+
+# --------------------------------------------------------------------------- deployment
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """A tiny trained digits run (digit 0 abnormal), shared by the deployment tests."""
+    from deploy_helpers import train_digits_run
+
+    return train_digits_run(tmp_path_factory.mktemp("digits") / "run")
+
+
+@pytest.fixture(scope="session")
+def digits_onnx(digits_run, tmp_path_factory):
+    """The run's ONNX export (skipganomaly export), written once."""
+    from skipganomaly.export import export_run
+
+    return export_run(digits_run, output=tmp_path_factory.mktemp("export") / "model.onnx").path

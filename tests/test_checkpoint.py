@@ -14,6 +14,7 @@ from skipganomaly.checkpoint import (
     load_run_checkpoint,
     save_checkpoint,
 )
+from skipganomaly.config import build_config
 from skipganomaly.data import prepare_data
 from skipganomaly.data.base import SplitInfo
 from skipganomaly.errors import UserError
@@ -61,9 +62,20 @@ def test_the_typed_view_writes_the_same_layout_it_reads(tmp_path):
     save_checkpoint(tmp_path / "again.pt", checkpoint)
     raw = torch.load(RELEASE_0_1_0, weights_only=True)
     again = torch.load(tmp_path / "again.pt", weights_only=True)  # still plain values only
-    assert set(again) == set(raw) and again["format_version"] == FORMAT_VERSION == 1
-    for key in ("model", "config", "epoch", "normalization", "history", "best", "package_version"):
+    # The same layout, plus the content hashes a file of 0.1.0 does not have (still version 1:
+    # 0.1.0 reads the new files, ignoring the two keys).
+    assert (
+        set(again) == set(raw) | {"content_hash", "state_hash"}
+        and again["format_version"] == FORMAT_VERSION == 1
+    )
+    for key in ("model", "epoch", "normalization", "history", "best", "package_version"):
         assert again[key] == raw[key], key
+    # The stored configuration as it was; keys added to the package since come at their defaults.
+    defaults = build_config({}).to_dict()
+    for section, values in again["config"].items():
+        for name, value in values.items():
+            expected = raw["config"][section].get(name, defaults[section][name])
+            assert value == expected, f"config {section}.{name}"
     assert all(torch.equal(again["state_dict"][k], v) for k, v in raw["state_dict"].items())
     assert SplitInfo.from_dict(again["data"]) == SplitInfo.from_dict(raw["data"])
     reloaded = load_checkpoint(tmp_path / "again.pt")

@@ -54,6 +54,8 @@ def test_test_verb_reproduces_the_metrics(trained_run, tmp_path):
     result = run_cli("test", "--run", run_dir, "--output", out)
     assert result.returncode == 0, result.stderr
     after = json.loads(out.read_text())
+    # The same weights scored by the same code path (eval mode, channels_last, same batch size
+    # and thread count) as at the end of training: the same numbers.
     assert after["test"]["auroc"] == pytest.approx(before["test"]["auroc"], abs=1e-9)
     assert after["val"]["auroc"] == pytest.approx(before["val"]["auroc"], abs=1e-9)
     assert after["epoch_best"] == before["epoch_best"]
@@ -97,7 +99,7 @@ def test_predict_corrupt_image(trained_run, image_folder, tmp_path):
 def test_resume_of_a_finished_run_and_refusal_to_overwrite(trained_run):
     run_dir, _ = trained_run
     again = run_cli("train", "--output", run_dir, *TINY_CLI)
-    assert again.returncode == 2 and "--resume" in again.stderr
+    assert again.returncode == 2 and "holds a finished run; choose another --output" in again.stderr
     resumed = run_cli("train", "--resume", run_dir)
     assert resumed.returncode == 0 and "nothing to resume" in resumed.stdout
     conflicting = run_cli("train", "--resume", run_dir, "--epochs", "5")

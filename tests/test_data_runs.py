@@ -68,6 +68,7 @@ def test_mvtec_training_reports_image_and_pixel_auroc(tmp_path):
     # The test verb re-evaluates the best checkpoint, pixel AUROC included.
     assert main(["test", "--run", str(tmp_path / "run"), "--output", str(tmp_path / "again.json")]) == 0
     again = json.loads((tmp_path / "again.json").read_text())
+    # The same weights through the same scoring path (memory format, batch size, threads).
     assert again["test"]["pixel_auroc"] == pytest.approx(metrics["test"]["pixel_auroc"], abs=1e-9)
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import labelled_source, score_tiny, smooth_images, tiny_config
 from fixture_data import CIFAR_CLASSES, write_cifar_python, write_class_folders, write_idx
+from numerics import assert_close
 
 from skipganomaly.config import build_config
 from skipganomaly.data import prepare_data
@@ -174,7 +175,8 @@ def test_pure_class_batches_score_differently_from_mixed_ones():
     assert median_change("latent") > 0.2, f"latent term: median relative change {median_change('latent'):.4f}"
     assert median_change("score") > 1e-3, f"score: median relative change {median_change('score'):.5f}"
     eval_official, eval_sorted = scores(official), scores(class_sorted)
-    np.testing.assert_allclose(eval_official["score"], eval_sorted["score"], rtol=1e-5, atol=1e-6)
+    # Eval mode: the same scores in another batching (another kernel order): a tolerance.
+    assert_close(eval_official["score"], eval_sorted["score"], rtol=1e-5, atol=1e-6, name="eval-mode scores")
 
 
 def test_one_training_gives_the_honest_and_the_paper_figures(tmp_path):
@@ -188,7 +190,8 @@ def test_one_training_gives_the_honest_and_the_paper_figures(tmp_path):
     paper_config = tiny_config(**values, **{"data.protocol": "paper"})
     paper, paper_metrics = _fit(paper_config, make_splits(source, paper_config.data), tmp_path / "paper")
 
-    # Scoring the paper protocol changes nothing in the training.
+    # Scoring the paper protocol changes nothing in the training: exact, as both trainings run
+    # the same code path (scoring in between restores every buffer it touches).
     for key, value in plain.model.state_dict().items():
         assert torch.equal(value, both.model.state_dict()[key]), key
     assert metrics["test"]["auroc"] == plain_metrics["test"]["auroc"]

@@ -467,7 +467,10 @@ def test_mvtec_without_normal_training_images(tmp_path):
 def test_normal_class_without_training_images(tmp_path):
     counts = {"train": {"a": 3, "b": 3}, "test": {"a": 2, "b": 2, "c": 2}}
     root = write_class_folders(tmp_path / "f", counts, size=16)
-    with pytest.raises(UserError, match="folder has no normal training images"):
+    # The message names the folder, the choice and what training images each class has.
+    with pytest.raises(
+        UserError, match=r"has no normal training images for --normal-class c; .*: a 3, b 3, c 0"
+    ):
         prepare_data(
             data_config(
                 tmp_path, **{"data.dataset": "folder", "data.root": str(root), "data.normal_class": "c"}

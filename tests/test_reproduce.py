@@ -149,7 +149,10 @@ def test_rerun_skips_finished_runs_and_gives_the_same_table(reproduced):
     def table(stdout):
         return [line for line in stdout.splitlines() if not line.startswith(("[", "writing the report"))][:-2]
 
-    assert table(again.stdout) == table(first.stdout) and len(table(first.stdout)) == 5
+    # The profile note and Table I's header and 3 rows; then any shortcut warnings, the same too.
+    printed = table(first.stdout)
+    assert table(again.stdout) == printed and len(printed) >= 5
+    assert printed[1].split()[:3] == ["0", "1", "mean"]
 
 
 def test_other_settings_in_the_same_output_are_refused(reproduced):
@@ -217,6 +220,7 @@ def test_an_interrupted_run_is_resumed_to_the_same_weights(tmp_path, synthetic_d
     assert run_plan(whole, progress=False, log=lambda s: None) == {"trained": 1, "resumed": 0, "skipped": 0}
     resumed = load_checkpoint(checkpoint_path(spec.run_dir, "last")).state_dict
     uninterrupted = load_checkpoint(checkpoint_path(whole.runs[0].run_dir, "last")).state_dict
+    # Exact: resumption repeats the uninterrupted run's code path (same process and threads).
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
     rows, whole_rows = collect_rows(plan), collect_rows(whole)
     assert [r["auroc"] for r in rows] == [r["auroc"] for r in whole_rows] and len(rows) == 2

@@ -58,6 +58,15 @@ class DataConfig:
     skip_bad_images: bool = False
     download: bool = True
     max_memory_mb: int = 4096
+    # Limits on untrusted input (docs/failure-behaviour.md). An image with more pixels is a bad
+    # image (refused, or skipped with skip_bad_images): Pillow's own default, which stops a
+    # 23 KB PNG claiming 14000 x 14000 pixels (a "decompression bomb").
+    max_image_pixels: int = 89_478_485
+    # An archive (--data-root x.tar.gz) is refused once its unpacked files would exceed any of:
+    # these bytes, this many files, or this many times the archive's own size (a gzip bomb).
+    max_unpacked_bytes: int = 20 * 2**30
+    max_unpacked_files: int = 1_000_000
+    max_unpack_ratio: float = 100.0
 
 
 @dataclass
@@ -276,6 +285,9 @@ def validate(config: Config) -> None:
         raise UserError(f"data.workers={d.workers}: use 0 or more")
     if d.max_memory_mb < 0:
         raise UserError(f"data.max_memory_mb={d.max_memory_mb}: use 0 (always stream) or more")
+    for name in ("max_image_pixels", "max_unpacked_bytes", "max_unpacked_files", "max_unpack_ratio"):
+        if getattr(d, name) <= 0:
+            raise UserError(f"data.{name}={getattr(d, name)}: use a positive limit")
     if d.abnormal_class is not None and d.normal_class is not None:
         raise UserError(
             "give either --abnormal-class (leave one class out) or --normal-class (one class), not both"

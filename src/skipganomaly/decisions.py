@@ -54,6 +54,34 @@ def selection_value(val: ScoredSet, metric: str) -> tuple[str, float]:
     return "val.mean_normal_score", -float(np.mean(normal))
 
 
+SELECTION_TITLES = {
+    "val.auroc": "validation AUROC",
+    "val.mean_normal_score": "mean anomaly score of the held-out normal images",
+}
+
+
+def selection_report(metric: str, value: float) -> dict:
+    """A selection metric as a person reads it: its name, the value on its own scale and which way
+    is better (:func:`selection_value` negates the mean normal score so that higher wins)."""
+    if metric == "val.mean_normal_score":
+        return {"metric": metric, "title": SELECTION_TITLES[metric], "value": -value, "better": "lower"}
+    return {
+        "metric": metric,
+        "title": SELECTION_TITLES.get(metric, metric),
+        "value": value,
+        "better": "higher",
+    }
+
+
+def selection_text(metric: str, value: float) -> str:
+    """The per-epoch log line's validation part: ``val AUROC 0.8123``, or under normal-only
+    ``val normal score 0.1234 (selects; lower is better)``."""
+    report = selection_report(metric, value)
+    if metric == "val.auroc":
+        return f"val AUROC {report['value']:.4f}"
+    return f"val normal score {report['value']:.4f} (selects; {report['better']} is better)"
+
+
 def split_metrics(scored: ScoredSet, normalization: ScoreNormalization) -> dict:
     """Metrics of one split on the deployment-scaled scores, at the stored threshold."""
     summary = detection_summary(scored.labels, normalization(scored.score), normalization.threshold)

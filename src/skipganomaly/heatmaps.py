@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .files import write_atomic
 
 # A perceptual dark-to-bright colour scale (anchors close to matplotlib's "inferno").
 _ANCHORS = np.array(
@@ -52,7 +53,5 @@ def write_heatmap(
     image = Image.fromarray(colorize(anomaly_map, map_high))
     if size is not None and image.size != size:
         image = image.resize(size, Image.BILINEAR)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG", compress_level=1)  # smooth maps: fast zlib level, small files still
-    os.replace(tmp, path)
+    # Complete or absent (a full disk leaves no half PNG): smooth maps, fast zlib level, small files.
+    write_atomic(path, lambda handle: image.save(handle, format="PNG", compress_level=1), sync=False)

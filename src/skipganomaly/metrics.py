@@ -93,6 +93,50 @@ def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
     return auroc((np.asarray(masks) > 0).astype(np.int64).ravel(), np.asarray(maps).ravel())
 
 
+def false_positive_rate(labels, scores, threshold: float) -> float:
+    """The share of normal images (label 0) that the rule ``score >= threshold`` flags."""
+    labels, scores = _as_arrays(labels, scores)
+    normal = labels == 0
+    return float(np.mean(scores[normal] >= threshold)) if normal.any() else math.nan
+
+
+def auroc_by_type(labels, scores, types, threshold: float | None = None) -> dict[str, dict[str, float]]:
+    """Table II's layout: per anomaly type, the AUROC of every normal image (label 0) against the
+    abnormal images of that type alone, their count, and with ``threshold`` the share of them
+    flagged (``recall``). ``types`` names each image's type (only the abnormal images' are
+    read); types are listed by name."""
+    labels, scores = _as_arrays(labels, scores)
+    types = np.asarray([str(t) for t in types], dtype=object)
+    if types.shape != labels.shape:
+        raise ValueError(f"{labels.shape[0]} labels but {types.shape[0]} types")
+    normal = labels == 0
+    out = {}
+    for name in sorted(set(types[labels == 1].tolist())):
+        mine = (labels == 1) & (types == name)
+        keep = normal | mine
+        entry = {"auroc": auroc(labels[keep], scores[keep]), "n_abnormal": int(mine.sum())}
+        if threshold is not None:
+            entry["recall"] = float(np.mean(scores[mine] >= threshold))
+        out[name] = entry
+    return out
+
+
+def curve_spread(values, last: int = 5) -> dict[str, float] | None:
+    """The spread of a per-epoch curve over its last ``last`` finite values: population standard
+    deviation (ddof = 0, the spread of those values themselves), range (max - min), how many values
+    and the values; None without a finite value."""
+    finite = [float(v) for v in values if v is not None and not math.isnan(v)]
+    tail = finite[-last:]
+    if not tail:
+        return None
+    return {
+        "std": float(np.std(tail)),
+        "range": float(max(tail) - min(tail)),
+        "epochs": len(tail),
+        "values": tail,
+    }
+
+
 def detection_summary(labels, scores, threshold: float | None = None) -> dict[str, float]:
     """AUROC, AUPRC, best F1 and equal error rate; with ``threshold``, its precision/recall/F1."""
     labels, scores = _as_arrays(labels, scores)

@@ -8,8 +8,9 @@ score does not depend on what else is scored with it.
 from __future__ import annotations
 
 import csv
+import io
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,9 @@ from PIL import Image
 
 from .checkpoint import Checkpoint, load_run_checkpoint
 from .data.base import ImageSet
-from .data.images import is_image_file, list_image_files
+from .data.images import collect_image_paths, is_image_file
 from .data.loading import BadImageCounter
-from .errors import UserError
+from .files import partial_path, streamed_file, write_error, write_text
 from .heatmaps import write_heatmap
 from .runtime import resolve_device, resolve_precision
 from .scoring import ScoredSet, ScoringOptions, score_set, scored_batches
@@ -47,33 +48,14 @@ class Prediction:
     size: tuple[int, int] | None = None  # the file's own (width, height), when scored from a file
 
 
-def collect_image_paths(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Image files named directly, and every image file below each folder named (sorted)."""
-    paths: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = list_image_files(path)
-            if not found:
-                raise UserError(
-                    f"folder {path} holds no image files ({', '.join(('png', 'jpg', 'bmp', 'tif'))}, ...)"
-                )
-            paths.extend(found)
-        elif path.is_file():
-            paths.append(path)
-        else:
-            raise UserError(f"{path} does not exist; pass image files or folders of images")
-    if not paths:
-        raise UserError("no images to score; pass image files or folders")
-    return paths
-
-
 class Predictor:
     """A trained model ready to score images, rebuilt from one checkpoint file alone."""
 
-    def __init__(self, checkpoint: Checkpoint, device: str = "auto"):
+    def __init__(self, checkpoint: Checkpoint, device: str = "auto", max_image_pixels: int | None = None):
         self.checkpoint = checkpoint
         self.config = checkpoint.config
+        # Files with more pixels are bad images (the run's data.max_image_pixels unless given).
+        self.max_image_pixels = max_image_pixels or self.config.data.max_image_pixels
         self.device = resolve_device(device)
         self.amp_dtype = resolve_precision(self.config.train.precision, self.device)
         self.model = checkpoint.build_model().to(self.device).eval()
@@ -86,8 +68,14 @@ class Predictor:
         self.epoch = checkpoint.epoch
 
     @classmethod
-    def from_run(cls, run_dir: str | os.PathLike, which: str = "best", device: str = "auto") -> Predictor:
-        return cls(load_run_checkpoint(run_dir, which), device)
+    def from_run(
+        cls,
+        run_dir: str | os.PathLike,
+        which: str = "best",
+        device: str = "auto",
+        max_image_pixels: int | None = None,
+    ) -> Predictor:
+        return cls(load_run_checkpoint(run_dir, which), device, max_image_pixels)
 
     def _scoring_options(
         self, batch_size: int, details: bool, workers: int, skip_bad: bool
@@ -100,6 +88,7 @@ class Predictor:
             details=details,
             workers=workers,
             skip_bad=skip_bad,
+            max_image_pixels=self.max_image_pixels,
         )
 
     def _score(self, image_set: ImageSet, batch_size: int, details: bool, workers: int, skip_bad: bool):
@@ -125,14 +114,16 @@ class Predictor:
         with_maps: bool = False,
         workers: int = 0,
         skip_bad: bool = False,
+        counter: BadImageCounter | None = None,
     ) -> Iterator[tuple[list[Prediction], int]]:
         """Score files streamed from disk in one pass; yields (predictions, images skipped) batch
         by batch, as soon as each is scored. One DataLoader serves the whole run, so its
         ``workers`` decode ahead of the model without being restarted, and memory stays bounded
-        by the few batches in flight, however many files there are."""
+        by the few batches in flight, however many files there are. ``counter``, if given,
+        collects the path and reason of each file skipped (``skip_bad``)."""
         names = [str(p) for p in paths]
         image_set = ImageSet(class_ids=np.zeros(len(names), np.int64), paths=names)
-        counter = BadImageCounter()
+        counter = counter if counter is not None else BadImageCounter()
         reported = 0
         options = self._scoring_options(batch_size, with_maps, workers, skip_bad)
         for batch, out in scored_batches(self.model, image_set, options, counter):
@@ -183,6 +174,12 @@ def unique_heatmap_name(source: str, used: set[str]) -> str:
     return name
 
 
+def skipped_list_path(output: Path) -> Path:
+    """Where ``predict`` names the unreadable images it skipped: ``NAME.skipped.csv`` beside
+    ``NAME.csv``."""
+    return output.with_name(f"{output.stem}.skipped.csv")
+
+
 def predict_to_csv(
     predictor: Predictor,
     inputs: list[str],
@@ -193,16 +190,23 @@ def predict_to_csv(
     skip_bad: bool = False,
     log=print,
 ) -> dict:
-    """Score files and folders into a CSV, written batch by batch as they finish, so an interrupted
-    run keeps what it scored. A row is written once its heatmap is on disk; heatmaps of one batch
-    are encoded by a few threads while the next batch is decoded and scored. Returns counts for
-    the caller to report."""
+    """Score files and folders into a CSV. Rows are written batch by batch as they finish into
+    ``OUTPUT.partial`` beside ``output``, which replaces ``output`` in one step once every image
+    is scored: a run that fails leaves a previous ``output`` as it was, and the finished file
+    never has a half-written row. A row is written once its heatmap is on disk; heatmaps of one
+    batch are encoded by a few threads while the next batch is decoded and scored. Images skipped
+    as unreadable (``skip_bad``) are named in ``NAME.skipped.csv`` (path, reason). Returns counts
+    (and ``skipped_files``) for the caller to report."""
     paths = collect_image_paths(inputs)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if heatmaps is not None:
-        heatmaps.mkdir(parents=True, exist_ok=True)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if heatmaps is not None:
+            heatmaps.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(output.parent if heatmaps is None else heatmaps, exc) from None
     used: set[str] = set()
-    counts = {"scored": 0, "anomalous": 0, "skipped": 0}
+    counts: dict = {"scored": 0, "anomalous": 0, "skipped": 0}
+    bad = BadImageCounter()
     map_high = predictor.normalization.map_high
 
     def heatmap_job(p: Prediction, target: Path) -> None:
@@ -212,9 +216,11 @@ def predict_to_csv(
                 size = original.size
         write_heatmap(target, p.anomaly_map, map_high, size)
 
-    def write_rows(writer, predictions: list[Prediction], jobs: list) -> None:
+    def write_rows(handle, predictions: list[Prediction], jobs: list) -> None:
         for job in jobs:
             job.result()  # re-raises a failed write
+        rows = io.StringIO()
+        writer = csv.writer(rows)
         for p in predictions:
             writer.writerow(
                 [
@@ -227,22 +233,23 @@ def predict_to_csv(
                     p.heatmap,
                 ]
             )
+        handle.write(rows.getvalue())  # one batch's whole rows at once
+        handle.flush()
+        for p in predictions:
             counts["scored"] += 1
             counts["anomalous"] += int(p.is_anomalous)
 
     pool = ThreadPoolExecutor(max_workers=HEATMAP_THREADS) if heatmaps is not None else None
     pending: tuple[list[Prediction], list] | None = None
-    with output.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(CSV_COLUMNS)
+    with streamed_file(output) as handle:
+        csv.writer(handle).writerow(CSV_COLUMNS)
         try:
             for predictions, skipped in predictor.score_paths(
-                paths, batch_size, heatmaps is not None, workers, skip_bad
+                paths, batch_size, heatmaps is not None, workers, skip_bad, counter=bad
             ):
                 counts["skipped"] += skipped
                 if pool is None:
-                    write_rows(writer, predictions, [])
-                    handle.flush()
+                    write_rows(handle, predictions, [])
                     continue
                 jobs = []
                 for p in predictions:
@@ -251,19 +258,39 @@ def predict_to_csv(
                         jobs.append(pool.submit(heatmap_job, p, target))
                         p.heatmap = str(target)
                 if pending is not None:
-                    write_rows(writer, *pending)
-                    handle.flush()
+                    write_rows(handle, *pending)
                 pending = (predictions, jobs)
             if pending is not None:
-                write_rows(writer, *pending)
+                write_rows(handle, *pending)
                 pending = None
-        finally:
+        except KeyboardInterrupt:
             if pool is not None:
                 pool.shutdown(wait=True)
             if pending is not None and all(job.done() and job.exception() is None for job in pending[1]):
-                write_rows(writer, *pending)  # interrupted: keep the batch whose heatmaps are written
-            handle.flush()
+                write_rows(handle, *pending)  # keep the batch whose heatmaps are written
+            raise
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+    counts["skipped_files"] = list(bad.files)
+    listed = skipped_list_path(output)
+    if bad.files:
+        rows = io.StringIO()
+        writer = csv.writer(rows)
+        writer.writerow(["path", "reason"])
+        writer.writerows(bad.files)
+        write_text(listed, rows.getvalue())
+    elif listed.is_file():
+        listed.unlink()  # a previous run's list: this output has no skipped images
     return counts
 
 
-__all__ = ["Predictor", "Prediction", "predict_to_csv", "collect_image_paths", "is_image_file"]
+__all__ = [
+    "Predictor",
+    "Prediction",
+    "predict_to_csv",
+    "collect_image_paths",
+    "is_image_file",
+    "partial_path",
+    "skipped_list_path",
+]

@@ -24,7 +24,7 @@ from torch import nn
 
 from .config import Config
 from .data.base import ImageSet, Splits
-from .data.images import load_mask
+from .data.images import DEFAULT_MAX_IMAGE_PIXELS, load_mask
 from .data.loading import BadImageCounter, Batch, iterate_batches, to_model_input
 from .metrics import pixel_auroc
 from .objective import ScoreOutput
@@ -54,6 +54,7 @@ class ScoringOptions:
     skip_bad: bool = False
     batchnorm_train: bool = False  # the official code's train-mode BatchNorm (paper protocol)
     details: bool = False  # keep anomaly maps, reconstructions and features
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # larger image files are bad images
 
     @classmethod
     def for_run(
@@ -77,6 +78,7 @@ class ScoringOptions:
             channels_last=config.train.channels_last,
             workers=config.data.workers,
             skip_bad=config.data.skip_bad_images,
+            max_image_pixels=config.data.max_image_pixels,
         )
         if protocol is not None and PROTOCOL_SPECS[protocol].official_scoring:
             options = options.replace(batchnorm_train=True, batch_size=config.data.batch_size)
@@ -154,6 +156,7 @@ def scored_batches(
             skip_bad=o.skip_bad,
             counter=counter,
             device=o.device,
+            max_pixels=o.max_image_pixels,
         ):
             # Inference mode per batch, not around the yield: it is thread-local and would
             # otherwise stay on in the caller's code while this generator is suspended. A model

@@ -30,7 +30,7 @@ from .checkpoint import Checkpoint, Selection, checkpoint_path, load_checkpoint,
 from .config import Config, dump_yaml
 from .data.base import Splits
 from .data.loading import BadImageCounter, epoch_order, iterate_batches, to_model_input
-from .decisions import fit_normalization, selection_value
+from .decisions import fit_normalization, selection_text, selection_value
 from .distributed import DistributedContext
 from .errors import UserError
 from .files import write_json, write_text
@@ -381,6 +381,7 @@ class Trainer:
             skip_bad=cfg.data.skip_bad_images,
             counter=counter,
             device=self.device,
+            max_pixels=cfg.data.max_image_pixels,
         )
         threads = self.thread_chooser
         if self.device.type == "cpu":
@@ -488,9 +489,13 @@ class Trainer:
                 save_checkpoint(checkpoint_path(self.run_dir, "last"), checkpoint)
             # The generator's terms are model-specific (g_con, g_lat, g_enc, ...): show those present.
             terms = " ".join(f"{k[2:]} {v:.4f}" for k, v in losses.items() if k.startswith("g_"))
+            # The metric the epoch is chosen on; normal-only has no validation AUROC (no anomalies).
+            val_text = selection_text(selection_name, value)
+            if selection_name != "val.auroc" and not math.isnan(record["val"]["auroc"]):
+                val_text += f"  val AUROC {record['val']['auroc']:.4f}"
             self.log(
                 f"epoch {epoch + 1:>3}/{cfg.train.epochs}  g {losses['g']:.4f} ({terms})  d {losses['d']:.4f}  "
-                f"val AUROC {record['val']['auroc']:.4f}  test AUROC {record['test']['auroc']:.4f}"
+                f"{val_text}  test AUROC {record['test']['auroc']:.4f}"
                 + (f"  paper-protocol AUROC {record['paper']['auroc']:.4f}" if "paper" in record else "")
                 + f"  {seconds:.1f}s"
                 + ("  *best*" if improved else "")

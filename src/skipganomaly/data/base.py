@@ -173,6 +173,26 @@ def official_evaluation_order(evaluation: ImageSet, original_order: bool, seed: 
     return np.concatenate(parts)
 
 
+def anomaly_types(image_set: ImageSet, class_names: list[str]) -> list[str] | None:
+    """The named kind of each image, for the paper's Table II layout (AUROC per anomaly type).
+
+    An image's kind is its group where the reader keeps one (MVTec AD's defect folder, the
+    reference layout's abnormal folder or the sub-folder below it), else its class's name (a
+    one-class setting's abnormal classes, a ``folder`` set's ``test/<type>/``). None when the set
+    holds fewer than two kinds of abnormal image: one kind's AUROC is the overall one.
+    """
+    if image_set.labels is None:
+        return None
+    if image_set.groups is not None:
+        kinds = [str(g) for g in image_set.groups]
+    else:
+        kinds = [
+            class_names[c] if 0 <= c < len(class_names) else str(c) for c in image_set.class_ids.tolist()
+        ]
+    abnormal = {k for k, label in zip(kinds, image_set.labels.tolist(), strict=True) if label == 1}
+    return kinds if len(abnormal) >= 2 else None
+
+
 def pool_counts(evaluation: ImageSet) -> dict[str, int]:
     """``SplitInfo.evaluation_pool`` of a labelled evaluation pool."""
     counts = evaluation.label_counts()

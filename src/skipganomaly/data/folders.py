@@ -8,7 +8,9 @@
   and test pools, seeded by ``data.split_seed`` (``TEST_FRACTION``).
 * the reference code's layout, ``ROOT/train/0.normal``, ``ROOT/test/0.normal`` and
   ``ROOT/test/1.abnormal``: normal and abnormal given directly; the training images are the
-  normal ones of ``train``, the labelled evaluation pool is ``test``.
+  normal ones of ``train``, the labelled evaluation pool is ``test``. Sub-folders of an
+  abnormal folder (``test/1.abnormal/knife/``) name kinds of anomaly, reported one by one in the
+  paper's Table II layout.
 
 Images within a class folder are found recursively (any format Pillow reads; hidden files
 skipped). ``ROOT`` may also be an archive (.tar.gz, .zip), unpacked once into the cache.
@@ -36,7 +38,7 @@ from ..errors import UserError
 from .archives import is_archive, unpack_archive
 from .base import ImageSet, LabelledSource, SplitInfo, Splits, pool_counts
 from .cache import array_cache_path, key_of, load_arrays, save_arrays
-from .images import BadImageError, is_image_file, load_image, native_channels
+from .images import DEFAULT_MAX_IMAGE_PIXELS, BadImageError, is_image_file, load_image, native_channels
 from .splits import apply_protocol
 
 TEST_FRACTION = 0.2
@@ -118,14 +120,14 @@ def fingerprint(files: list[ImageFile]) -> str:
     return digest.hexdigest()
 
 
-def probe_channels(files: list[ImageFile], skip_bad: bool) -> int:
+def probe_channels(files: list[ImageFile], skip_bad: bool, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> int:
     """3 when any of a few evenly spaced files has colour, else 1."""
     if not files:
         return 3
     picks = np.unique(np.linspace(0, len(files) - 1, min(CHANNEL_PROBES, len(files))).astype(int))
     for i in picks:
         try:
-            if native_channels(files[i].path) == 3:
+            if native_channels(files[i].path, max_pixels) == 3:
                 return 3
         except BadImageError:
             if not skip_bad:
@@ -170,7 +172,7 @@ def decode_files(files: list[ImageFile], cfg: DataConfig, channels: int, dataset
     if stored is not None and {"images", "kept", "skipped"} <= stored.keys():
         skipped = [str(s) for s in stored["skipped"]]
         if skipped and not cfg.skip_bad_images:
-            load_image(root / skipped[0], cfg.image_size, channels)  # raises BadImageError naming it
+            load_image(root / skipped[0], cfg.image_size, channels, cfg.max_image_pixels)  # raises, naming it
         return Decoded(
             images=stored["images"],
             kept=stored["kept"].astype(np.int64),
@@ -183,7 +185,7 @@ def decode_files(files: list[ImageFile], cfg: DataConfig, channels: int, dataset
     bar = tqdm(files, desc=f"decoding {n:,} images (once; cached after)", disable=None, leave=False)
     for i, f in enumerate(bar):
         try:
-            images[len(kept)] = load_image(f.path, cfg.image_size, channels)
+            images[len(kept)] = load_image(f.path, cfg.image_size, channels, cfg.max_image_pixels)
         except BadImageError:
             if not cfg.skip_bad_images:
                 raise
@@ -296,7 +298,7 @@ def _labelled_source(
     default_abnormal_class: str | None = None,
     split: str | None = None,
 ) -> LabelledSource:
-    channels = cfg.channels or probe_channels(files, cfg.skip_bad_images)
+    channels = cfg.channels or probe_channels(files, cfg.skip_bad_images, cfg.max_image_pixels)
     everything, decoded = image_set_from_files(files, np.asarray(class_ids), cfg, channels, dataset, root)
     is_test = np.asarray(in_test, dtype=bool)[decoded.kept]
     return LabelledSource(
@@ -349,6 +351,14 @@ def reject_class_choice(cfg: DataConfig, what: str) -> None:
         raise UserError(f"{what} says which images are normal and abnormal itself; drop {option}")
 
 
+def anomaly_group(folder_name: str, file_id: str) -> str:
+    """The kind of an abnormal image of the reference layout: the sub-folder of its abnormal
+    folder that holds it (``test/1.abnormal/knife/001.png`` is a knife), else the folder's name.
+    The paper's X-ray table reports AUROC per such kind (Table II)."""
+    parts = file_id.split("/")
+    return parts[2] if len(parts) > 3 else folder_name
+
+
 def reference_splits(cfg: DataConfig, root: Path, dataset: str = "folder") -> Splits:
     """The official code's custom layout: train/0.normal; test/0.normal and test/1.abnormal."""
     reject_class_choice(cfg, f"{root} (the reference layout train/0.normal, test/1.abnormal)")
@@ -380,9 +390,9 @@ def reference_splits(cfg: DataConfig, root: Path, dataset: str = "folder") -> Sp
             found = images_in(folder, root)
             files += found
             labels += [int(kind(name) == "abnormal")] * len(found)
-            groups += [name] * len(found)
+            groups += [anomaly_group(name, f.id) if kind(name) == "abnormal" else name for f in found]
             in_test += [part == "test"] * len(found)
-    channels = cfg.channels or probe_channels(files, cfg.skip_bad_images)
+    channels = cfg.channels or probe_channels(files, cfg.skip_bad_images, cfg.max_image_pixels)
     labels_array = np.asarray(labels, dtype=np.int64)
     everything, decoded = image_set_from_files(
         files, labels_array, cfg, channels, dataset, root, groups=groups

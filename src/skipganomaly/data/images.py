@@ -3,18 +3,28 @@
 Every reader and ``predict`` go through :func:`load_image`, so a file is prepared the same way
 for training and for scoring: any format Pillow reads; palette, RGBA (alpha dropped), CMYK,
 16-bit and float images converted; resized to ``size`` x ``size``; 1 or 3 channels.
+
+A file that cannot be read is a :class:`BadImageError` naming it (refused, or skipped with
+``--skip-bad-images``); so is an image with more pixels than ``max_pixels``
+(``data.max_image_pixels``, Pillow's own limit by default), checked from the header before
+anything is decoded, so a tiny file claiming 14000 x 14000 pixels costs nothing.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..config import DataConfig
 from ..errors import UserError
+
+DEFAULT_MAX_IMAGE_PIXELS = DataConfig.max_image_pixels
 
 IMAGE_EXTENSIONS = (
     ".png",
@@ -50,6 +60,27 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     ]
     return sorted(found)
+
+
+def collect_image_paths(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Image files named directly, and every image file below each folder named (sorted)."""
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = list_image_files(path)
+            if not found:
+                raise UserError(
+                    f"folder {path} holds no image files ({', '.join(('png', 'jpg', 'bmp', 'tif'))}, ...)"
+                )
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise UserError(f"{path} does not exist; pass image files or folders of images")
+    if not paths:
+        raise UserError("no images to score; pass image files or folders")
+    return paths
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
@@ -110,25 +141,46 @@ class Preprocessing:
         }
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """Open and fully decode an image, raising :class:`BadImageError` naming the file."""
+def open_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open and fully decode an image, raising :class:`BadImageError` naming the file (unreadable,
+    or more than ``max_pixels`` pixels)."""
     path = Path(path)
     if not path.is_file():
         raise BadImageError(f"image {path} does not exist")
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels  # a larger limit asked for: Pillow's own check follows it
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy() if image.mode != "P" else image.convert("RGBA")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        with warnings.catch_warnings():
+            # Between Pillow's limit and twice it, Pillow only warns; the limit is checked below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise BadImageError(_too_large(path, width, height, max_pixels))
+                image.load()
+                return image.copy() if image.mode != "P" else image.convert("RGBA")
+    except Image.DecompressionBombError:  # over twice Pillow's limit: refused by Pillow itself
+        raise BadImageError(_too_large(path, None, None, max_pixels)) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, MemoryError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BadImageError(
             f"image {path} cannot be read ({reason}); remove or replace it, or pass --skip-bad-images"
         ) from None
 
 
-def load_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
+def _too_large(path: Path, width: int | None, height: int | None, limit: int) -> str:
+    size = f"{width} x {height} pixels" if width is not None else "more pixels than Pillow allows"
+    return (
+        f"image {path} is too large ({size}, limit {limit:,} pixels; a decompression bomb?); remove it, "
+        "pass --skip-bad-images, or raise --max-image-pixels"
+    )
+
+
+def load_image(
+    path: str | os.PathLike, size: int, channels: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> np.ndarray:
     """Read an image file as a (size, size, channels) uint8 array."""
-    return prepare_image(open_image(path), size, channels)
+    return prepare_image(open_image(path, max_pixels), size, channels)
 
 
 def load_mask(path: str | os.PathLike, size: int) -> np.ndarray:
@@ -142,17 +194,17 @@ def load_mask(path: str | os.PathLike, size: int) -> np.ndarray:
 
 
 def load_image_and_size(
-    path: str | os.PathLike, size: int, channels: int
+    path: str | os.PathLike, size: int, channels: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """:func:`load_image` plus the file's own (width, height), read in the same pass (heatmaps are
     written at the original size without opening the file again)."""
-    image = open_image(path)
+    image = open_image(path, max_pixels)
     return prepare_image(image, size, channels), image.size
 
 
-def native_channels(path: str | os.PathLike) -> int:
+def native_channels(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> int:
     """1 for grayscale files, 3 for anything with colour."""
-    image = open_image(path)
+    image = open_image(path, max_pixels)
     return 1 if _to_8bit(image).mode in ("L", "1") else 3
 
 

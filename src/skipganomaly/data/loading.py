@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .base import ImageSet
-from .images import BadImageError, load_image_and_size
+from .images import DEFAULT_MAX_IMAGE_PIXELS, BadImageError, load_image_and_size
 
 
 @dataclass
@@ -52,37 +52,57 @@ def images_tensor(image_set: ImageSet, device: torch.device | str | None = None)
     return image_set._device_tensor
 
 
-class FileImageDataset(Dataset):
-    """Decodes image files on demand; a bad file raises, or yields None when ``skip_bad``."""
+@dataclass(frozen=True)
+class BadImage:
+    """What a worker hands back for a file it could not read: its position and the one-line
+    reason. The main process then skips it or raises :class:`BadImageError` with that line (an
+    exception raised in a DataLoader worker would arrive with the worker's whole traceback)."""
 
-    def __init__(self, paths: list[str], image_size: int, channels: int, skip_bad: bool = False):
+    index: int
+    message: str
+
+
+class FileImageDataset(Dataset):
+    """Decodes image files on demand; a bad file (unreadable, or over ``max_pixels``) yields a
+    :class:`BadImage` instead of an image."""
+
+    def __init__(
+        self,
+        paths: list[str],
+        image_size: int,
+        channels: int,
+        skip_bad: bool = False,
+        max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    ):
         self.paths = paths
         self.image_size = image_size
         self.channels = channels
         self.skip_bad = skip_bad
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
         try:
-            array, size = load_image_and_size(self.paths[index], self.image_size, self.channels)
-        except BadImageError:
-            if self.skip_bad:
-                return None
-            raise
+            array, size = load_image_and_size(
+                self.paths[index], self.image_size, self.channels, self.max_pixels
+            )
+        except BadImageError as exc:
+            return BadImage(index, str(exc))
         return torch.from_numpy(array).permute(2, 0, 1), index, size
 
 
 def _collate_skipping_bad(items):
-    good = [item for item in items if item is not None]
-    skipped = len(items) - len(good)
+    """One batch of the readable images, and the :class:`BadImage` of the others."""
+    good = [item for item in items if not isinstance(item, BadImage)]
+    bad = [item for item in items if isinstance(item, BadImage)]
     if not good:
-        return None, skipped
+        return None, bad
     images = torch.stack([image for image, _, _ in good])
     indices = torch.tensor([index for _, index, _ in good], dtype=torch.int64)
     sizes = torch.tensor([size for _, _, size in good], dtype=torch.int64)
-    return (images, indices, sizes), skipped
+    return (images, indices, sizes), bad
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -92,10 +112,12 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class BadImageCounter:
-    """Counts images skipped with ``--skip-bad-images`` while batches are drawn."""
+    """Counts the images skipped with ``--skip-bad-images`` while batches are drawn, and keeps
+    each one's path and reason (``files``) for the caller to name them."""
 
     def __init__(self) -> None:
         self.skipped = 0
+        self.files: list[tuple[str, str]] = []  # (path, one-line reason)
 
 
 def iterate_batches(
@@ -110,12 +132,15 @@ def iterate_batches(
     skip_bad: bool = False,
     counter: BadImageCounter | None = None,
     device: torch.device | str | None = None,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> Iterator[Batch]:
     """Yield batches of ``image_set`` in ``order`` (default: stored order).
 
     ``device`` is where the batches go next: for a GPU, in-memory images are sliced on the device
     when the set fits there, and file-backed batches arrive in pinned memory (fast, asynchronous
-    copies). ``Batch.labels`` and ``Batch.indices`` stay on the CPU."""
+    copies). ``Batch.labels`` and ``Batch.indices`` stay on the CPU. A file that cannot be read
+    (or has more than ``max_pixels`` pixels) raises :class:`BadImageError` naming it, in this
+    process, or with ``skip_bad`` is left out and recorded in ``counter``."""
     n = len(image_set)
     order = torch.arange(n) if order is None else order
     labels_all = (
@@ -135,7 +160,7 @@ def iterate_batches(
                 batch = batch.pin_memory()
             yield Batch(images=batch, labels=labels_all[index], indices=index)
         return
-    dataset = FileImageDataset(image_set.paths, image_size, channels, skip_bad)
+    dataset = FileImageDataset(image_set.paths, image_size, channels, skip_bad, max_pixels)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -145,9 +170,12 @@ def iterate_batches(
         persistent_workers=False,
         pin_memory=cuda,
     )
-    for item, skipped in loader:
+    for item, bad in loader:
+        if bad and not skip_bad:
+            raise BadImageError(bad[0].message)
         if counter is not None:
-            counter.skipped += skipped
+            counter.skipped += len(bad)
+            counter.files.extend((image_set.paths[b.index], b.message) for b in bad)
         if item is None:
             continue
         images, index, sizes = item

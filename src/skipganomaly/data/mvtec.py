@@ -90,7 +90,7 @@ def read_mvtec(cfg: DataConfig) -> Splits:
             masks.append(None if name == GOOD else mask_path(category, name, Path(f.path)))
             in_test.append(part == "test")
     class_ids = np.asarray([group_names.index(g) for g in groups], dtype=np.int64)
-    channels = cfg.channels or probe_channels(files, cfg.skip_bad_images)
+    channels = cfg.channels or probe_channels(files, cfg.skip_bad_images, cfg.max_image_pixels)
     everything, decoded = image_set_from_files(
         files, class_ids, cfg, channels, "mvtec", category, groups=groups, masks=masks
     )

@@ -29,8 +29,9 @@ images, then the abnormal test images, never shuffled, in batches of the trainin
 without ``drop_last``. We build the same order: normal images first, then abnormal ones (the
 training images of the abnormal class before its test images), each part in the data set's
 original order where the reader knows it (``SplitInfo.original_order``: CIFAR-10 python batches,
-MNIST idx files, scikit-learn's digits). Where it does not (class folders, whose files come class
-after class), a part holding several classes is shuffled, seeded by ``data.split_seed``, so its
+MNIST idx files, scikit-learn's digits, the reference layout). Where it does not (class folders,
+whose files come class after class; MVTec AD), a part holding several classes is shuffled, seeded
+by ``data.split_seed``, so its
 classes come mixed as in the original; a part of one class keeps the reader's order. Without
 this, class-folder data gave batches of one class each, and train-mode BatchNorm normalised every
 class on its own: on CIFAR-10 (automobile abnormal, one epoch, full width) that moved the paper
@@ -107,7 +108,7 @@ def _pools(source: LabelledSource, cfg: DataConfig) -> tuple[ImageSet, ImageSet,
         abnormal_names = [source.class_names[abnormal]]
         setting = "leave-one-class-out"
     if len(train) == 0:
-        raise UserError(f"{source.name} has no normal training images for this choice of classes")
+        raise UserError(_no_normal_training_images(source, cfg))
     info = dataclasses.replace(
         source.info,
         dataset=source.name,
@@ -118,6 +119,22 @@ def _pools(source: LabelledSource, cfg: DataConfig) -> tuple[ImageSet, ImageSet,
         evaluation_pool=pool_counts(evaluation),
     )
     return train, evaluation, info
+
+
+def _no_normal_training_images(source: LabelledSource, cfg: DataConfig) -> str:
+    """One line: where, the choice made, and the training images found per class."""
+    where = f"{source.name} in {source.info.root}" if source.info.root else source.name
+    choice = (
+        f"--normal-class {cfg.normal_class}"
+        if cfg.normal_class is not None
+        else f"--abnormal-class {cfg.abnormal_class if cfg.abnormal_class is not None else source.default_abnormal_class}"
+    )
+    counts = np.bincount(source.train.class_ids, minlength=len(source.class_names))
+    found = ", ".join(f"{name} {int(n)}" for name, n in zip(source.class_names, counts, strict=True))
+    return (
+        f"{where} has no normal training images for {choice}; training images per class found: {found}; "
+        "choose another class or add training images of the normal classes"
+    )
 
 
 def apply_protocol(

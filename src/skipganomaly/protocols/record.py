@@ -23,11 +23,13 @@ from typing import Any
 
 from torch import nn
 
+from .. import shortcuts
 from ..checkpoint import Checkpoint, Selection
 from ..config import Config
-from ..data.base import Splits
-from ..decisions import split_metrics
+from ..data.base import Splits, anomaly_types
+from ..decisions import selection_report, split_metrics
 from ..files import write_text
+from ..metrics import auroc, auroc_by_type, curve_spread, false_positive_rate
 from ..objective import ScoreNormalization
 from ..scoring import ScoredSet, ScoringOptions, has_masks, score_splits, split_pixel_metrics
 from . import BEST_TEST_EPOCH_NOTE, PROTOCOL_SPECS
@@ -54,6 +56,10 @@ class EvaluationInputs:
 
 Section = Callable[[EvaluationInputs], dict[str, Any]]
 
+# Steadiness is the spread of the per-epoch AUROC over this many last epochs (issue 10's target:
+# a standard deviation of validation AUROC <= 0.03 over the last 5 epochs).
+STEADY_EPOCHS = 5
+
 
 def run_section(e: EvaluationInputs) -> dict[str, Any]:
     """What was evaluated: the protocol and its note, the model, the data and the training."""
@@ -74,8 +80,14 @@ def run_section(e: EvaluationInputs) -> dict[str, Any]:
 
 
 def selection_section(e: EvaluationInputs) -> dict[str, Any]:
-    """The epoch kept and the validation metric that chose it."""
-    return {"epoch_best": e.best.epoch, "selection": e.best.metric}
+    """The epoch kept and the validation metric that chose it; ``selected_on`` gives that metric's
+    value on its own scale (normal-only: the mean score of the held-out normal images, lower is
+    better) and its title, so a protocol without a validation AUROC still shows what it chose on."""
+    return {
+        "epoch_best": e.best.epoch,
+        "selection": e.best.metric,
+        "selected_on": selection_report(e.best.metric, e.best.value),
+    }
 
 
 def detection_section(e: EvaluationInputs) -> dict[str, Any]:
@@ -83,6 +95,114 @@ def detection_section(e: EvaluationInputs) -> dict[str, Any]:
     return {
         "val": split_metrics(e.val, e.normalization),
         "test": split_metrics(e.test, e.normalization),
+    }
+
+
+def _pairs(e: EvaluationInputs) -> list[tuple[str, ScoredSet]]:
+    return [("val", e.val), ("test", e.test)]
+
+
+def false_positive_section(e: EvaluationInputs) -> dict[str, Any]:
+    """``fpr`` into ``val`` and ``test``: the share of their normal images flagged at the stored
+    threshold; and ``fpr_target`` where that threshold is a quantile of normal validation scores
+    (normal-only, ``eval.threshold=quantile``), which promises 1 - ``eval.threshold_quantile``.
+    It shows whether the threshold, fixed on held-out training normals, holds on test normals."""
+    threshold = e.normalization.threshold
+    out: dict[str, Any] = {
+        name: {"fpr": false_positive_rate(scored.labels, e.normalization(scored.score), threshold)}
+        for name, scored in _pairs(e)
+    }
+    if "quantile" in e.normalization.method:  # a quantile of normal scores promises its complement
+        for entry in out.values():
+            entry["fpr_target"] = 1.0 - e.config.eval.threshold_quantile
+    return out
+
+
+def anomaly_types_section(e: EvaluationInputs) -> dict[str, Any]:
+    """The paper's Table II layout: ``by_type`` into ``val`` and ``test`` when their abnormal
+    images come in several named kinds (MVTec's defect folders, a folder set's ``test/<type>/``,
+    the reference layout's abnormal sub-folders, a one-class setting's other classes): per kind,
+    the AUROC of the split's normal images against that kind alone, its count and the share
+    flagged at the stored threshold. The overall figure is the split's ``auroc``."""
+    out: dict[str, Any] = {}
+    for name, scored in _pairs(e):
+        kinds = anomaly_types(getattr(e.splits, name), e.splits.info.class_names)
+        if kinds is None:
+            continue
+        types = [kinds[i] for i in scored.indices]
+        scaled = e.normalization(scored.score)
+        out[name] = {"by_type": auroc_by_type(scored.labels, scaled, types, e.normalization.threshold)}
+    return out
+
+
+def shortcuts_section(e: EvaluationInputs) -> dict[str, Any]:
+    """``shortcuts``: the AUROC of trivial image statistics (mean, spread, gradient; original
+    size and aspect for files) on the validation and test splits, beside the model's, overall and
+    per anomaly kind, and the warnings they raise (:mod:`skipganomaly.shortcuts`). A split
+    without both normal and abnormal images (normal-only's validation) has none."""
+    data = e.config.data
+    out: dict[str, Any] = {
+        "note": shortcuts.NOTE,
+        "warn_at": {
+            "separability": shortcuts.WARN_SEPARABILITY,
+            "margin": shortcuts.WARN_MARGIN,
+            "compare_from": shortcuts.COMPARE_FROM,
+        },
+    }
+    done: dict[int, dict[str, Any]] = {}
+    warnings: list[str] = []
+    for name, scored in reversed(_pairs(e)):  # test first: it is the figure reported
+        image_set = getattr(e.splits, name)
+        labels = image_set.labels
+        if labels is None or not ((labels == 0).any() and (labels == 1).any()):
+            out[name] = None
+            continue
+        if id(image_set) in done:  # the paper protocol validates on the test set itself
+            out[name] = done[id(image_set)]
+            continue
+        positions, statistics, unavailable = shortcuts.set_statistics(
+            image_set,
+            data.image_size,
+            e.splits.channels,
+            workers=data.workers,
+            skip_bad=data.skip_bad_images,
+        )
+        kinds = anomaly_types(image_set, e.splits.info.class_names)
+        model_by_type = None
+        if kinds is not None:
+            by_type = auroc_by_type(scored.labels, scored.score, [kinds[i] for i in scored.indices])
+            model_by_type = {kind: entry["auroc"] for kind, entry in by_type.items()}
+        entry = shortcuts.summarize_split(
+            labels[positions],
+            statistics,
+            auroc(scored.labels, scored.score),
+            name,
+            types=[kinds[i] for i in positions] if kinds is not None else None,
+            model_by_type=model_by_type,
+            unavailable=unavailable,
+        )
+        warnings += entry["warnings"]
+        done[id(image_set)] = out[name] = entry
+    out["warnings"] = warnings
+    return {"shortcuts": out}
+
+
+def _curve_value(record: dict[str, Any], split: str) -> float | None:
+    return (record.get(split) or {}).get("auroc")
+
+
+def steadiness_section(e: EvaluationInputs) -> dict[str, Any]:
+    """``steadiness``: the spread of the per-epoch validation AUROC over the last
+    :data:`STEADY_EPOCHS` epochs (population standard deviation and range), and of the test AUROC
+    (reported, never used to choose; the one AUROC curve of a normal-only run)."""
+    return {
+        "steadiness": {
+            "last_epochs": STEADY_EPOCHS,
+            "note": f"population standard deviation (ddof = 0) and range (max - min) of the AUROC after "
+            f"each of the last {STEADY_EPOCHS} epochs (fewer when the run had fewer)",
+            "val_auroc": curve_spread([_curve_value(h, "val") for h in e.history], STEADY_EPOCHS),
+            "test_auroc": curve_spread([_curve_value(h, "test") for h in e.history], STEADY_EPOCHS),
+        }
     }
 
 
@@ -120,7 +240,11 @@ METRIC_SECTIONS: tuple[Section, ...] = (
     run_section,
     selection_section,
     detection_section,
+    false_positive_section,
+    anomaly_types_section,
     optimistic_section,
+    steadiness_section,
+    shortcuts_section,
     normalization_section,
     pixel_section,
 )

@@ -126,6 +126,7 @@ def write_run_examples(run_dir: str | Path, splits: Splits, config: Config, seed
         image_size=config.data.image_size,
         channels=splits.channels,
         skip_bad=config.data.skip_bad_images,
+        max_pixels=config.data.max_image_pixels,
     ):
         for k, i in enumerate(batch.indices.tolist()):
             inputs[i] = batch.images[k].permute(1, 2, 0).numpy()

@@ -66,6 +66,18 @@ AUROC_CURVES_CAPTION = (
     "Validation AUROC after each epoch (circle: the epoch selected); dotted: the paper protocol's "
     "AUROC on the whole evaluation pool (OPTIMISTIC; its best epoch is what the paper rows report)."
 )
+NORMAL_ONLY_CURVES_CAPTION = (
+    "normal-only: validation holds held-out normal images only, so it has no AUROC; dashed: the test "
+    "AUROC after each epoch (reported, never used to choose; circle: the epoch chosen on the held-out "
+    "normals' mean anomaly score, lower is better)."
+)
+
+
+def curves_caption(protocol: str) -> str:
+    spec = PROTOCOL_SPECS[protocol]
+    if spec.validation == "normal hold-out":
+        return f"{spec.title}: " + NORMAL_ONLY_CURVES_CAPTION
+    return f"{spec.title}: " + AUROC_CURVES_CAPTION
 
 
 def losses_caption(seed: int) -> str:
@@ -171,6 +183,34 @@ def model_figures(plan: Plan, model: str, runs: dict[Path, RunFiles], many: bool
             )
         )
     classes = runs_by_class(plan, model, protocol)
+    curves = []
+    # The per-epoch AUROC curves of every training protocol (steadiness, and normal-only beside
+    # val-split); the first protocol's figure keeps its name.
+    for k, trained in enumerate(dict.fromkeys(s.protocol for s in plan.runs if s.model == model)):
+        panels = [
+            (
+                name,
+                [
+                    {
+                        "label": f"seed {s.seed}",
+                        "history": runs[s.run_dir].metrics["history"],
+                        "epoch_best": runs[s.run_dir].metrics["epoch_best"],
+                    }
+                    for s in specs
+                ],
+            )
+            for name, specs in runs_by_class(plan, model, trained)
+        ]
+        suffix = "" if k == 0 else f"_{slug(trained)}"
+        what = "Validation AUROC per epoch" if k == 0 else f"AUROC per epoch, {PROTOCOL_SPECS[trained].title}"
+        curves.append(
+            Figure(
+                f"training_auroc{tag}{suffix}",
+                f"{prefix}{what}",
+                curves_caption(trained),
+                figures.auroc_curves(panels),
+            )
+        )
     roc_panels = [
         (
             name,
@@ -185,31 +225,12 @@ def model_figures(plan: Plan, model: str, runs: dict[Path, RunFiles], many: bool
         )
         for name, specs in classes
     ]
-    curve_panels = [
-        (
-            name,
-            [
-                {
-                    "label": f"seed {s.seed}",
-                    "history": runs[s.run_dir].metrics["history"],
-                    "epoch_best": runs[s.run_dir].metrics["epoch_best"],
-                }
-                for s in specs
-            ],
-        )
-        for name, specs in classes
-    ]
     loss_runs = [(column_label(plan, r.spec.class_name), r.losses) for r in featured]
     out += [
         Figure(
             f"roc_curves{tag}", f"{prefix}ROC curves", roc_caption(protocol), figures.roc_curves(roc_panels)
         ),
-        Figure(
-            f"training_auroc{tag}",
-            f"{prefix}Validation AUROC per epoch",
-            AUROC_CURVES_CAPTION,
-            figures.auroc_curves(curve_panels),
-        ),
+        *curves,
         Figure(
             f"training_losses{tag}",
             f"{prefix}Training losses",

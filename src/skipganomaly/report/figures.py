@@ -218,20 +218,31 @@ def roc_curves(panels: list[tuple[str, list[tuple[str, np.ndarray, np.ndarray]]]
 
 
 # --------------------------------------------------------------------------- training curves
+def _missing(values: list[Any]) -> bool:
+    return all(v is None or (isinstance(v, float) and math.isnan(v)) for v in values)
+
+
 def auroc_curves(panels: list[tuple[str, list[dict[str, Any]]]], title: str = "") -> bytes:
     """One panel per class: validation AUROC per epoch for each seed (solid, the selected epoch
-    marked), and the paper protocol's AUROC (dotted, optimistic) where it was scored."""
+    marked), and the paper protocol's AUROC (dotted, optimistic) where it was scored. A run whose
+    validation has no AUROC (normal-only: no anomalies) shows its test AUROC instead (dashed;
+    reported, never used to choose), the epoch chosen on the held-out normals marked on it."""
     fig = _figure(*_grid_size(len(panels)))
     for ax, (name, runs) in zip(_panel_grid(fig, len(panels)), panels, strict=True):
         for k, run in enumerate(runs):
             colour = SERIES_COLOURS[k % 8]
             epochs = [h["epoch"] for h in run["history"]]
             val = [h["val"]["auroc"] for h in run["history"]]
-            if not all(v is None or (isinstance(v, float) and math.isnan(v)) for v in val):
-                ax.plot(epochs, val, color=colour, lw=1.2, marker=".", label=f"{run['label']} validation")
+            curve, style, label = val, "-", "validation"
+            if _missing(val):
+                curve, style, label = [h["test"]["auroc"] for h in run["history"]], "--", "test"
+            if not _missing(curve):
+                ax.plot(
+                    epochs, curve, color=colour, lw=1.2, ls=style, marker=".", label=f"{run['label']} {label}"
+                )
                 best = run.get("epoch_best")
                 if best in epochs:
-                    ax.plot([best], [val[epochs.index(best)]], marker="o", mfc="none", color=colour)
+                    ax.plot([best], [curve[epochs.index(best)]], marker="o", mfc="none", color=colour)
             paper = [(h["epoch"], h["paper"]["auroc"]) for h in run["history"] if h.get("paper")]
             if paper:
                 ax.plot(

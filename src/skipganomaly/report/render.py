@@ -18,6 +18,8 @@ import yaml
 from ..files import write_bytes, write_json, write_text
 from ..model_specs import display_name
 from ..protocols import HONEST_PROTOCOLS, PAPER, PROTOCOL_SPECS
+from ..shortcuts import NOTE as SHORTCUT_NOTE
+from ..shortcuts import STATISTICS, TITLES, is_shortcut
 from . import published
 from .figure_set import Figure, build_figures
 from .results import Summary, TableEntry, collect_rows, results_csv, summarize
@@ -44,14 +46,28 @@ def _class_means(entry: TableEntry, classes: list[str]) -> list[float | None]:
     return [entry["per_class"][c]["mean"] for c in classes] + [entry["overall"]["mean"]]
 
 
+def steadiness_cell(entry: TableEntry) -> str:
+    """The steadiness column: the mean over runs of the AUROC's spread over the last epochs; a
+    dagger where it is the test curve's (normal-only has no validation AUROC)."""
+    steadiness = entry.get("steadiness")
+    if not steadiness or steadiness["mean"] is None:
+        return "n/a"
+    return fmt(steadiness["mean"]) + (" †" if steadiness["curve"] == "test" else "")
+
+
+def steadiness_header(summary: Summary) -> str:
+    return f"AUROC std, last {summary.get('steady_epochs', 5)} epochs"
+
+
 def table_rows(summary: Summary) -> list[tuple[str, list[str], bool]]:
-    """(row label, cells per class + mean, optimistic) in Table I's layout."""
+    """(row label, cells per class + mean + steadiness, optimistic) in Table I's layout."""
     out = []
     classes = summary["classes"]
     for model, by_protocol in summary["table"].items():
         for protocol, entry in by_protocol.items():
             cells = [fmt(entry["per_class"][c]["mean"], entry["per_class"][c]["std"]) for c in classes]
             cells.append(fmt(entry["overall"]["mean"], entry["overall"]["std"]))
+            cells.append(steadiness_cell(entry))
             out.append(
                 (f"{display_name(model)}, ours, {PROTOCOL_SPECS[protocol].title}", cells, entry["optimistic"])
             )
@@ -62,7 +78,7 @@ def table_rows(summary: Summary) -> list[tuple[str, list[str], bool]]:
                 _class_means(by_protocol[honest], classes),
                 strict=True,
             )
-            cells = ["n/a" if a is None or b is None else f"{a - b:+.3f}" for a, b in pairs]
+            cells = ["n/a" if a is None or b is None else f"{a - b:+.3f}" for a, b in pairs] + [""]
             out.append((f"{display_name(model)}: paper protocol minus {honest}", cells, False))
     reference = summary["published"]
     if reference:
@@ -70,7 +86,7 @@ def table_rows(summary: Summary) -> list[tuple[str, list[str], bool]]:
         order = list(reference["rows"])
         for model in sorted(order, key=lambda m: (m not in run_models, order.index(m))):
             row = reference["rows"][model]
-            cells = [f"{row['per_class'][c]:.3f}" for c in classes] + [f"{row['mean']:.3f}"]
+            cells = [f"{row['per_class'][c]:.3f}" for c in classes] + [f"{row['mean']:.3f}", ""]
             out.append((f"{row['label']}, published (Table I, OPTIMISTIC)", cells, True))
     return out
 
@@ -118,6 +134,12 @@ def _notes(summary: Summary) -> list[str]:
         "mean alone. Mean column: the mean of the class means, ± the standard deviation over seeds of each "
         "seed's mean over the classes.",
     ]
+    notes.append(
+        f"{steadiness_header(summary)}: the mean over the row's runs of each run's population standard "
+        f"deviation of its validation AUROC after each of its last {summary.get('steady_epochs', 5)} "
+        "epochs, or of all its epochs when it had fewer (steadiness; the paper rows: of the paper "
+        "protocol's AUROC); † the test AUROC's, where validation holds no anomalies (normal-only)."
+    )
     for protocol in summary["protocols"]:
         notes.append(f"{protocol}: {summary['protocol_notes'][protocol]}.")
     if PAPER.name in summary["protocols"] and len(summary["protocols"]) > 1:
@@ -134,6 +156,85 @@ def _notes(summary: Summary) -> list[str]:
     return notes
 
 
+def table_ii_rows(summary: Summary) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """(header, rows) of the Table II layout: AUROC per anomaly type and overall per run."""
+    table = summary.get("table_ii")
+    if not table:
+        return [], []
+    header = ["run", *table["types"], "overall"]
+    rows = []
+    for row in table["rows"]:
+        std = row["std"] or {}
+        cells = [fmt(row["by_type"].get(t), std.get(t)) for t in table["types"]]
+        cells.append(fmt(row["overall"], std.get("overall")))
+        rows.append((row["label"], cells))
+    return header, rows
+
+
+TABLE_II_NOTE = (
+    "AUROC of the test split's normal images against each anomaly type alone, and overall (normal "
+    "against every anomaly), as in the paper's Table II (per threat type); mean rows: mean ± sample "
+    "standard deviation over seeds."
+)
+
+
+def shortcut_table(summary: Summary) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """(header, rows) of the trivial statistics' test AUROC beside each model's, per split."""
+    rows_in = summary.get("shortcuts") or []
+    if not rows_in:
+        return [], []
+    names = [n for n in STATISTICS if any(n in r["statistics"] for r in rows_in)]
+    models = list(dict.fromkeys(m for r in rows_in for m in r["model_auroc"]))
+    header = ["test split", *(TITLES[n] for n in names), *(f"{display_name(m)} AUROC" for m in models)]
+    rows = []
+    for r in rows_in:
+        cells = []
+        for n in names:
+            stat = r["statistics"].get(n)
+            cells.append(
+                "n/a" if stat is None else f"{stat['auroc']:.3f}" + (" !" if _warned(stat, r) else "")
+            )
+        cells += [fmt(r["model_auroc"].get(m)) for m in models]
+        label = (
+            r["class_name"]
+            if len({x["protocol"] for x in rows_in}) == 1
+            else f"{r['class_name']} ({r['protocol']})"
+        )
+        rows.append((label, cells))
+    return header, rows
+
+
+def _warned(stat: dict[str, Any], row: dict[str, Any]) -> bool:
+    return any(is_shortcut(stat, value) for value in row["model_auroc"].values())
+
+
+def shortcut_notes(summary: Summary) -> list[str]:
+    rows_in = summary.get("shortcuts") or []
+    notes = [
+        "AUROC of each statistic alone on the test split (as computed: below 0.5 it separates in the other "
+        "direction); ! marks a shortcut. " + SHORTCUT_NOTE
+    ]
+    constant = {n for r in rows_in for n in r.get("constant", {})}
+    unavailable = {n: why for r in rows_in for n, why in r.get("unavailable", {}).items()}
+    if constant:
+        notes.append(
+            "The same for every image (left out): "
+            + ", ".join(TITLES.get(n, n) for n in sorted(constant))
+            + "."
+        )
+    if unavailable:
+        notes.append(
+            "Not available: "
+            + "; ".join(f"{TITLES.get(n, n)} ({why})" for n, why in unavailable.items())
+            + "."
+        )
+    return notes
+
+
+def shortcut_warnings_of(summary: Summary) -> list[str]:
+    return [w for r in summary.get("shortcuts") or [] for w in r["warnings"]]
+
+
 def _row_for_csv(row: dict[str, Any]) -> list[str]:
     return [
         display_name(row["model"]),
@@ -145,10 +246,29 @@ def _row_for_csv(row: dict[str, Any]) -> list[str]:
         fmt(row["f1"]),
         str(row["epoch_best"]),
         f"{row['wall_time_s']:.0f}" if not math.isnan(row["wall_time_s"]) else "n/a",
+        fmt(row.get("auroc_std_last")) + (" †" if row.get("std_curve") == "test" else ""),
+        (
+            f"{TITLES.get(row['shortcut_statistic'], row['shortcut_statistic'])} "
+            f"{row['shortcut_separability']:.3f}"
+            if row.get("shortcut_statistic")
+            else ""
+        ),
     ]
 
 
-RUN_HEADER = ["model", "class", "seed", "protocol", "AUROC", "AUPRC", "F1", "best epoch", "wall time (s)"]
+RUN_HEADER = [
+    "model",
+    "class",
+    "seed",
+    "protocol",
+    "AUROC",
+    "AUPRC",
+    "F1",
+    "best epoch",
+    "wall time (s)",
+    "AUROC std, last epochs",
+    "strongest trivial statistic (separability)",
+]
 
 
 def _reduced(summary: Summary) -> bool:
@@ -163,12 +283,33 @@ def markdown(summary: Summary, rows: list[dict[str, Any]], figs: list[Figure]) -
     if _reduced(summary):
         lines += [f"> **{summary['profile']['note']}.**", ""]
     lines += [f"- **{k}**: {v}" for k, v in _settings(summary)]
-    header = ["model, protocol", *summary["classes"], "mean"]
+    header = ["model, protocol", *summary["classes"], "mean", steadiness_header(summary)]
     lines += ["", "## Table I layout: test AUROC per class", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, cells, optimistic in table_rows(summary):
         lines.append("| " + " | ".join([f"*{label}*" if optimistic else label, *cells]) + " |")
     lines += [""] + [f"- {n}" for n in _notes(summary)]
+    header, rows_ii = table_ii_rows(summary)
+    if rows_ii:
+        lines += ["", "## Table II layout: test AUROC per anomaly type", ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join([label, *cells]) + " |" for label, cells in rows_ii]
+        lines += ["", f"- {TABLE_II_NOTE}"]
+    header, rows_sc = shortcut_table(summary)
+    if rows_sc:
+        lines += ["", "## Shortcut check: trivial image statistics", ""]
+        warnings = shortcut_warnings_of(summary)
+        if warnings:
+            lines += [
+                "> **SHORTCUT WARNING**: a trivial image statistic separates normal from abnormal "
+                "test images about as well as the model, or very well on its own:",
+                ">",
+            ]
+            lines += [f"> - {w}" for w in warnings]
+            lines += [""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join([label, *cells]) + " |" for label, cells in rows_sc]
+        lines += [""] + [f"- {n}" for n in shortcut_notes(summary)]
     if not summary["published"]:
         lines += [
             "",
@@ -224,6 +365,14 @@ pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.8em}
 """
 
 
+def _html_table(header: list[str], rows: list[tuple[str, list[str]]]) -> str:
+    e = html.escape
+    table = ["<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"]
+    for label, cells in rows:
+        table.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in [label, *cells]) + "</tr>")
+    return "".join(table) + "</table>"
+
+
 def html_report(summary: Summary, rows: list[dict[str, Any]], figs: list[Figure]) -> str:
     e = html.escape
     parts = [
@@ -237,13 +386,30 @@ def html_report(summary: Summary, rows: list[dict[str, Any]], figs: list[Figure]
         parts.append(f'<p class="warn"><strong>{e(summary["profile"]["note"])}.</strong></p>')
     parts.append("<dl>" + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in _settings(summary)) + "</dl>")
     parts.append("<h2>Table I layout: test AUROC per class</h2>")
-    header = ["model, protocol", *summary["classes"], "mean"]
+    header = ["model, protocol", *summary["classes"], "mean", steadiness_header(summary)]
     table = ["<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"]
     for label, cells, optimistic in table_rows(summary):
         cls = ' class="optimistic"' if optimistic else ""
         table.append(f"<tr{cls}>" + "".join(f"<td>{e(c)}</td>" for c in [label, *cells]) + "</tr>")
     parts.append("".join(table) + "</table>")
     parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in _notes(summary)) + "</ul>")
+    header, rows_ii = table_ii_rows(summary)
+    if rows_ii:
+        parts.append("<h2>Table II layout: test AUROC per anomaly type</h2>")
+        parts.append(_html_table(header, rows_ii) + f"<p>{e(TABLE_II_NOTE)}</p>")
+    header, rows_sc = shortcut_table(summary)
+    if rows_sc:
+        parts.append("<h2>Shortcut check: trivial image statistics</h2>")
+        warnings = shortcut_warnings_of(summary)
+        if warnings:
+            parts.append(
+                '<div class="warn"><strong>SHORTCUT WARNING</strong>: a trivial image statistic separates '
+                "normal from abnormal test images about as well as the model, or very well on its own:<ul>"
+                + "".join(f"<li>{e(w)}</li>" for w in warnings)
+                + "</ul></div>"
+            )
+        parts.append(_html_table(header, rows_sc))
+        parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in shortcut_notes(summary)) + "</ul>")
     if not summary["published"]:
         parts.append(
             "<h3>Table I as published (CIFAR-10, a different data set, for reference only; means computed here)</h3>"
@@ -283,7 +449,7 @@ def write_report(plan: Plan) -> Report:
     output = Path(plan.options.output)
     runs = read_runs(plan)  # every run folder's files, each read once
     rows = collect_rows(plan, runs)
-    summary = summarize(plan, rows)
+    summary = summarize(plan, rows, runs)
     figs = build_figures(plan, summary, runs)
     for fig in figs:
         write_bytes(output / "figures" / f"{fig.name}.png", fig.png)
@@ -298,16 +464,34 @@ def write_report(plan: Plan) -> Report:
     return Report(rows, summary, figs)
 
 
-def summary_table_text(summary: Summary) -> str:
-    """The Table I layout as plain text, for the terminal."""
-    header = ["", *summary["classes"], "mean"]
-    body = [[label, *cells] for label, cells, _ in table_rows(summary)]
+def _text_table(header: list[str], body: list[list[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
-    lines = [
+    return "\n".join(
         "  ".join(
             str(c).ljust(w) if i == 0 else str(c).rjust(w)
             for i, (c, w) in enumerate(zip(r, widths, strict=True))
         )
         for r in [header, *body]
-    ]
-    return "\n".join(lines)
+    )
+
+
+def summary_table_text(summary: Summary) -> str:
+    """The Table I layout as plain text, for the terminal; then the Table II layout and the
+    shortcut warnings, when the runs have them."""
+    header = ["", *summary["classes"], "mean", steadiness_header(summary)]
+    parts = [_text_table(header, [[label, *cells] for label, cells, _ in table_rows(summary)])]
+    header, rows_ii = table_ii_rows(summary)
+    if rows_ii:
+        parts.append("Table II layout: test AUROC per anomaly type (normal vs that type) and overall")
+        parts.append(_text_table(["", *header[1:]], [[label, *cells] for label, cells in rows_ii]))
+    warnings = shortcut_warnings_of(summary)
+    if warnings:
+        from ..shortcuts import warning_block
+
+        # Each split's overall lines; the per-type ones are counted (the report lists them all).
+        overall = [w for w in warnings if ": test, normal vs " not in w]
+        per_type = len(warnings) - len(overall)
+        if per_type:
+            overall.append(f"and {per_type} for single anomaly types (see the report)")
+        parts.append(warning_block(overall))
+    return "\n".join(parts)

@@ -18,7 +18,11 @@ from typing import Any, TypedDict
 import numpy as np
 
 from .. import __version__
+from ..metrics import curve_spread
+from ..model_specs import display_name
 from ..protocols import PAPER, PROTOCOL_SPECS
+from ..protocols.record import STEADY_EPOCHS
+from ..shortcuts import shortcut_warnings
 from . import published
 from .run_files import RunFiles, read_runs
 from .runner import Plan, RunSpec
@@ -39,6 +43,14 @@ class Overall(TypedDict):
     n_seeds: int
 
 
+class Steadiness(TypedDict):
+    """The mean over runs of each run's spread of AUROC over its last epochs (``auroc_std_last``)."""
+
+    mean: float | None
+    n: int
+    curve: str  # "val" (validation), "test" (normal-only: no validation AUROC) or "paper"
+
+
 class TableEntry(TypedDict):
     """One model under one protocol: per class (by column label) and overall."""
 
@@ -47,6 +59,39 @@ class TableEntry(TypedDict):
     optimistic: bool
     note: str
     f1_note: str
+    steadiness: Steadiness
+
+
+class TableIIRow(TypedDict):
+    """One row of the Table II layout: a run (or the mean over seeds) with its AUROC per anomaly
+    type (normal vs that type) and overall, on its test split."""
+
+    label: str
+    model: str
+    protocol: str
+    class_name: str
+    seed: int | None  # None: the mean over seeds
+    by_type: dict[str, float | None]
+    overall: float | None
+    std: dict[str, float | None] | None  # over seeds, for a mean row
+
+
+class TableII(TypedDict):
+    types: list[str]
+    rows: list[TableIIRow]
+
+
+class ShortcutRow(TypedDict):
+    """The trivial statistics of one test split (they depend on the split, not on the model or the
+    seed) beside each model's mean test AUROC on it, and the warnings that raises."""
+
+    protocol: str
+    class_name: str
+    statistics: dict[str, dict[str, Any]]
+    constant: dict[str, float]
+    unavailable: dict[str, str]
+    model_auroc: dict[str, float | None]
+    warnings: list[str]
 
 
 class PublishedRow(TypedDict):
@@ -86,6 +131,9 @@ class Summary(TypedDict):
     table: dict[str, dict[str, TableEntry]]  # model -> protocol -> entry
     published: Published | None  # Table I's rows, for CIFAR-10's classes
     package_version: str
+    steady_epochs: int  # the steadiness columns' spread is over this many last epochs
+    table_ii: TableII | None  # AUROC per anomaly type, when the runs' anomalies have named types
+    shortcuts: list[ShortcutRow]  # trivial image statistics per test split
 
 
 COLUMNS = [
@@ -106,11 +154,41 @@ COLUMNS = [
     "wall_time_s",
     "trained_with",
     "run_dir",
+    "auroc_std_last",
+    "std_curve",
+    "shortcut_separability",
+    "shortcut_statistic",
 ]
 
 
 def _finite(value: Any) -> float:
     return float(value) if value is not None else math.nan
+
+
+def steadiness_of(metrics: dict[str, Any], protocol: str) -> tuple[float, str]:
+    """(spread of the AUROC over the last :data:`STEADY_EPOCHS` epochs, which curve) for a result
+    row of ``protocol``: the validation curve, the test curve where validation has no AUROC
+    (normal-only), the paper protocol's own curve for a paper row scored beside an honest run.
+    Read from the history, so run folders written before ``steadiness`` existed have it too."""
+    history = metrics.get("history", [])
+    if protocol == PAPER.name and metrics.get("protocol") != PAPER.name:
+        spread = curve_spread([h["paper"]["auroc"] for h in history if h.get("paper")], STEADY_EPOCHS)
+        return (spread["std"] if spread else math.nan), "paper"
+    spread = curve_spread([(h.get("val") or {}).get("auroc") for h in history], STEADY_EPOCHS)
+    if spread is not None:
+        return spread["std"], "val"
+    spread = curve_spread([(h.get("test") or {}).get("auroc") for h in history], STEADY_EPOCHS)
+    return (spread["std"] if spread else math.nan), "test"
+
+
+def strongest_shortcut(metrics: dict[str, Any]) -> tuple[float, str]:
+    """(the largest separability of a trivial statistic on the test split, its name)."""
+    test = (metrics.get("shortcuts") or {}).get("test") or {}
+    table = test.get("statistics") or {}
+    if not table:
+        return math.nan, ""
+    name = max(table, key=lambda k: table[k]["separability"])
+    return _finite(table[name]["separability"]), name
 
 
 def rows_of_run(plan: Plan, spec: RunSpec, metrics: dict[str, Any]) -> list[dict[str, Any]]:
@@ -129,9 +207,15 @@ def rows_of_run(plan: Plan, spec: RunSpec, metrics: dict[str, Any]) -> list[dict
     rows = []
     if spec.protocol in plan.options.protocols:
         test = metrics["test"]
+        std, curve = steadiness_of(metrics, spec.protocol)
+        separability, statistic = strongest_shortcut(metrics)
         rows.append(
             base
             | {
+                "auroc_std_last": std,
+                "std_curve": curve,
+                "shortcut_separability": separability,
+                "shortcut_statistic": statistic,
                 "protocol": spec.protocol,
                 "optimistic": int(PROTOCOL_SPECS[spec.protocol].optimistic),
                 "auroc": _finite(test["auroc"]),
@@ -144,9 +228,14 @@ def rows_of_run(plan: Plan, spec: RunSpec, metrics: dict[str, Any]) -> list[dict
         )
     paper = metrics.get("paper_protocol")
     if spec.paper_each_epoch and paper:
+        std, curve = steadiness_of(metrics, PAPER.name)
         rows.append(
             base
             | {
+                "auroc_std_last": std,
+                "std_curve": curve,
+                "shortcut_separability": math.nan,  # the paper's set is the whole pool, not test
+                "shortcut_statistic": "",
                 "protocol": PAPER.name,
                 "optimistic": 1,
                 "auroc": _finite(paper["auroc"]),
@@ -201,10 +290,135 @@ def _stats(values: list[float]) -> Stats:
     return {"mean": float(np.mean(values)), "std": std, "n": len(values), "values": values}
 
 
-def summarize(plan: Plan, rows: list[dict[str, Any]]) -> Summary:
+def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    if not finite:
+        return None, None
+    return float(np.mean(finite)), (float(np.std(finite, ddof=1)) if len(finite) > 1 else None)
+
+
+def _honest_specs(plan: Plan) -> list[RunSpec]:
+    """The trainings whose own protocol is reported (the runs the extra tables read)."""
+    return [
+        s for s in plan.runs if s.protocol in plan.options.protocols and PROTOCOL_SPECS[s.protocol].honest
+    ]
+
+
+def table_ii(plan: Plan, runs: dict[Path, RunFiles]) -> TableII | None:
+    """The paper's Table II layout (AUROC per anomaly type and overall, test split) of every
+    reported honest run whose abnormal test images come in several named types, one row per run
+    and, with several seeds, a mean row per (model, protocol, class); None when no run has types."""
+    types: list[str] = []
+    rows: list[TableIIRow] = []
+    groups: dict[tuple[str, str, str], list[TableIIRow]] = {}
+    for spec in _honest_specs(plan):
+        test = runs[spec.run_dir].metrics["test"]
+        by_type = test.get("by_type")
+        if not by_type:
+            continue
+        types += [t for t in by_type if t not in types]
+        class_name = column_label(plan, spec.class_name) if spec.class_name is not None else ""
+        where = f"{class_name}, " if class_name else ""
+        row: TableIIRow = {
+            "label": f"{display_name(spec.model)}, {spec.protocol}, {where}seed {spec.seed}",
+            "model": spec.model,
+            "protocol": spec.protocol,
+            "class_name": class_name,
+            "seed": spec.seed,
+            "by_type": {t: _none_if_nan(v["auroc"]) for t, v in by_type.items()},
+            "overall": _none_if_nan(test["auroc"]),
+            "std": None,
+        }
+        rows.append(row)
+        groups.setdefault((spec.model, spec.protocol, class_name), []).append(row)
+    if not rows:
+        return None
+    out: list[TableIIRow] = []
+    for (model, protocol, class_name), mine in groups.items():
+        out += mine
+        if len(mine) < 2:
+            continue
+        means, stds = {}, {}
+        for t in types:
+            means[t], stds[t] = _mean_std([r["by_type"].get(t) for r in mine])
+        overall, overall_std = _mean_std([r["overall"] for r in mine])
+        where = f"{class_name}, " if class_name else ""
+        out.append(
+            {
+                "label": f"{display_name(model)}, {protocol}, {where}mean over {len(mine)} seeds",
+                "model": model,
+                "protocol": protocol,
+                "class_name": class_name,
+                "seed": None,
+                "by_type": means,
+                "overall": overall,
+                "std": stds | {"overall": overall_std},
+            }
+        )
+    return {"types": types, "rows": out}
+
+
+def _none_if_nan(value: Any) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def shortcut_rows(plan: Plan, runs: dict[Path, RunFiles]) -> list[ShortcutRow]:
+    """The trivial statistics of each reported honest test split (per protocol and class; every
+    seed and model of it shares the split) beside each model's mean test AUROC on it, with the
+    warnings (:mod:`skipganomaly.shortcuts`) raised against those means."""
+    groups: dict[tuple[str, str | None], list[RunSpec]] = {}
+    for spec in _honest_specs(plan):
+        groups.setdefault((spec.protocol, spec.class_name), []).append(spec)
+    out: list[ShortcutRow] = []
+    for (protocol, class_name), specs in groups.items():
+        metrics = [runs[s.run_dir].metrics for s in specs]
+        first = next(
+            (
+                (m.get("shortcuts") or {}).get("test")
+                for m in metrics
+                if (m.get("shortcuts") or {}).get("test")
+            ),
+            None,
+        )
+        if first is None:
+            continue
+        model_auroc: dict[str, float | None] = {}
+        for model in dict.fromkeys(s.model for s in specs):
+            values = [m["test"]["auroc"] for s, m in zip(specs, metrics, strict=True) if s.model == model]
+            model_auroc[model] = _mean_std(values)[0]
+        label = column_label(plan, class_name)
+        warnings = []
+        for model, value in model_auroc.items():
+            types = {}
+            for s, m in zip(specs, metrics, strict=True):
+                if s.model == model:
+                    for t, v in (m["test"].get("by_type") or {}).items():
+                        types.setdefault(t, []).append(v["auroc"])
+            model_by_type = {t: _mean_std(v)[0] for t, v in types.items()}
+            for line in shortcut_warnings(
+                "test", first["statistics"], value, first.get("by_type"), model_by_type
+            ):
+                warnings.append(f"{label} ({protocol}), {display_name(model)}: {line}")
+        out.append(
+            {
+                "protocol": protocol,
+                "class_name": label,
+                "statistics": first["statistics"],
+                "constant": first.get("constant", {}),
+                "unavailable": first.get("unavailable", {}),
+                "model_auroc": model_auroc,
+                "warnings": warnings,
+            }
+        )
+    return out
+
+
+def summarize(plan: Plan, rows: list[dict[str, Any]], runs: dict[Path, RunFiles] | None = None) -> Summary:
     """Mean and sample standard deviation (ddof = 1) over seeds per class; the overall mean is the
     mean of the class means, its spread the standard deviation over seeds of each seed's mean over
-    the classes (seeds that cover every class)."""
+    the classes (seeds that cover every class). ``runs`` (:func:`~.run_files.read_runs`) shares
+    the files read with the rows and figures."""
+    runs = read_runs(plan) if runs is None else runs
     columns = column_order(plan)
     table: dict[str, dict[str, TableEntry]] = {}
     for model in dict.fromkeys(plan.options.models):
@@ -230,12 +444,18 @@ def summarize(plan: Plan, rows: list[dict[str, Any]]) -> Summary:
                 "std": float(np.std(seed_means, ddof=1)) if len(seed_means) > 1 else None,
                 "n_seeds": len(seed_means),
             }
+            spreads = [r["auroc_std_last"] for r in mine if not math.isnan(r["auroc_std_last"])]
             table[model][protocol] = {
                 "per_class": per_class,
                 "overall": overall,
                 "optimistic": PROTOCOL_SPECS[protocol].optimistic,
                 "note": PROTOCOL_SPECS[protocol].note,
                 "f1_note": PROTOCOL_SPECS[protocol].f1_note,
+                "steadiness": {
+                    "mean": float(np.mean(spreads)) if spreads else None,
+                    "n": len(spreads),
+                    "curve": mine[0]["std_curve"],
+                },
             }
     reference = None
     labels = [column_label(plan, c) for c in columns]
@@ -281,4 +501,7 @@ def summarize(plan: Plan, rows: list[dict[str, Any]]) -> Summary:
         "table": table,
         "published": reference,
         "package_version": __version__,
+        "steady_epochs": STEADY_EPOCHS,
+        "table_ii": table_ii(plan, runs),
+        "shortcuts": shortcut_rows(plan, runs),
     }

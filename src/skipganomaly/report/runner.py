@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from ..checkpoint import checkpoint_path, load_checkpoint
+from ..checkpoint import load_checkpoint, resume_checkpoint_path
 from ..config import Config, build_config
 from ..data import READERS, prepare_data
 from ..data.base import Splits
@@ -38,23 +38,9 @@ from ..errors import UserError
 from ..model_specs import LOSS_WEIGHTS, MODEL_SPECS, own_keys
 from ..models import MODELS
 from ..protocols import HONEST_PROTOCOLS, PAPER, PROTOCOLS
-from ..runs import train_run
+from ..runs import config_difference, train_run
 from .examples import EXAMPLES_FILE, write_run_examples
 from .profiles import Profile, resolve_profile
-
-# Settings that change neither what a run computes nor its results: a run folder made with other
-# values of these is still the same run.
-IGNORED_WHEN_REUSING = {
-    "data.root",
-    "data.workers",
-    "data.cache_dir",
-    "data.eval_batch_size",
-    "data.skip_bad_images",
-    "data.max_memory_mb",
-    "data.download",
-    "train.device",
-    "train.log_every",
-}
 
 
 @dataclass
@@ -236,16 +222,12 @@ def make_plan(options: ReproduceOptions) -> Plan:
 
 # --------------------------------------------------------------------------- run state
 def run_state(spec: RunSpec) -> str:
-    """``done`` (metrics.json), ``interrupted`` (last.pt without metrics) or ``new``."""
+    """``done`` (metrics.json), ``interrupted`` (a checkpoint without metrics) or ``new``."""
     if (spec.run_dir / "metrics.json").is_file():
         return "done"
-    if checkpoint_path(spec.run_dir, "last").is_file():
+    if resume_checkpoint_path(spec.run_dir) is not None:
         return "interrupted"
     return "new"
-
-
-def _flat(config_dict: dict[str, Any]) -> dict[str, Any]:
-    return {f"{s}.{k}": v for s, values in config_dict.items() for k, v in values.items()}
 
 
 def check_reusable(spec: RunSpec) -> None:
@@ -253,21 +235,12 @@ def check_reusable(spec: RunSpec) -> None:
     stored_path = spec.run_dir / "config.yaml"
     if not stored_path.is_file():
         return
-    stored = _flat(yaml.safe_load(stored_path.read_text()) or {})
-    planned = _flat(spec.config.to_dict())
-    defaults = _flat(build_config({}).to_dict())
-    for key in sorted(set(stored) | set(planned)):
-        if key in IGNORED_WHEN_REUSING:
-            continue
-        if key not in stored and planned.get(key) == defaults.get(key):
-            continue  # a setting added to the package after the run, at its default
-        if key == "eval.paper_each_epoch" and stored.get(key) and not planned.get(key):
-            continue  # a run that also scored the paper protocol serves one that does not need it
-        if stored.get(key) != planned.get(key):
-            raise UserError(
-                f"{spec.run_dir} was made with {key}={stored.get(key)!r}, not {planned.get(key)!r}; "
-                "repeat the original settings to resume it, or choose another --output"
-            )
+    difference = config_difference(yaml.safe_load(stored_path.read_text()) or {}, spec.config)
+    if difference:
+        raise UserError(
+            f"{spec.run_dir} was made with {difference}; repeat the original settings to resume it, or choose "
+            "another --output"
+        )
 
 
 # --------------------------------------------------------------------------- progress
@@ -327,7 +300,7 @@ def _epochs_left(spec: RunSpec, state: str) -> int:
     if state == "interrupted":
         try:
             return max(
-                spec.config.train.epochs - load_checkpoint(checkpoint_path(spec.run_dir, "last")).epoch, 0
+                spec.config.train.epochs - load_checkpoint(resume_checkpoint_path(spec.run_dir)).epoch, 0
             )
         except UserError:
             return spec.config.train.epochs
@@ -357,7 +330,7 @@ def execute_run(
                 f"{c['test']['abnormal']:,} (normal:abnormal)"
             )
 
-        resume = load_checkpoint(checkpoint_path(spec.run_dir, "last")) if state == "interrupted" else None
+        resume = load_checkpoint(resume_checkpoint_path(spec.run_dir)) if state == "interrupted" else None
         trained = train_run(
             spec.config,
             spec.run_dir,
@@ -409,6 +382,7 @@ def run_plan(
             counts["resumed" if state == "interrupted" else "trained"] += 1
             overall.run_done()
             paper = metrics.get("paper_protocol")
+            shortcut_count = len((metrics.get("shortcuts") or {}).get("warnings") or [])
             write(
                 f"[{number}/{len(plan.runs)}] {spec.label}: test AUROC {metrics['test']['auroc']:.3f} "
                 f"(epoch {metrics['epoch_best']})"
@@ -417,6 +391,7 @@ def run_plan(
                     if paper
                     else ""
                 )
+                + (f"; SHORTCUT WARNING ({shortcut_count}, see the report)" if shortcut_count else "")
                 + f"; {time.perf_counter() - started:.0f} s"
             )
     finally:
