@@ -109,7 +109,8 @@ def test_one_step_synchronises_both_networks(tmp_path):
 
     splits = synthetic_splits()
     reference = Trainer(tiny_config(), splits, tmp_path / "ref", log=lambda s: None, progress=False)
-    model, groups = reference.model, reference._params
+    model = reference.model
+    groups = {name: list(params) for name, params in model.parameter_groups().items()}
     x = _global_batch(splits)
     grads = {}
     for rank in range(WORLD):
