@@ -79,6 +79,9 @@ def _step_worker(rank, port, out_dir):
                 },
                 out_dir / "ddp.pt",
             )
+        # Both ranks leave together: a rank that tears gloo down while the other still talks to
+        # it can abort ("terminate called without an active exception", seen under heavy load).
+        torch.distributed.barrier()
     finally:
         shutdown()
 
@@ -106,7 +109,8 @@ def test_one_step_synchronises_both_networks(tmp_path):
 
     splits = synthetic_splits()
     reference = Trainer(tiny_config(), splits, tmp_path / "ref", log=lambda s: None, progress=False)
-    model, groups = reference.model, reference._params
+    model = reference.model
+    groups = {name: list(params) for name, params in model.parameter_groups().items()}
     x = _global_batch(splits)
     grads = {}
     for rank in range(WORLD):

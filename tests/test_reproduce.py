@@ -187,6 +187,7 @@ def _tiny_options(output, **changes):
             "model.nz": 8,
             "train.epochs": 2,
             "train.device": "cpu",
+            "train.threads": 2,  # one thread count: resumed runs equal uninterrupted ones bit for bit
         },
     }
     values.update(changes)

@@ -21,7 +21,13 @@ from skipganomaly.benchmark import BenchmarkSettings, PlainMode, _child_peak, ru
 from skipganomaly.data.base import ImageSet
 from skipganomaly.data.loading import iterate_batches, to_model_input
 from skipganomaly.models import SkipGANomaly
-from skipganomaly.models.blocks import DenseFastConv2d, DenseFastConvTranspose2d, set_dense_fast_path
+from skipganomaly.models.blocks import (
+    DenseFastConv2d,
+    DenseFastConvTranspose2d,
+    concat_channels,
+    is_channels_last,
+    set_dense_fast_path,
+)
 from skipganomaly.objective import LossWeights
 from skipganomaly.predict import Predictor, predict_to_csv
 from skipganomaly.trainer import RunLog, Trainer
@@ -40,6 +46,13 @@ def _quiet(config, splits, run_dir):
         (lambda: DenseFastConv2d(12, 1, 1, bias=True), (5, 12, 1, 1)),  # classifier
         (lambda: DenseFastConvTranspose2d(12, 10, 4, 2, 1, bias=False), (5, 12, 1, 1)),  # 1x1 -> 2x2
         (lambda: DenseFastConvTranspose2d(12, 10, 4, 1, 0, bias=True), (5, 12, 1, 1)),  # 1x1 -> 4x4 (DCGAN)
+        (lambda: DenseFastConv2d(12, 10, 4, 2, 1, bias=False), (5, 12, 4, 4)),  # UNet 4x4 -> 2x2 (unfold)
+        (lambda: DenseFastConv2d(12, 10, 4, 2, 1, bias=True), (5, 12, 3, 4)),  # 3x4 -> 1x2
+        (lambda: DenseFastConv2d(12, 10, 3, 1, 1, bias=True), (5, 12, 2, 2)),  # 3x3 "same" on 2x2
+        (lambda: DenseFastConvTranspose2d(12, 10, 4, 2, 1, bias=False), (5, 12, 2, 2)),  # 2x2 -> 4x4 (fold)
+        (lambda: DenseFastConvTranspose2d(12, 10, 4, 2, 1, bias=True), (5, 12, 1, 2)),  # 1x2 -> 2x4
+        (lambda: DenseFastConvTranspose2d(12, 10, 3, 1, 1, bias=True), (5, 12, 2, 2)),  # 3x3 on 2x2
+        (lambda: DenseFastConvTranspose2d(12, 10, 4, 2, 1, bias=False), (5, 12, 4, 4)),  # the library's
     ],
 )
 def test_dense_path_is_the_library_convolution(make, shape):
@@ -55,6 +68,7 @@ def test_dense_path_is_the_library_convolution(make, shape):
         x_ref = x.detach().clone().requires_grad_()
         out, ref = layer(x), library(x_ref)
         assert out.shape == ref.shape
+        assert is_channels_last(out) == is_channels_last(x), "the output keeps the input's memory layout"
         # A matrix product against the library's convolution: the same sums in another order,
         # so the rounding is relative to the terms summed (here about the largest output), not
         # to each output. Measured with AVX-512, AVX2 and scalar ATen kernels, 1 or 2 threads:
@@ -62,20 +76,65 @@ def test_dense_path_is_the_library_convolution(make, shape):
         close = {"rtol": 1e-5, "atol": 1e-5, "scale_atol": 1e-6}
         assert_close(out, ref, **close, name="output")
         grad = torch.randn_like(ref)
-        gx, gw = torch.autograd.grad(out, [x, layer.weight], grad)
-        rx, rw = torch.autograd.grad(ref, [x_ref, library.weight], grad)
-        assert_close(gx, rx, **close, name="input gradient")
-        assert_close(gw, rw, **close, name="weight gradient")
+        params = [layer.weight] + ([layer.bias] if layer.bias is not None else [])
+        library_params = [library.weight] + ([library.bias] if library.bias is not None else [])
+        ours = torch.autograd.grad(out, [x, *params], grad)
+        theirs = torch.autograd.grad(ref, [x_ref, *library_params], grad)
+        for name, a, b in zip(("input", "weight", "bias"), ours, theirs, strict=False):
+            assert_close(a, b, **close, name=f"{name} gradient")
 
 
-def test_dense_path_is_taken_only_for_one_pixel_outputs(monkeypatch):
+def test_concat_channels_is_cat_with_dense_gradients():
+    torch.manual_seed(0)
+    a = torch.randn(4, 3, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    b = torch.randn(4, 2, 5, 5).requires_grad_()
+    out = concat_channels(a, b)
+    torch.testing.assert_close(out, torch.cat([a, b], 1), rtol=0, atol=0)
+    grad = torch.randn_like(out)
+    ga, gb = torch.autograd.grad(out, [a, b], grad)
+    torch.testing.assert_close(ga, grad[:, :3], rtol=0, atol=0)
+    torch.testing.assert_close(gb, grad[:, 3:], rtol=0, atol=0)
+    assert ga.is_contiguous(memory_format=torch.channels_last) and gb.is_contiguous()
+    with torch.no_grad():
+        assert torch.equal(concat_channels(a, b), torch.cat([a, b], 1))
+
+
+def test_matrix_product_paths_are_taken_only_for_small_maps(monkeypatch):
     conv = DenseFastConv2d(4, 4, 4, 2, 1, bias=False)
-    assert conv._dense_window(torch.zeros(1, 4, 2, 2)) == (1, 1)
-    assert conv._dense_window(torch.zeros(1, 4, 4, 4)) is None  # 2x2 output: the library kernel
+    assert conv._dense_window(torch.zeros(1, 4, 2, 2)) == (1, 1)  # one output pixel: a dense layer
+    assert conv._dense_window(torch.zeros(1, 4, 4, 4)) is None
+    assert conv._small_map(torch.zeros(1, 4, 4, 4)) == (2, 2)  # 2x2 output: unfold + one product
+    assert conv._small_map(torch.zeros(1, 4, 8, 8)) is None  # 4x4 output: the library kernel
     calls = []
-    monkeypatch.setattr(F, "linear", lambda *a, **k: calls.append(1) or torch.zeros(1, 4))
-    conv(torch.zeros(1, 4, 4, 4))
+    monkeypatch.setattr(F, "linear", lambda *a, **k: calls.append("linear") or torch.zeros(1, 4))
+    monkeypatch.setattr(F, "unfold", lambda *a, **k: calls.append("unfold") or torch.zeros(1, 64, 16))
+    monkeypatch.setattr(F, "fold", lambda *a, **k: calls.append("fold") or torch.zeros(1, 4, 8, 8))
+    conv(torch.zeros(1, 4, 8, 8))
+    DenseFastConvTranspose2d(4, 4, 4, 2, 1, bias=False)(torch.zeros(1, 4, 4, 4))  # 4x4 input: the library's
     assert calls == []
+
+
+def test_channels_last_weights_only_where_the_library_convolves(tmp_path):
+    """On a CPU, channels_last gives channels-last weights to the layers oneDNN runs and keeps the
+    matrix-product layers' weights in the default layout, without changing a value or the run's
+    random stream."""
+    splits = synthetic_splits(size=32, n_train=16)
+    runs = {}
+    for channels_last in (False, True):
+        config = tiny_config(**{"data.image_size": 32, "train.channels_last": channels_last})
+        trainer = _quiet(config, splits, tmp_path / str(channels_last))
+        runs[channels_last] = (trainer, torch.get_rng_state())
+    (default, rng_default), (mixed, rng_mixed) = runs[False], runs[True]
+    assert torch.equal(rng_default, rng_mixed)
+    layouts = {}
+    for (name, a), b in zip(default.model.named_parameters(), mixed.model.parameters(), strict=True):
+        assert torch.equal(a, b), name
+        if b.dim() == 4 and b.shape[1] > 1 and b.shape[-1] > 1:
+            layouts[name] = b.stride(1) == 1  # channels innermost
+    assert layouts["generator.down.1.1.weight"] and layouts["generator.up.3.1.weight"]  # 16 -> 8, 8 -> 16
+    assert not layouts["generator.down.3.1.weight"]  # 4x4 -> 2x2: unfold and a matrix product
+    assert not layouts["generator.up.1.1.weight"]  # 2x2 -> 4x4: a matrix product and fold
+    assert not layouts["discriminator.features.layers.8.weight"]  # 4x4 -> 1x1: a dense layer
 
 
 @pytest.mark.parametrize("size", [16, 32, 64])
@@ -216,7 +275,7 @@ def test_thread_settings():
     try:
         assert runtime.configure_threads(1) == 1
         assert runtime.configure_threads(0, processes_per_machine=runtime.available_cores() * 4) == 1
-        assert runtime.configure_threads(0) == 1  # auto in one process leaves PyTorch's setting alone
+        assert 1 <= runtime.configure_threads(0) <= runtime.available_cores()  # auto: the free cores
     finally:
         torch.set_num_threads(before)
 

@@ -450,6 +450,19 @@ def _add_benchmark(verbs) -> None:
     bench.add_argument("--ngf", type=int, default=64, metavar="N", help="generator width (default 64)")
     bench.add_argument("--ndf", type=int, default=64, metavar="N", help="discriminator width (default 64)")
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
+    bench.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N busy processes beside the measurement (a shared machine; stopped at the end)",
+    )
+    bench.add_argument(
+        "--busy-kind",
+        default="spin",
+        choices=["spin", "train"],
+        help="what each busy process does: spin one core, or train the model on one thread (default spin)",
+    )
     bench.add_argument("--json", metavar="FILE.json", help="also write the figures as JSON")
     _add_common(bench)
 
@@ -941,6 +954,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     for size in sizes:
         if size < 16 or size > 256 or size & (size - 1):
             raise UserError(f"--sizes: {size} is not a power of two from 16 to 256")
+    if not 0 <= args.busy <= 64:
+        raise UserError(f"--busy {args.busy}: use 0 to 64 busy processes")
     for name in ("batch_size", "score_batch_size", "steps", "score_images", "repeats", "ngf", "ndf"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: use 1 or more")
@@ -964,6 +979,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         ngf=args.ngf,
         ndf=args.ndf,
         memory=not args.no_memory,
+        busy=args.busy,
+        busy_kind=args.busy_kind,
     )
     report = run_benchmark(settings)
     if args.json:

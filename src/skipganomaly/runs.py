@@ -252,11 +252,14 @@ def describe_training(trainer: Trainer, run_dir: str | os.PathLike) -> str:
         if not context.enabled
         else f"{context.world_size} processes ({trainer.device.type})"
     )
-    if trainer.device.type == "cpu":
+    runtime = trainer.precision.describe()
+    if trainer.device.type == "cpu" and context.enabled:
         plural = "" if trainer.threads == 1 else "s"
-        where += f", {trainer.threads} thread{plural}" + (" each" if context.enabled else "")
+        where += f", {trainer.threads} thread{plural} each"
+    elif trainer.device.type == "cpu":
+        runtime += f"; {trainer.thread_chooser.describe()}"
     return (
         f"training {config.model.name} ({t.preset} preset: lr {t.lr:g}, "
         f"w_adv {t.w_adv:g}, w_con {t.w_con:g}, w_lat {t.w_lat:g}) "
-        f"for {t.epochs} epochs on {where}; run folder {run_dir}"
+        f"for {t.epochs} epochs on {where}; run folder {run_dir}\n{runtime}"
     )

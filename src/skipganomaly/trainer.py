@@ -12,6 +12,7 @@ input_noise_std)`` (whose ``parts`` hold at least ``g`` and ``d``, generator ter
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -49,18 +50,21 @@ from .errors import UserError
 from .files import write_json, write_text
 from .metrics import auroc
 from .models import build_model, model_args
-from .objective import LossWeights, ScoreNormalization
+from .models.blocks import channels_last_where_library
+from .objective import LossWeights, ScoreNormalization, TrainingLosses
 from .protocols import PAPER
 from .protocols.paper import score_paper_protocol
 from .protocols.record import evaluate_run, write_scores_csv
 from .runtime import (
+    ThreadChooser,
     adam,
     autocast,
+    choose_precision,
     compile_networks,
     configure_device,
-    configure_threads,
+    cpu_identity,
+    probe_precisions,
     resolve_device,
-    resolve_precision,
     seed_everything,
 )
 from .scoring import ScoredSet, ScoringOptions, feature_bank, score_splits
@@ -119,6 +123,32 @@ def _set_rng_state(rng: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
+def optimisation_step(
+    model: torch.nn.Module,
+    optimizers: dict[str, torch.optim.Optimizer],
+    x: torch.Tensor,
+    weights: LossWeights,
+    input_noise_std: float,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    wrapped: dict[str, torch.nn.Module] | None = None,
+) -> TrainingLosses:
+    """One optimisation step of both networks on batch ``x``: the losses (under autocast), each
+    back-propagated into its own network's parameters only, then both optimisers step."""
+    with autocast(device, amp_dtype):
+        losses = model.training_losses(x, weights, input_noise_std, **(wrapped or {}))
+    params = {name: [p for g in opt.param_groups for p in g["params"]] for name, opt in optimizers.items()}
+    for opt in optimizers.values():
+        opt.zero_grad(set_to_none=True)
+    # Both gradients come from the same forward pass, before either network steps,
+    # each loss reaching only its own network's parameters.
+    losses.generator.backward(inputs=params["generator"], retain_graph=True)
+    losses.discriminator.backward(inputs=params["discriminator"])
+    for opt in optimizers.values():
+        opt.step()
+    return losses
+
+
 class Trainer:
     def __init__(
         self,
@@ -139,11 +169,12 @@ class Trainer:
         self.progress = progress if self.is_main else False
         t = config.train
         self.device = self.context.device if self.context.enabled else resolve_device(t.device)
-        self.amp_dtype = resolve_precision(t.precision, self.device)
         self.channels = splits.channels
         configure_device(self.device)
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if self.context.enabled else 1
-        self.threads = configure_threads(t.threads, local_processes)
+        self.thread_chooser = ThreadChooser(t.threads, local_processes)
+        if self.device.type == "cpu":
+            self.thread_chooser.start()
 
         seed_everything(t.seed)
         m = config.model
@@ -159,12 +190,17 @@ class Trainer:
                 )
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model = self.model.to(self.device)
-        if t.channels_last:
+        if t.channels_last and self.device.type == "cpu":
+            self._channels_last_weights()
+        elif t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizers = {
             name: adam(params, t.lr, (t.beta1, t.beta2), self.device)
             for name, params in self.model.parameter_groups().items()
         }
+        self.weights = LossWeights(adversarial=t.w_adv, contextual=t.w_con, latent=t.w_lat, rotation=t.w_rot)
+        self.precision = self._choose_precision()
+        self.amp_dtype = self.precision.dtype
         self.wrapped: dict[str, torch.nn.Module] = {}
         if self.context.enabled:
             if config.data.skip_bad_images:
@@ -182,7 +218,6 @@ class Trainer:
             torch.manual_seed(rank_seed(t.seed, self.context.rank))
         if t.compile != "off":  # each network (generator, discriminator, encoder...) in place
             compile_networks(self.model.children(), t.compile)
-        self.weights = LossWeights(adversarial=t.w_adv, contextual=t.w_con, latent=t.w_lat, rotation=t.w_rot)
         # The improved recipe's averaged weights (train.ema_decay), the model that scores.
         self.average = WeightAverage(self.model, t.ema_decay) if t.ema_decay > 0 else None
         # The training images whose features the knn score term compares with: fixed per run.
@@ -267,17 +302,10 @@ class Trainer:
     def train_step(self, x: torch.Tensor) -> dict[str, float]:
         """One optimisation step of both networks on batch ``x``; returns the loss terms (averaged
         over the processes in multi-process runs)."""
-        cfg = self.config
-        with autocast(self.device, self.amp_dtype):
-            losses = self.model.training_losses(x, self.weights, cfg.train.input_noise_std, **self.wrapped)
-        for opt in self.optimizers.values():
-            opt.zero_grad(set_to_none=True)
-        # Both gradients come from the same forward pass, before either network steps,
-        # each loss reaching only its own network's parameters.
-        losses.generator.backward(inputs=self._params["generator"], retain_graph=True)
-        losses.discriminator.backward(inputs=self._params["discriminator"])
-        for opt in self.optimizers.values():
-            opt.step()
+        losses = optimisation_step(
+            self.model, self.optimizers, x, self.weights, self.config.train.input_noise_std, self.device,
+            self.amp_dtype, self.wrapped,
+        )  # fmt: skip
         if self.average is not None:
             self.average.update(self.model)
         names = list(losses.parts)
@@ -292,10 +320,78 @@ class Trainer:
         return self.model if self.average is None else self.average.model
 
     @property
-    def _params(self) -> dict[str, list[torch.nn.Parameter]]:
-        return {
-            name: [p for g in opt.param_groups for p in g["params"]] for name, opt in self.optimizers.items()
+    def threads(self) -> int:
+        return self.thread_chooser.threads
+
+    def _choose_precision(self):
+        """``train.precision``; for ``auto`` on a CPU with native bf16, the faster of fp32 and bf16
+        as measured on this model and a training batch (or as measured before, cached). Under
+        torchrun rank 0 decides for every rank."""
+        cfg = self.config
+        fields = cpu_identity() | {
+            "model": cfg.model.name,
+            "args": dict(self.model.args),
+            "batch": min(cfg.data.batch_size, len(self.splits.train)),
+            "threads": self.threads,
+            "channels_last": cfg.train.channels_last,
+            "device": str(self.device),
         }
+        choice = choose_precision(
+            cfg.train.precision, self.device, probe=self._probe_precisions, fields=fields
+        ) if self.is_main or cfg.train.precision != "auto" else None  # fmt: skip
+        if self.context.enabled and cfg.train.precision == "auto":
+            choice = distributed.broadcast_object(choice, self.context)
+        return choice
+
+    def _channels_last_weights(self) -> None:
+        """Channels-last weights only for the convolutions oneDNN runs (models.blocks.
+        channels_last_where_library), found by one forward pass in eval mode (no BatchNorm
+        update) on two images of the training shape; the random stream is left as it was."""
+        cfg = self.config
+        x = torch.zeros(2, self.channels, cfg.data.image_size, cfg.data.image_size, device=self.device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        weights = LossWeights(adversarial=cfg.train.w_adv, contextual=cfg.train.w_con, latent=cfg.train.w_lat)
+        rng = _rng_state(self.device)
+        self.model.eval()
+        try:
+            channels_last_where_library(self.model, lambda: self.model.training_losses(x, weights))
+        finally:
+            self.model.train()
+            _set_rng_state(rng, self.device)
+
+    def _probe_precisions(self) -> dict[str, list[float]]:
+        """Seconds per training step in fp32 and bf16 (runtime.probe_precisions), on copies of the
+        model and optimisers and the first training batch; the run's own weights, optimisers and
+        random stream are left as they were."""
+        cfg = self.config
+        bs = min(cfg.data.batch_size, len(self.splits.train))
+        batch = next(
+            iterate_batches(
+                self.splits.train, bs, image_size=cfg.data.image_size, channels=self.channels,
+                drop_last=True, workers=0, skip_bad=True, device=self.device,
+            )
+        )  # fmt: skip
+        x = to_model_input(batch.images, self.device, cfg.train.channels_last)
+        model = copy.deepcopy(self.model).train()
+        optimizers = {
+            name: adam(params, cfg.train.lr, (cfg.train.beta1, cfg.train.beta2), self.device)
+            for name, params in model.parameter_groups().items()
+        }
+        rng = _rng_state(self.device)
+
+        def step(name: str) -> float:
+            started = time.perf_counter()
+            losses = optimisation_step(
+                model, optimizers, x, self.weights, cfg.train.input_noise_std, self.device,
+                torch.bfloat16 if name == "bf16" else None,
+            )  # fmt: skip
+            losses.discriminator.item()  # wait for the step (GPUs)
+            return time.perf_counter() - started
+
+        try:
+            return probe_precisions(step)
+        finally:
+            _set_rng_state(rng, self.device)
 
     def train_epoch(self, epoch: int, runlog: RunLog) -> dict[str, float]:
         cfg = self.config
@@ -331,13 +427,21 @@ class Trainer:
             device=self.device,
             max_pixels=cfg.data.max_image_pixels,
         )
+        threads = self.thread_chooser
+        if self.device.type == "cpu":
+            threads.apply()
         for step, batch in enumerate(batches):
             if len(batch.images) < 2 and not self.context.enabled:
                 continue  # BatchNorm cannot train on one image (a bad file left a batch of one)
             x = to_model_input(batch.images, self.device, cfg.train.channels_last)
             if cfg.train.augment_flip:
                 x = random_horizontal_flip(x)
+            started, decided = time.perf_counter(), len(threads.decisions)
             values = self.train_step(x)
+            if self.device.type == "cpu":
+                threads.step_done(time.perf_counter() - started)
+                for decision in threads.decisions[decided:]:
+                    runlog.write({"event": "threads", "epoch": epoch + 1, "step": step + 1} | decision)
             if values["d"] < cfg.train.d_reinit_threshold:  # the same decision on every rank
                 self.model.reset_discriminator()
                 if self.wrapped:  # re-initialised from each rank's own stream: take rank 0's
@@ -388,6 +492,8 @@ class Trainer:
                 "processes": self.context.world_size,
                 "device": str(self.device),
                 "threads": self.threads,
+                "precision": self.precision.name,
+                "precision_reason": self.precision.reason,
             }
         )
         for epoch in range(self.start_epoch, cfg.train.epochs):
@@ -461,6 +567,8 @@ class Trainer:
         model = self.scoring_model
         if self.context.enabled:
             distributed.average_buffers(model)  # one model on every rank, and in the checkpoint
+        if self.device.type == "cpu":
+            self.thread_chooser.apply()
         options = ScoringOptions.for_run(
             self.config, self.channels, self.device, self.amp_dtype, self.splits.protocol
         )

@@ -35,7 +35,14 @@ from ..objective import (
     weighted_losses,
 )
 from .base import AdversarialAnomalyModel
-from .blocks import DCGANEncoder, DenseFastConv2d, DenseFastConvTranspose2d, check_image_size, init_weights
+from .blocks import (
+    DCGANEncoder,
+    DenseFastConv2d,
+    DenseFastConvTranspose2d,
+    check_image_size,
+    concat_channels,
+    init_weights,
+)
 
 
 class UNetGenerator(nn.Module):
@@ -96,7 +103,7 @@ class UNetGenerator(nn.Module):
             skips.append(h)
         h = self.up[0](skips.pop())  # the 1x1 bottleneck z = G_E(x)
         for block in self.up[1:]:
-            h = block(torch.cat([h, skips.pop()], 1))
+            h = block(concat_channels(h, skips.pop()))  # torch.cat, with dense gradients
         return h
 
 
