@@ -3,7 +3,7 @@
     python benchmarks/plot_diagnosis.py --runs DIAG_DIR --output docs/images
 
 DIAG_DIR holds run folders named like ``digits-0-t0``, ``cifar-bird-t1``, ``mvtec-t1``,
-``digits-0-paper15`` and ``digits-0-bn15`` (the commands are in docs/diagnosis.md); a figure
+``digits-0-ref15`` and ``digits-0-bn15`` (the commands are in docs/diagnosis.md); a figure
 whose runs are missing is skipped with a message.
 """
 
@@ -144,8 +144,8 @@ def main() -> int:
         args.output / "diagnosis-terms.png",
     )
     average_figure(
-        load.get("digits-0-paper15", []),
-        "digits, 0 abnormal, paper preset (lr 2e-3)",
+        load.get("digits-0-ref15", []),
+        "digits, 0 abnormal, reference preset, 15 epochs",
         args.output / "diagnosis-average.png",
     )
     shortcut_figure(

@@ -130,7 +130,10 @@ def labelled_source(size: int = 16, per_class: int = 60, seed: int = 0) -> Label
 
 
 def tiny_config(**overrides):
+    # The faithful model: most tests are about the machinery the presets share; the improved
+    # default preset has its own tests (test_improved.py).
     values = {
+        "train.preset": "reference",
         "data.image_size": 16,
         "data.batch_size": 16,
         "data.eval_batch_size": 32,

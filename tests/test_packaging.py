@@ -80,7 +80,7 @@ def test_the_quick_start_runs_from_the_installed_package(installed, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "run" / "metrics.json").is_file()
-    assert "preset: paper" in (tmp_path / "run" / "config.yaml").read_text()
+    assert "preset: improved" in (tmp_path / "run" / "config.yaml").read_text()
 
 
 def test_the_wheel_carries_the_inspection_page(installed):

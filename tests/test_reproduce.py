@@ -232,7 +232,11 @@ def test_registered_models_and_protocols_plug_in(tmp_path, synthetic_dataset, mo
         name = "variant"
 
     monkeypatch.setitem(MODELS, "variant", Variant)  # a model registers its class and its spec
-    variant = dataclasses.replace(MODEL_SPECS["skipganomaly"], name="variant", display_name="variant")
+    faithful = {k: v for k, v in MODEL_SPECS["skipganomaly"].presets.items() if k != "improved"}
+    variant = dataclasses.replace(  # the faithful model under another name: no own keys
+        MODEL_SPECS["skipganomaly"], name="variant", display_name="variant", presets=faithful,
+        own_keys=(), check=None, default_preset="reference",
+    )  # fmt: skip
     monkeypatch.setitem(MODEL_SPECS, "variant", variant)
     options = _tiny_options(
         tmp_path / "out",
@@ -322,7 +326,8 @@ def test_training_protocols():
 
 def test_profiles_and_their_overrides(tmp_path):
     assert resolve_profile("digits").name == "light"
-    assert resolve_profile("digits", "faithful").overrides == {}
+    # reproduce reproduces the paper: the faithful model, not train's improved default.
+    assert resolve_profile("digits", "faithful").overrides == {"train.preset": "reference"}
     assert resolve_profile("cifar10").name == "faithful"
     assert resolve_profile("cifar10", "light").overrides["model.ngf"] == 16
     with pytest.raises(UserError, match="no light profile"):
@@ -335,6 +340,12 @@ def test_profiles_and_their_overrides(tmp_path):
         output=tmp_path, classes=["3"], profile="faithful", user={"model.ngf": 16, "data.workers": 2}
     )
     assert make_plan(narrowed).profile_note.endswith("(changed here: model.ngf=16)")
+    improved = ReproduceOptions(
+        output=tmp_path, classes=["3"], profile="faithful", user={"train.preset": "improved"}
+    )
+    improved_plan = make_plan(improved)
+    assert improved_plan.profile_note.endswith("(changed here: train.preset=improved)")
+    assert improved_plan.runs[0].config.model.rotation_head
     plan = make_plan(ReproduceOptions(output=tmp_path, classes=["3"], user={"train.epochs": 2}))
     assert "changed here: train.epochs=2" in plan.profile_note
     config = plan.runs[0].config

@@ -258,8 +258,16 @@ def describe_training(trainer: Trainer, run_dir: str | os.PathLike) -> str:
         where += f", {trainer.threads} thread{plural} each"
     elif trainer.device.type == "cpu":
         runtime += f"; {trainer.thread_chooser.describe()}"
+    extras = []
+    if t.w_rot > 0:
+        extras.append(f"w_rot {t.w_rot:g}")
+    if t.ema_decay > 0:
+        extras.append(f"weight average {t.ema_decay:g}")
+    if getattr(config.model, "score_terms", ""):
+        chosen = " chosen on validation" if getattr(config.model, "select_terms", True) else ""
+        extras.append(f"score terms {config.model.score_terms}{chosen}")
     return (
         f"training {config.model.name} ({t.preset} preset: lr {t.lr:g}, "
-        f"w_adv {t.w_adv:g}, w_con {t.w_con:g}, w_lat {t.w_lat:g}) "
+        f"w_adv {t.w_adv:g}, w_con {t.w_con:g}, w_lat {t.w_lat:g}{''.join(', ' + e for e in extras)}) "
         f"for {t.epochs} epochs on {where}; run folder {run_dir}\n{runtime}"
     )

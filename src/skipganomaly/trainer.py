@@ -179,7 +179,7 @@ class Trainer:
         seed_everything(t.seed)
         m = config.model
         args = model_args(m, config.data.image_size, self.channels)
-        if "knn_bank" in args:  # the feature bank holds at most every training image once
+        if "knn" in str(args.get("score_terms", "")):  # the bank holds each training image at most once
             args["knn_bank"] = min(args["knn_bank"], len(splits.train))
         self.model = build_model(m.name, **args)
         if t.sync_batchnorm and self.context.enabled:
