@@ -156,6 +156,10 @@ def test_improved_run_scores_with_its_averaged_weights_and_fitted_terms(tmp_path
     assert torch.equal(model.state_dict()[name], averaged[name])
     assert model.feature_bank.shape == (64, 16) and model.feature_bank.abs().sum() > 0
     assert not torch.equal(model.term_std, torch.ones(4))
+    # validation chose the terms summed (val-split has labelled anomalies): 1 or 0 each, logged
+    chosen = [t for t, w in zip(model.score_terms, model.term_weights.tolist(), strict=True) if w == 1.0]
+    assert set(model.term_weights.tolist()) <= {0.0, 1.0} and chosen
+    assert metrics["history"][metrics["epoch_best"] - 1]["score_terms"] == chosen
     # the stored model alone reproduces the run's scores (bank and statistics are in its weights)
     x = torch.from_numpy(splits.test.images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
     with torch.no_grad():
@@ -222,8 +226,12 @@ def test_knn_bank_never_exceeds_the_training_set(tmp_path):
     assert np.unique(trainer._bank_images.class_ids).size >= 1
 
 
-def test_improved_preset_is_registered():
+def test_improved_is_the_default_preset_of_skipganomaly_only():
     assert "improved" in MODEL_SPECS["skipganomaly"].presets
+    config = build_config({})
+    assert config.train.preset == "improved" and config.model.rotation_head and config.train.ema_decay > 0
+    for name in ("ganomaly", "egbad", "anogan"):
+        assert build_config({"model.name": name}).train.preset == "reference"
 
 
 def test_quarter_turns_are_rot90():
