@@ -53,7 +53,9 @@ CHOSEN: dict[str, tuple[str, ...]] = {
 }
 
 
-def chosen_scores(epoch: dict[str, np.ndarray], terms: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+def chosen_scores(
+    epoch: dict[str, np.ndarray], terms: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Validation and test scores of the subset of ``terms`` that validation chooses."""
     if any(f"{split}/{t}" not in epoch for split in ("val", "test") for t in terms):
         return None
@@ -94,7 +96,9 @@ def formula_scores(epoch: dict[str, np.ndarray], split: str, terms: tuple[str, .
     return total
 
 
-def evaluate(epochs: list[dict[str, np.ndarray]], terms: tuple[str, ...], chosen: bool = False) -> dict | None:
+def evaluate(
+    epochs: list[dict[str, np.ndarray]], terms: tuple[str, ...], chosen: bool = False
+) -> dict | None:
     val_curve, test_curve = [], []
     for epoch in epochs:
         if chosen:
@@ -131,8 +135,10 @@ def main() -> int:
             epochs = load_epochs(run, weights)
             if not epochs:
                 continue
-            for name, terms, chosen in [*((n, t, False) for n, t in FORMULAS.items()),
-                                        *((n, t, True) for n, t in CHOSEN.items())]:
+            for name, terms, chosen in [
+                *((n, t, False) for n, t in FORMULAS.items()),
+                *((n, t, True) for n, t in CHOSEN.items()),
+            ]:
                 r = evaluate(epochs, terms, chosen)
                 if r is not None:
                     results.setdefault(name, {}).setdefault(weights, {})[run.name] = r

@@ -69,7 +69,10 @@ def test_every_spec_builds_its_model_and_resolves_its_presets():
             # (Skip-GANomaly stores only those off their default, so faithful files stay as before).
             assert build_model(name, **model.args).args == model.args
             for key in spec.own_keys:
-                assert model.args.get(key.name, key.default) == getattr(config.model, key.name), (name, key.name)
+                assert model.args.get(key.name, key.default) == getattr(config.model, key.name), (
+                    name,
+                    key.name,
+                )
         if spec.table_i is not None:
             assert len(spec.table_i.auroc) == len(TABLE_I_CLASSES)
             positions.append(spec.table_i.position)

@@ -263,12 +263,27 @@ def test_the_improved_score_exports():
     from skipganomaly.export import export_checkpoint
 
     terms = "reconstruction,latent,knn,rotation"
-    overrides = {"model.rotation_head": True, "model.score_terms": terms, "model.knn_bank": 40, "train.w_rot": 1.0}
-    config = build_config({"model.name": "skipganomaly", "data.image_size": 32, "model.ngf": 8,
-                           "model.ndf": 8, **overrides})
+    overrides = {
+        "model.rotation_head": True,
+        "model.score_terms": terms,
+        "model.knn_bank": 40,
+        "train.w_rot": 1.0,
+    }
+    config = build_config(
+        {"model.name": "skipganomaly", "data.image_size": 32, "model.ngf": 8, "model.ndf": 8, **overrides}
+    )
     torch.manual_seed(0)
-    model = build_model("skipganomaly", image_size=32, channels=3, ngf=8, ndf=8, nz=16,
-                        rotation_head=True, score_terms=terms, knn_bank=40)
+    model = build_model(
+        "skipganomaly",
+        image_size=32,
+        channels=3,
+        ngf=8,
+        ndf=8,
+        nz=16,
+        rotation_head=True,
+        score_terms=terms,
+        knn_bank=40,
+    )
     model.eval()
     with torch.no_grad():
         model.set_feature_bank(model.features_of(torch.rand(40, 3, 32, 32) * 2 - 1))

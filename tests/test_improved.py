@@ -253,8 +253,12 @@ def test_choose_terms_drops_a_term_that_points_the_wrong_way():
     good = rng.normal(size=300) + 1.5 * labels  # higher for anomalies
     inverted = rng.normal(size=300) - 2.0 * labels  # lower for anomalies
     noise = rng.normal(size=300)
-    blank = {"score": np.zeros(300), "reconstruction": np.zeros(300), "latent": np.zeros(300),
-             "indices": np.arange(300)}
+    blank = {
+        "score": np.zeros(300),
+        "reconstruction": np.zeros(300),
+        "latent": np.zeros(300),
+        "indices": np.arange(300),
+    }
     val = ScoredSet(labels=labels, terms={"a": good, "b": inverted, "c": noise}, **blank)
     mean, std = fit_term_statistics(val)
     weights = choose_terms(val, mean, std)

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-
 from .errors import UserError
 
 # What a failed write tells the user to do, by the reason the system gave.

@@ -37,8 +37,8 @@ from .data.loading import (
     to_model_input,
 )
 from .decisions import (
-    fit_normalization,
     choose_terms,
+    fit_normalization,
     fit_term_statistics,
     selection_text,
     selection_value,
@@ -581,7 +581,9 @@ class Trainer:
             mean, std = fit_term_statistics(val)
             weights = choose_terms(val, mean, std) if model.select_terms else np.ones(len(mean))
             model.set_term_statistics(
-                torch.from_numpy(mean).float(), torch.from_numpy(std).float(), torch.from_numpy(weights).float()
+                torch.from_numpy(mean).float(),
+                torch.from_numpy(std).float(),
+                torch.from_numpy(weights).float(),
             )
             for scored in {id(val): val, id(test): test}.values():
                 scored.score = standardize_terms(scored, mean, std, weights)
