@@ -59,7 +59,8 @@ NORMAL_ONLY = ProtocolSpec(
     name="normal-only",
     title="normal-only (honest)",
     note="no labelled anomalies used for selection: epoch chosen on the mean score of held-out "
-    "normal training images, threshold at a quantile of their scores",
+    "normal training images (the latest epoch for the improved preset's standardised score, whose "
+    "normal mean is 0 by construction), threshold at a quantile of their scores",
     f1_note="F1 at a quantile of normal validation scores",
     validation="normal hold-out",
 )
