@@ -12,7 +12,6 @@ import io
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from .checkpoint import Checkpoint, load_run_checkpoint
 from .data.base import ImageSet
 from .data.images import collect_image_paths, is_image_file
 from .data.loading import BadImageCounter
+from .detector import Prediction  # one result class for predict and the Detector
 from .files import partial_path, streamed_file, write_error, write_text
 from .heatmaps import write_heatmap
 from .runtime import resolve_device, resolve_precision
@@ -33,19 +33,6 @@ from .scoring import ScoredSet, ScoringOptions, score_set, scored_batches
 HEATMAP_THREADS = 2
 
 CSV_COLUMNS = ["path", "score", "is_anomalous", "raw_score", "reconstruction", "latent", "heatmap"]
-
-
-@dataclass
-class Prediction:
-    path: str
-    score: float
-    is_anomalous: bool
-    raw_score: float
-    reconstruction: float
-    latent: float
-    anomaly_map: np.ndarray | None = None
-    heatmap: str = ""
-    size: tuple[int, int] | None = None  # the file's own (width, height), when scored from a file
 
 
 class Predictor:
