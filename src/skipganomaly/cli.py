@@ -42,7 +42,9 @@ RUN_SETTING_FLAGS = (
     Flag(
         "--preset",
         "train.preset",
-        "training preset: paper (Sec. IV-B) or reference (official code), each model with its own values",
+        "training preset: improved (Skip-GANomaly's default: weight average, rotation task, score terms "
+        "chosen on validation), reference (the official code) or paper (Sec. IV-B); each model with "
+        "its own values",
         {"choices": preset_names()},
     ),
     Flag(
@@ -164,7 +166,7 @@ def _add_train(verbs) -> None:
     _add_run_settings(
         train,
         {
-            "preset": f"default {TrainConfig.preset}",
+            "preset": f"default {TrainConfig.preset} for Skip-GANomaly, reference for the baselines",
             "batch_size": f"default {DataConfig.batch_size}",
             "epochs": f"default {TrainConfig.epochs}",
             "precision": f"default {TrainConfig.precision}",
@@ -364,7 +366,11 @@ def _add_reproduce(verbs) -> None:
     )
     _add_run_settings(
         reproduce,
-        {"epochs": "default: the profile's", "batch_size": "default: the profile's"},
+        {
+            "epochs": "default: the profile's",
+            "batch_size": "default: the profile's",
+            "preset": "default: the profile's (reference, or paper for light digits: the paper's model)",
+        },
         every_run=" for every run",
     )
     what = reproduce.add_argument_group("what to run")
