@@ -159,7 +159,7 @@ def test_config_by_bundled_name(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     stored = (tmp_path / "run" / "config.yaml").read_text()
-    assert "preset: paper" in stored and "batch_size: 32" in stored  # from digits-quick.yaml
+    assert "preset: improved" in stored and "batch_size: 32" in stored  # from digits-quick.yaml
 
 
 def test_config_paths_resolve_to_existing_files_first_then_bundled_ones(tmp_path, monkeypatch):

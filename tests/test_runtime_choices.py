@@ -315,7 +315,8 @@ def test_trainer_probe_leaves_the_run_as_it_was(tmp_path, monkeypatch):
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setenv("SKIPGANOMALY_CACHE", str(tmp_path / "cache"))  # no cached choice: measure
     splits = synthetic_splits(n_train=32)
-    config = {"train.precision": "auto", "train.input_noise_std": 0.1}
+    # One thread count: the cache is keyed by it, and the automatic one follows the machine's load.
+    config = {"train.precision": "auto", "train.input_noise_std": 0.1, "train.threads": 1}
     probed = Trainer(tiny_config(**config), splits, tmp_path / "a", log=lambda s: None, progress=False)
     assert probed.precision.source == "probe" and set(probed.precision.step_s) == {"fp32", "bf16"}
     assert (tmp_path / "cache" / "runtime" / "precision.json").exists()
