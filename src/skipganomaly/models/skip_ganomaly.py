@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..model_specs import parse_score_terms
+from ..model_specs import SKIPGANOMALY, parse_score_terms
 from ..objective import (
     LossWeights,
     ScoreOutput,
@@ -186,14 +186,9 @@ class SkipGANomaly(AdversarialAnomalyModel):
             "knn_k": knn_k,
             "select_terms": select_terms,
         }
-        defaults = {
-            "rotation_head": False,
-            "score_terms": "",
-            "map_pooling": 1.0,
-            "knn_bank": 4096,
-            "knn_k": 5,
-            "select_terms": True,
-        }
+        # Only the values off their default (the spec's, which the signature repeats: tested) are
+        # stored, so a faithful model's arguments and checkpoints stay as they were.
+        defaults = {key.name: key.default for key in SKIPGANOMALY.own_keys}
         self.args.update({k: v for k, v in improved.items() if v != defaults[k]})
         self.score_terms = parse_score_terms(score_terms)
         if "rotation" in self.score_terms and not rotation_head:
