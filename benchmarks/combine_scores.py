@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from skipganomaly.decisions import choose_terms, fit_term_statistics, standardize_terms
-from skipganomaly.metrics import auroc
-from skipganomaly.scoring import ScoredSet
+from skipganomaly.scoring.decisions import choose_terms, fit_term_statistics, standardize_terms
+from skipganomaly.scoring.engine import ScoredSet
+from skipganomaly.scoring.metrics import auroc
 
 # name -> the standardised terms summed; a single raw term is the term alone.
 FORMULAS: dict[str, tuple[str, ...]] = {
@@ -44,7 +44,7 @@ FORMULAS: dict[str, tuple[str, ...]] = {
 
 
 # name -> the terms of which validation chooses the subset to sum each epoch, as the trainer does
-# with model.select_terms (skipganomaly.decisions.choose_terms).
+# with model.select_terms (skipganomaly.scoring.decisions.choose_terms).
 CHOSEN: dict[str, tuple[str, ...]] = {
     "chosen of R,L,knn,rot": ("R", "L", "knn_f", "ROT"),
     "chosen of R,L,knn": ("R", "L", "knn_f"),

@@ -56,7 +56,7 @@ def measure(args: argparse.Namespace) -> dict:
         steps[f"plain@{count}"] = (count, lambda: plain.train_step(x_plain))
         steps[f"optimised@{count}"] = (count, lambda: trainer.train_step(x_optimised))
     reference = f"plain@{max(threads)}"
-    from skipganomaly.runtime import openmp_wait_policy
+    from skipganomaly.runtime.threads import openmp_wait_policy
 
     report = {"wait_policy": openmp_wait_policy()[0], "conditions": {}}
     profiles = {}
@@ -162,7 +162,7 @@ def main() -> int:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.threads:
-        from skipganomaly.runtime import available_cores
+        from skipganomaly.runtime.cores import available_cores
 
         cores = available_cores()
         args.threads = f"{cores},1" if cores > 1 else "1"

@@ -25,8 +25,8 @@ from torch import nn
 from skipganomaly.cli import build_parser, resolve_train_config
 from skipganomaly.data import prepare_data
 from skipganomaly.data.loading import epoch_order, iterate_batches, to_model_input
-from skipganomaly.metrics import auroc
-from skipganomaly.trainer import Trainer
+from skipganomaly.scoring.metrics import auroc
+from skipganomaly.training.trainer import Trainer
 
 
 def d_layer_outputs(discriminator: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:

@@ -43,10 +43,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from skipganomaly.config import build_config
 from skipganomaly.data.archives import is_archive, unpack_archive
-from skipganomaly.data.cache import cache_root
 from skipganomaly.data.cifar import BATCHES_DIR, CLASS_NAMES, TEST_BATCHES, TRAIN_BATCHES
+from skipganomaly.runtime.files import cache_root
+from skipganomaly.specs.config import build_config
 
 # The official code's test() prints "... AUC: 0.794 max AUC: 0.794" once per epoch.
 OFFICIAL_AUC = re.compile(r"\bAUC: ([0-9.]+) max AUC")
@@ -323,12 +323,12 @@ def cross_score(
     the official formula would make of our training."""
     import torch
 
-    from skipganomaly.checkpoint import checkpoint_path, load_checkpoint
     from skipganomaly.data import prepare_data
     from skipganomaly.data.loading import iterate_batches, to_model_input
-    from skipganomaly.metrics import auroc
+    from skipganomaly.formats.checkpoint import checkpoint_path, load_checkpoint
     from skipganomaly.models import SkipGANomaly
-    from skipganomaly.scoring import ScoringOptions, batchnorm_train_mode, score_set
+    from skipganomaly.scoring.engine import ScoringOptions, batchnorm_train_mode, score_set
+    from skipganomaly.scoring.metrics import auroc
 
     values = {"data.dataset": "cifar10", "data.root": str(batches), "data.abnormal_class": name}
     splits = prepare_data(build_config(values).data)
@@ -405,7 +405,7 @@ def compare_steps(args, batches: Path, name: str, run_dir: Path) -> dict:
     from skipganomaly.data import prepare_data
     from skipganomaly.data.loading import to_model_input
     from skipganomaly.models import SkipGANomaly
-    from skipganomaly.trainer import Trainer
+    from skipganomaly.training.trainer import Trainer
 
     run_dir.mkdir(parents=True, exist_ok=True)
     official_file = run_dir / f"official-{args.steps}-steps.pt"
@@ -505,7 +505,7 @@ def step_with_official_d_loss(trainer, x) -> dict[str, float]:
     """Our training step with one change, to test where the two codes part: the discriminator's
     loss is the official one, Eq. 1 plus w_lat * L_lat (D also pulls f(x) and f(x_hat) together),
     where ours is Eq. 1 alone. Everything else is our step (``Trainer.train_step``)."""
-    from skipganomaly.objective import (
+    from skipganomaly.models.objective import (
         contextual_loss,
         discriminator_loss,
         generator_adversarial_loss,

@@ -33,11 +33,10 @@ import skipganomaly  # noqa: F401  (before numpy/torch: OpenMP's wait policy)
 import numpy as np
 import torch
 
-from skipganomaly.checkpoint import load_run_checkpoint
 from skipganomaly.data import prepare_data
 from skipganomaly.data.images import load_image
 from skipganomaly.data.loading import to_model_input
-from skipganomaly.export import (
+from skipganomaly.deploy.export import (
     INPUT_NAME,
     ScoringGraph,
     export_checkpoint,
@@ -46,8 +45,9 @@ from skipganomaly.export import (
     score_output_fields,
     trace_to_onnx,
 )
-from skipganomaly.metrics import auroc
-from skipganomaly.scoring import ScoringOptions
+from skipganomaly.formats.checkpoint import load_run_checkpoint
+from skipganomaly.scoring.engine import ScoringOptions
+from skipganomaly.scoring.metrics import auroc
 
 
 def set_images(image_set, indices: np.ndarray, size: int, channels: int) -> np.ndarray:

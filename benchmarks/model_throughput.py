@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from skipganomaly.config import ModelConfig
 from skipganomaly.models import MODELS, build_model, model_args
-from skipganomaly.objective import LossWeights
+from skipganomaly.models.objective import LossWeights
+from skipganomaly.specs.config import ModelConfig
 
 
 def images_per_second(step, batch: int, repeats: int, device: torch.device) -> float:
@@ -48,7 +48,7 @@ def measure(model, x: torch.Tensor, repeats: int) -> tuple[float, float]:
         for opt in optimizers:
             opt.step()
 
-    def score_step():  # as skipganomaly.scoring.score_set scores
+    def score_step():  # as skipganomaly.scoring.engine.score_set scores
         model.eval()
         with torch.no_grad() if model.score_needs_grad else torch.inference_mode():
             model.score(x, 0.9)

@@ -17,11 +17,11 @@ import dataclasses
 import numpy as np
 import torch
 
-from skipganomaly.checkpoint import load_checkpoint
 from skipganomaly.data import prepare_data
 from skipganomaly.data.base import official_evaluation_order
-from skipganomaly.metrics import auroc
-from skipganomaly.scoring import ScoringOptions, score_set
+from skipganomaly.formats.checkpoint import load_checkpoint
+from skipganomaly.scoring.engine import ScoringOptions, score_set
+from skipganomaly.scoring.metrics import auroc
 
 
 def main() -> int:

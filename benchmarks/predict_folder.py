@@ -47,7 +47,7 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
-    from skipganomaly.predict import Predictor, predict_to_csv
+    from skipganomaly.deploy.predict import Predictor, predict_to_csv
 
     temporary = tempfile.mkdtemp(prefix="skipganomaly-predict-")
     folder = Path(args.folder) if args.folder else Path(temporary) / "images"

@@ -44,14 +44,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from skipganomaly.benchmark import PlainMode, machine_description, synthetic_images
-from skipganomaly.checkpoint import Checkpoint
-from skipganomaly.config import build_config
-from skipganomaly.detector import Detector
-from skipganomaly.export import export_checkpoint
+from skipganomaly.deploy.detector import Detector
+from skipganomaly.deploy.export import export_checkpoint
+from skipganomaly.deploy.predict import Predictor
+from skipganomaly.formats.checkpoint import Checkpoint
+from skipganomaly.formats.onnx_file import parse_exported
 from skipganomaly.models import build_model
-from skipganomaly.objective import ScoreNormalization
-from skipganomaly.onnx_format import parse_exported
-from skipganomaly.predict import Predictor
+from skipganomaly.scoring.normalization import ScoreNormalization
+from skipganomaly.specs.config import build_config
 
 
 class PlainFiles(Dataset):

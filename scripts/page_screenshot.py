@@ -32,8 +32,8 @@ def main() -> int:
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    from skipganomaly.checkpoint import load_run_checkpoint
     from skipganomaly.data import prepare_data
+    from skipganomaly.formats.checkpoint import load_run_checkpoint
 
     test = prepare_data(load_run_checkpoint(args.run).config.data).test
     rng = np.random.default_rng(1)

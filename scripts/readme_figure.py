@@ -3,7 +3,7 @@
 Takes a run folder (by default the quick start's, ``runs/quickstart``; ``--train`` first trains it
 with the quick-start command when the folder does not exist), draws a few normal and a few
 abnormal images at random (seeded) from the run's own test split, scores them with the library's
-:class:`~skipganomaly.predict.Predictor` exactly as ``skipganomaly predict`` would, and writes a
+:class:`~skipganomaly.deploy.predict.Predictor` exactly as ``skipganomaly predict`` would, and writes a
 3-row grid: the input, the generator's reconstruction G(x) and the per-pixel anomaly map |x - G(x)|
 on the run's fixed colour scale (the scale ``predict --heatmaps`` uses).
 
@@ -126,7 +126,7 @@ def render(images, reconstructions, predictions, labels, map_high: float, title:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ensure_run(args.run, args.train)
-    from skipganomaly.predict import Predictor
+    from skipganomaly.deploy.predict import Predictor
 
     predictor = Predictor.from_run(args.run)
     images, labels = test_images(predictor, args.seed, args.per_class)

@@ -37,11 +37,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skipganomaly.checkpoint import load_run_checkpoint
 from skipganomaly.data import prepare_data
 from skipganomaly.data.base import ImageSet
-from skipganomaly.metrics import auroc, best_f1_threshold, false_positive_rate, precision_recall_f1
-from skipganomaly.scoring import ScoringOptions, score_set
+from skipganomaly.formats.checkpoint import load_run_checkpoint
+from skipganomaly.scoring.engine import ScoringOptions, score_set
+from skipganomaly.scoring.metrics import auroc, best_f1_threshold, false_positive_rate, precision_recall_f1
 
 QUANTILES = (0.90, 0.95, 0.99)
 DEFAULT_SHIFTS = ("brightness+4", "brightness-4", "brightness+12", "contrast0.9")

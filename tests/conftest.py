@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from skipganomaly.config import build_config
 from skipganomaly.data.base import ImageSet, LabelledSource, SplitInfo, Splits
-from skipganomaly.scoring import ScoredSet, ScoringOptions, score_set
+from skipganomaly.scoring.engine import ScoredSet, ScoringOptions, score_set
+from skipganomaly.specs.config import build_config
 
 torch.set_num_threads(2)
 
@@ -218,6 +218,6 @@ def digits_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def digits_onnx(digits_run, tmp_path_factory):
     """The run's ONNX export (skipganomaly export), written once."""
-    from skipganomaly.export import export_run
+    from skipganomaly.deploy.export import export_run
 
     return export_run(digits_run, output=tmp_path_factory.mktemp("export") / "model.onnx").path

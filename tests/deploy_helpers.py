@@ -13,7 +13,7 @@ from conftest import tiny_config
 from PIL import Image
 
 from skipganomaly.data import prepare_data
-from skipganomaly.trainer import Trainer
+from skipganomaly.training.trainer import Trainer
 
 
 def train_digits_run(run_dir: Path) -> Path:
@@ -26,7 +26,7 @@ def train_digits_run(run_dir: Path) -> Path:
 
 def split_images(run_dir: Path, split: str = "test"):
     """A split's images (uint8 N x 16 x 16 x 1) and labels, read as the run read them."""
-    from skipganomaly.checkpoint import load_run_checkpoint
+    from skipganomaly.formats.checkpoint import load_run_checkpoint
 
     config = load_run_checkpoint(run_dir).config
     image_set = getattr(prepare_data(config.data), split)

@@ -16,14 +16,14 @@ from conftest import score_tiny, synthetic_splits, tiny_config
 from numerics import assert_close
 
 from skipganomaly import cli
-from skipganomaly.config import build_config, config_from_dict
 from skipganomaly.data.base import ImageSet
-from skipganomaly.errors import UserError
-from skipganomaly.model_specs import MODEL_NAMES, MODEL_SPECS, TABLE_I_CLASSES
 from skipganomaly.models import EGBAD, MODELS, AnoGAN, GANomaly, build_model, model_args
 from skipganomaly.models.blocks import DCGANDiscriminator
-from skipganomaly.objective import LossWeights, bigan_generator_loss, feature_matching_score
-from skipganomaly.trainer import Trainer
+from skipganomaly.models.objective import LossWeights, bigan_generator_loss, feature_matching_score
+from skipganomaly.specs.config import build_config, config_from_dict
+from skipganomaly.specs.errors import UserError
+from skipganomaly.specs.models import MODEL_NAMES, MODEL_SPECS, TABLE_I_CLASSES
+from skipganomaly.training.trainer import Trainer
 
 BASELINES = ["ganomaly", "egbad", "anogan"]
 

@@ -6,7 +6,11 @@ import pytest
 import torch
 from conftest import synthetic_splits, tiny_config
 
-from skipganomaly.checkpoint import (
+from skipganomaly.data import prepare_data
+from skipganomaly.data.base import SplitInfo
+from skipganomaly.deploy.predict import Predictor
+from skipganomaly.evaluation.record import evaluate_run
+from skipganomaly.formats.checkpoint import (
     FORMAT_VERSION,
     Checkpoint,
     checkpoint_path,
@@ -14,13 +18,9 @@ from skipganomaly.checkpoint import (
     load_run_checkpoint,
     save_checkpoint,
 )
-from skipganomaly.config import build_config
-from skipganomaly.data import prepare_data
-from skipganomaly.data.base import SplitInfo
-from skipganomaly.errors import UserError
-from skipganomaly.predict import Predictor
-from skipganomaly.protocols.record import evaluate_run
-from skipganomaly.trainer import Trainer
+from skipganomaly.specs.config import build_config
+from skipganomaly.specs.errors import UserError
+from skipganomaly.training.trainer import Trainer
 
 # Written by skipganomaly 0.1.0 (format version 1) with
 #   skipganomaly train --dataset digits --abnormal-class 0 --image-size 16 --epochs 1 --batch-size 32

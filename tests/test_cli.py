@@ -140,7 +140,7 @@ def test_help(verb):
 
 
 def test_configs_verb_lists_every_bundled_config_in_one_line():
-    from skipganomaly.configs import bundled_configs, description
+    from skipganomaly.specs.bundled_configs import bundled_configs, description
 
     result = run_cli("configs")
     assert result.returncode == 0, result.stderr
@@ -163,8 +163,8 @@ def test_config_by_bundled_name(tmp_path):
 
 
 def test_config_paths_resolve_to_existing_files_first_then_bundled_ones(tmp_path, monkeypatch):
-    from skipganomaly.configs import bundled_configs, find_config
-    from skipganomaly.errors import UserError
+    from skipganomaly.specs.bundled_configs import bundled_configs, find_config
+    from skipganomaly.specs.errors import UserError
 
     bundled = bundled_configs()
     monkeypatch.chdir(tmp_path)

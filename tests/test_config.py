@@ -5,15 +5,9 @@ import sys
 import pytest
 import yaml
 
-from skipganomaly.config import (
-    build_config,
-    config_from_dict,
-    dump_yaml,
-    load_yaml,
-    parse_override,
-)
-from skipganomaly.errors import UserError
-from skipganomaly.model_specs import DEFAULT_PRESET, MODEL_SPECS, preset_names
+from skipganomaly.specs.config import build_config, config_from_dict, dump_yaml, load_yaml, parse_override
+from skipganomaly.specs.errors import UserError
+from skipganomaly.specs.models import DEFAULT_PRESET, MODEL_SPECS, preset_names
 
 
 def test_defaults_follow_the_default_preset():
@@ -94,8 +88,8 @@ def test_specs_config_and_command_line_import_without_torch():
     """Model and protocol specs, the configuration, the bundled configs and the command line load
     in a fresh interpreter without PyTorch (the CLI imports torch only when a verb runs)."""
     code = (
-        "import sys; import skipganomaly.model_specs, skipganomaly.protocols, skipganomaly.config, "
-        "skipganomaly.configs, skipganomaly.cli; "
+        "import sys; import skipganomaly.specs.models, skipganomaly.specs.protocols, skipganomaly.specs.config, "
+        "skipganomaly.specs.bundled_configs, skipganomaly.specs.score_terms, skipganomaly.config, skipganomaly.cli; "
         "print(sorted(m for m in ('torch', 'numpy', 'sklearn') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

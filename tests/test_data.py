@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skipganomaly.config import build_config
 from skipganomaly.data import prepare_data
 from skipganomaly.data.digits import load_digits_source
 from skipganomaly.data.images import BadImageError, load_image
 from skipganomaly.data.loading import epoch_order, iterate_batches, to_model_input
-from skipganomaly.errors import UserError
+from skipganomaly.specs.config import build_config
+from skipganomaly.specs.errors import UserError
 
 
 def test_digits_source_and_leave_one_digit_out_counts():

@@ -13,10 +13,10 @@ from fixture_data import write_class_folders, write_mvtec
 from torch import nn
 
 from skipganomaly.cli import main
-from skipganomaly.config import build_config
 from skipganomaly.data import prepare_data
-from skipganomaly.objective import ScoreOutput
-from skipganomaly.scoring import ScoringOptions, pixel_metrics
+from skipganomaly.models.objective import ScoreOutput
+from skipganomaly.scoring.engine import ScoringOptions, pixel_metrics
+from skipganomaly.specs.config import build_config
 
 
 class BrightnessModel(nn.Module):
@@ -51,7 +51,7 @@ def test_pixel_auroc_against_masks(tmp_path):
 
 
 def test_mvtec_training_reports_image_and_pixel_auroc(tmp_path):
-    from skipganomaly.trainer import Trainer
+    from skipganomaly.training.trainer import Trainer
 
     category = write_mvtec(tmp_path / "widget", n_train=16)
     config = tiny_config(**{"data.dataset": "mvtec", "data.root": str(category), "train.epochs": 1})
@@ -128,7 +128,7 @@ def test_cli_data_errors_are_one_line_exit_2(tmp_path, capsys, layout, extra, fr
 
 
 def test_skipped_images_are_counted_in_the_run_log(tmp_path):
-    from skipganomaly.trainer import Trainer
+    from skipganomaly.training.trainer import Trainer
 
     root = write_class_folders(
         tmp_path / "parts", {"train": {"a": 20, "b": 4}, "test": {"a": 4, "b": 4}}, size=16
@@ -151,8 +151,8 @@ def test_skipped_images_are_counted_in_the_run_log(tmp_path):
 
 
 def test_example_configs_are_valid():
-    from skipganomaly.config import flatten_keys, load_yaml
-    from skipganomaly.configs import bundled_configs
+    from skipganomaly.specs.bundled_configs import bundled_configs
+    from skipganomaly.specs.config import flatten_keys, load_yaml
 
     configs = bundled_configs()  # the package's own files (importlib.resources)
     assert {"paper-cifar10", "reference-cifar10", "mvtec-bottle", "digits", "digits-quick"} <= set(configs)

@@ -13,10 +13,10 @@ import torch.multiprocessing as mp
 from conftest import TINY_CLI, synthetic_splits, tiny_config
 from numerics import assert_close, difference_report
 
-from skipganomaly.checkpoint import checkpoint_path, load_checkpoint
 from skipganomaly.data.loading import epoch_order, to_model_input
-from skipganomaly.distributed import context_from_env, shard_order, shutdown
-from skipganomaly.trainer import Trainer
+from skipganomaly.formats.checkpoint import checkpoint_path, load_checkpoint
+from skipganomaly.runtime.distributed import context_from_env, shard_order, shutdown
+from skipganomaly.training.trainer import Trainer
 
 WORLD = 2
 
@@ -50,7 +50,7 @@ def test_shards_of_a_step_are_the_single_process_batch():
     for step in range(6):
         together = torch.cat([s[step * 4 : (step + 1) * 4] for s in shards])
         assert sorted(together.tolist()) == sorted(order[step * 16 : (step + 1) * 16].tolist())
-    from skipganomaly.errors import UserError
+    from skipganomaly.specs.errors import UserError
 
     with pytest.raises(UserError, match="multiple of 3"):
         shard_order(order, 16, 0, 3)
@@ -243,8 +243,8 @@ def test_torchrun_matches_one_process(tmp_path):
 
 def test_what_torchrun_refuses(tmp_path):
     """Checked before any collective call, so one process shows it."""
-    from skipganomaly.distributed import DistributedContext
-    from skipganomaly.errors import UserError
+    from skipganomaly.runtime.distributed import DistributedContext
+    from skipganomaly.specs.errors import UserError
 
     context = DistributedContext(rank=0, world_size=2, device=torch.device("cpu"))
     cases = [

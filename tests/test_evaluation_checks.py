@@ -9,15 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skipganomaly import shortcuts
-from skipganomaly.checkpoint import Selection
-from skipganomaly.config import build_config
 from skipganomaly.data.base import ImageSet, SplitInfo, Splits, anomaly_types
 from skipganomaly.data.folders import anomaly_group
-from skipganomaly.decisions import selection_report, selection_text
-from skipganomaly.metrics import auroc_by_type, curve_spread, false_positive_rate
-from skipganomaly.objective import ScoreNormalization
-from skipganomaly.protocols.record import (
+from skipganomaly.evaluation.record import (
     EvaluationInputs,
     anomaly_types_section,
     build_metrics,
@@ -26,7 +20,13 @@ from skipganomaly.protocols.record import (
     shortcuts_section,
     steadiness_section,
 )
-from skipganomaly.scoring import ScoredSet
+from skipganomaly.formats.checkpoint import Selection
+from skipganomaly.scoring import shortcuts
+from skipganomaly.scoring.decisions import selection_report, selection_text
+from skipganomaly.scoring.engine import ScoredSet
+from skipganomaly.scoring.metrics import auroc_by_type, curve_spread, false_positive_rate
+from skipganomaly.scoring.normalization import ScoreNormalization
+from skipganomaly.specs.config import build_config
 
 
 def flat_images(levels, size=4, channels=1) -> np.ndarray:

@@ -14,13 +14,14 @@ from deploy_helpers import split_images, write_pngs
 from PIL import Image
 from torch import nn
 
-from skipganomaly.detector import Detector, TorchEngine
-from skipganomaly.errors import UserError
-from skipganomaly.export import ScoringGraph, inference_rewrites, score_output_fields
-from skipganomaly.metrics import auroc
+from skipganomaly.deploy.detector import Detector, TorchEngine
+from skipganomaly.deploy.export import ScoringGraph, inference_rewrites, score_output_fields
+from skipganomaly.deploy.run_exports import exported_for_run
+from skipganomaly.formats.onnx_file import content_sha256, read_exported, read_metadata_props
 from skipganomaly.models import build_model
-from skipganomaly.objective import ScoreNormalization
-from skipganomaly.onnx_format import content_sha256, exported_for_run, read_exported, read_metadata_props
+from skipganomaly.scoring.metrics import auroc
+from skipganomaly.scoring.normalization import ScoreNormalization
+from skipganomaly.specs.errors import UserError
 
 
 def test_the_export_matches_the_pytorch_scorer_on_a_digits_run(digits_run, digits_onnx):
@@ -185,7 +186,7 @@ sys.modules["torch"] = None  # any 'import torch' now raises ImportError
 import numpy as np
 from skipganomaly.detector import Detector
 from skipganomaly.service import create_app
-from skipganomaly.onnx_format import exported_for_run
+from skipganomaly.deploy.run_exports import exported_for_run
 exported_for_run({str(digits_run)!r})  # the run's export is up to date: read, not made again
 detector = Detector.from_onnx({str(digits_onnx)!r})
 results = detector.score([np.full((16, 16), 128, np.uint8), np.zeros((20, 30, 3), np.uint8)])
@@ -224,9 +225,9 @@ def test_export_and_predict_with_the_onnx_engine_from_the_command_line(digits_ru
 
 
 def test_models_that_search_at_scoring_time_are_refused(tmp_path):
-    from skipganomaly.checkpoint import Checkpoint
-    from skipganomaly.config import build_config
-    from skipganomaly.export import export_checkpoint
+    from skipganomaly.deploy.export import export_checkpoint
+    from skipganomaly.formats.checkpoint import Checkpoint
+    from skipganomaly.specs.config import build_config
 
     config = build_config({"model.name": "anogan", "data.image_size": 16, "model.ngf": 8, "model.ndf": 8})
     model = build_model("anogan", image_size=16, channels=1, ngf=8, ndf=8, nz=16)
@@ -240,9 +241,9 @@ def test_models_that_search_at_scoring_time_are_refused(tmp_path):
 @pytest.mark.parametrize("name", ["ganomaly", "egbad"])
 def test_the_baselines_export_too(name):
     """Export traces each model's own score: the baselines' (other networks, other terms) too."""
-    from skipganomaly.checkpoint import Checkpoint
-    from skipganomaly.config import build_config
-    from skipganomaly.export import export_checkpoint
+    from skipganomaly.deploy.export import export_checkpoint
+    from skipganomaly.formats.checkpoint import Checkpoint
+    from skipganomaly.specs.config import build_config
 
     config = build_config({"model.name": name, "data.image_size": 32, "model.ngf": 8, "model.ndf": 8})
     torch.manual_seed(0)
@@ -258,9 +259,9 @@ def test_the_baselines_export_too(name):
 def test_the_improved_score_exports():
     """The improved recipe's score (kNN over a feature bank, the rotation head's four passes,
     standardised terms) traces to ONNX and agrees with PyTorch like the paper's score."""
-    from skipganomaly.checkpoint import Checkpoint
-    from skipganomaly.config import build_config
-    from skipganomaly.export import export_checkpoint
+    from skipganomaly.deploy.export import export_checkpoint
+    from skipganomaly.formats.checkpoint import Checkpoint
+    from skipganomaly.specs.config import build_config
 
     terms = "reconstruction,latent,knn,rotation"
     overrides = {

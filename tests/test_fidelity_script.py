@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 from fixture_data import CIFAR_CLASSES, write_class_folders
 
-from skipganomaly.config import build_config
 from skipganomaly.data import prepare_data
 from skipganomaly.data.images import load_image
+from skipganomaly.specs.config import build_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fidelity.py"
 

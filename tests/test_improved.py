@@ -8,23 +8,23 @@ import pytest
 import torch
 from conftest import synthetic_splits, tiny_config
 
-from skipganomaly.checkpoint import checkpoint_path, load_checkpoint
-from skipganomaly.config import build_config
-from skipganomaly.ema import WeightAverage, batchnorm_buffers
-from skipganomaly.errors import UserError
-from skipganomaly.metrics import auroc
-from skipganomaly.model_specs import MODEL_SPECS, parse_score_terms
+from skipganomaly.formats.checkpoint import checkpoint_path, load_checkpoint
 from skipganomaly.models import SkipGANomaly
-from skipganomaly.objective import (
+from skipganomaly.models.objective import (
     LossWeights,
-    nearest_neighbour_distance,
     pooled_reconstruction_score,
     quarter_turns,
     reconstruction_score,
     rotations,
-    standardized_score,
 )
-from skipganomaly.trainer import Trainer
+from skipganomaly.models.score_terms import nearest_neighbour_distance, standardized_score
+from skipganomaly.scoring.metrics import auroc
+from skipganomaly.specs.config import build_config
+from skipganomaly.specs.errors import UserError
+from skipganomaly.specs.models import MODEL_SPECS
+from skipganomaly.specs.score_terms import parse_score_terms
+from skipganomaly.training.ema import WeightAverage, batchnorm_buffers
+from skipganomaly.training.trainer import Trainer
 
 SWITCHES = {
     "train.ema_decay": 0.0,
@@ -244,9 +244,9 @@ def test_choose_terms_drops_a_term_that_points_the_wrong_way():
     """Validation keeps the subset of terms with the best AUROC: a term that is lower for the
     anomalies (reconstruction of simple anomalous images) is left out; without labelled anomalies
     every term counts."""
-    from skipganomaly.decisions import choose_terms, fit_term_statistics, standardize_terms
-    from skipganomaly.metrics import auroc
-    from skipganomaly.scoring import ScoredSet
+    from skipganomaly.scoring.decisions import choose_terms, fit_term_statistics, standardize_terms
+    from skipganomaly.scoring.engine import ScoredSet
+    from skipganomaly.scoring.metrics import auroc
 
     rng = np.random.default_rng(0)
     labels = np.array([0] * 200 + [1] * 100)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from skipganomaly.metrics import (
+from skipganomaly.scoring.metrics import (
     auprc,
     auroc,
     best_f1_threshold,

@@ -3,7 +3,7 @@ import torch
 
 from skipganomaly.models import SkipGANomaly
 from skipganomaly.models.blocks import DCGANDecoder, DCGANEncoder
-from skipganomaly.objective import LossWeights
+from skipganomaly.models.objective import LossWeights
 
 
 @pytest.mark.parametrize("size", [16, 32, 64, 128, 256])

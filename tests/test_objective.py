@@ -6,8 +6,7 @@ import torch
 from numerics import assert_close
 
 from skipganomaly.models import SkipGANomaly
-from skipganomaly.objective import (
-    ScoreNormalization,
+from skipganomaly.models.objective import (
     anomaly_map,
     anomaly_score,
     contextual_loss,
@@ -15,9 +14,9 @@ from skipganomaly.objective import (
     generator_adversarial_loss,
     latent_loss,
     latent_score,
-    min_max_scale,
     reconstruction_score,
 )
+from skipganomaly.scoring.normalization import ScoreNormalization, min_max_scale
 
 
 def test_contextual_loss_is_mean_absolute_error():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from deploy_helpers import running_service, split_images, write_pngs
 
-from skipganomaly.detector import Detector
+from skipganomaly.deploy.detector import Detector
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

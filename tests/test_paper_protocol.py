@@ -10,15 +10,15 @@ from conftest import labelled_source, score_tiny, smooth_images, tiny_config
 from fixture_data import CIFAR_CLASSES, write_cifar_python, write_class_folders, write_idx
 from numerics import assert_close
 
-from skipganomaly.config import build_config
 from skipganomaly.data import prepare_data
 from skipganomaly.data.base import ImageSet, LabelledSource, SplitInfo, official_evaluation_order
 from skipganomaly.data.cifar import read_batch
 from skipganomaly.data.splits import make_splits
+from skipganomaly.evaluation.paper import summarize_paper_protocol
 from skipganomaly.models import SkipGANomaly
-from skipganomaly.protocols.paper import summarize_paper_protocol
-from skipganomaly.tensorboard_log import EVENTS_DIR, EventMirror
-from skipganomaly.trainer import Trainer
+from skipganomaly.specs.config import build_config
+from skipganomaly.training.tensorboard import EVENTS_DIR, EventMirror
+from skipganomaly.training.trainer import Trainer
 
 
 def _fit(config, splits, run_dir):

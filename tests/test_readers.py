@@ -20,11 +20,11 @@ from fixture_data import (
     write_mvtec,
 )
 
-from skipganomaly.config import build_config
 from skipganomaly.data import cifar, mnist, prepare_data
 from skipganomaly.data.images import BadImageError
 from skipganomaly.data.loading import BadImageCounter, iterate_batches
-from skipganomaly.errors import UserError
+from skipganomaly.specs.config import build_config
+from skipganomaly.specs.errors import UserError
 
 
 def data_config(tmp_path, **values):

@@ -259,12 +259,12 @@ def copy_run(source: Path, tmp_path: Path, name: str = "run") -> Path:
 @pytest.fixture
 def no_data(monkeypatch):
     """Fail loudly if a command reads its data set (a check that must come first did not)."""
-    import skipganomaly.runs
+    import skipganomaly.training.runs
 
     def refuse(*_args, **_kwargs):
         raise AssertionError("the data set was read before the output was checked")
 
-    monkeypatch.setattr(skipganomaly.runs, "prepare_data", refuse)
+    monkeypatch.setattr(skipganomaly.training.runs, "prepare_data", refuse)
 
 
 # =========================================================================== data loss
@@ -359,7 +359,7 @@ def test_predict_keeps_the_previous_csv_when_it_fails(failure, finished_run, tmp
 def test_predict_streams_rows_into_a_partial_file_while_the_previous_csv_stays(
     finished_run, tmp_path, capsys, monkeypatch
 ):
-    from skipganomaly.predict import Predictor
+    from skipganomaly.deploy.predict import Predictor
 
     folder = images(tmp_path / "images", n=6)
     output = tmp_path / "pred.csv"
@@ -450,7 +450,7 @@ def test_a_checkpoint_whose_weights_do_not_fit_its_model_is_one_line(finished_ru
 def test_content_hash_rule_stored_verified_exposed_legacy_accepted(finished_run, tmp_path, capsys):
     """A new checkpoint stores its content hash (the one a deployment export will carry); a file
     without one (release 0.1.0) loads; a wrong one is refused."""
-    from skipganomaly.checkpoint import content_hash, load_checkpoint
+    from skipganomaly.formats.checkpoint import content_hash, load_checkpoint
 
     best = finished_run / "checkpoints" / "best.pt"
     raw = torch.load(best, weights_only=True)
@@ -517,12 +517,12 @@ def _read_only_mount_available() -> bool:
 def test_outputs_that_cannot_be_written_are_refused_before_any_work(
     verb, place, finished_run, tmp_path, capsys, no_data, monkeypatch
 ):
-    import skipganomaly.predict
+    import skipganomaly.deploy.predict
 
     def refuse(*_args, **_kwargs):
         raise AssertionError("the model was loaded before the output was checked")
 
-    monkeypatch.setattr(skipganomaly.predict.Predictor, "from_run", refuse)
+    monkeypatch.setattr(skipganomaly.deploy.predict.Predictor, "from_run", refuse)
     (tmp_path / "a-file").write_text("not a folder\n")
     (tmp_path / "a-folder").mkdir()
     target = {"under-a-file": tmp_path / "a-file" / "sub" / "out.csv", "a-folder": tmp_path / "a-folder"}.get(
@@ -584,7 +584,7 @@ def test_a_full_disk_during_training_keeps_what_was_written_and_says_resume(
         result = run(capsys, *TRAIN, "--epochs", "1", "--output", run_dir)
     assert_one_line_error(result, "last.pt: no space left on the device", f"--resume {run_dir}")
     assert disk.failures == 1
-    from skipganomaly.checkpoint import load_checkpoint
+    from skipganomaly.formats.checkpoint import load_checkpoint
 
     assert load_checkpoint(run_dir / "checkpoints" / "best.pt").epoch == 1  # whole and loadable
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt"]  # no half file

@@ -15,17 +15,17 @@ import torch
 from conftest import labelled_source
 from fixture_data import write_cifar_python, write_mvtec
 
-from skipganomaly.checkpoint import checkpoint_path, load_checkpoint
 from skipganomaly.data import READERS
-from skipganomaly.errors import UserError
-from skipganomaly.model_specs import MODEL_SPECS
+from skipganomaly.formats.checkpoint import checkpoint_path, load_checkpoint
 from skipganomaly.models import MODELS, SkipGANomaly
 from skipganomaly.report import ReproduceOptions, make_plan, resolve_profile, run_plan
 from skipganomaly.report.published import TABLE_I, is_table_i_classes, paper_class_name, table_i_order
 from skipganomaly.report.render import markdown
 from skipganomaly.report.results import collect_rows, summarize
 from skipganomaly.report.runner import run_state, training_protocols, values_for_model
-from skipganomaly.trainer import Trainer
+from skipganomaly.specs.errors import UserError
+from skipganomaly.specs.models import MODEL_SPECS
+from skipganomaly.training.trainer import Trainer
 
 TINY = ["--image-size", "16", "--set", "model.ngf=4", "--set", "model.ndf=4", "--set", "model.nz=8"]
 REPRODUCE = ["reproduce", "--dataset", "digits", "--classes", "0", "1", "--seeds", "0", "1", "--epochs", "1"]

@@ -10,10 +10,11 @@ import pytest
 import torch
 from conftest import synthetic_splits, tiny_config
 
-from skipganomaly import runtime
 from skipganomaly.benchmark import BusyProcesses
-from skipganomaly.runtime import CpuSample, ThreadChooser, threads_for_load
-from skipganomaly.trainer import Trainer
+from skipganomaly.runtime import cores, precision, threads
+from skipganomaly.runtime.cores import CpuSample
+from skipganomaly.runtime.threads import ThreadChooser, threads_for_load
+from skipganomaly.training.trainer import Trainer
 
 
 # --------------------------------------------------------------------------- available cores
@@ -35,7 +36,7 @@ def eight_cpus(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "cgroup_line, files, limit, cores",
+    "cgroup_line, files, limit, expected",
     [
         ("0::/", {"cpu.max": "max 100000"}, None, 8),  # v2, no quota
         ("0::/", {"cpu.max": "150000 100000"}, 1.5, 2),  # v2, 1.5 CPUs: rounded up
@@ -52,23 +53,23 @@ def eight_cpus(monkeypatch):
     ],
 )  # fmt: skip
 def test_available_cores_is_the_affinity_mask_capped_by_the_cgroup_quota(
-    tmp_path, eight_cpus, cgroup_line, files, limit, cores
+    tmp_path, eight_cpus, cgroup_line, files, limit, expected
 ):
     proc, cgroup = _machine(tmp_path, cgroup_line, files)
-    assert runtime.cgroup_cpu_limit(proc, cgroup) == (pytest.approx(limit) if limit is not None else None)
-    assert runtime.available_cores(proc, cgroup) == cores
+    assert cores.cgroup_cpu_limit(proc, cgroup) == (pytest.approx(limit) if limit is not None else None)
+    assert cores.available_cores(proc, cgroup) == expected
 
 
 def test_available_cores_follows_the_affinity_mask(tmp_path, monkeypatch):
     proc, cgroup = _machine(tmp_path, "0::/", {"cpu.max": "max 100000"})
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)  # taskset -c 3
-    assert runtime.available_cores(proc, cgroup) == 1
+    assert cores.available_cores(proc, cgroup) == 1
 
 
 def test_no_proc_no_cgroup_means_the_affinity_mask(tmp_path, eight_cpus):
-    assert runtime.cgroup_cpu_limit(tmp_path / "none", tmp_path / "none") is None
-    assert runtime.available_cores(tmp_path / "none", tmp_path / "none") == 8
-    assert runtime.sample_cpu(tmp_path / "none") is None
+    assert cores.cgroup_cpu_limit(tmp_path / "none", tmp_path / "none") is None
+    assert cores.available_cores(tmp_path / "none", tmp_path / "none") == 8
+    assert cores.sample_cpu(tmp_path / "none") is None
 
 
 # --------------------------------------------------------------------------- how busy the machine is
@@ -87,21 +88,21 @@ def _stat(tmp_path: Path, per_cpu: dict[int, tuple[int, int, int]]) -> Path:
 def test_cpu_sample_reads_the_non_idle_time_of_our_cpus_only(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "sysconf", lambda name: 100)  # USER_HZ
     proc = _stat(tmp_path, {0: (100, 50, 1000), 1: (200, 0, 900), 2: (5000, 5000, 0)})
-    sample = runtime.sample_cpu(proc, cpus={0, 1})
+    sample = cores.sample_cpu(proc, cpus={0, 1})
     # cpu0: 100 + 50 + steal 3 = 153 ticks, cpu1: 200 + 3 = 203 ticks; idle and iowait excluded;
     # cpu2 is outside the affinity mask.
     assert sample.busy == pytest.approx((153 + 203) / 100)
-    assert runtime.sample_cpu(proc, cpus={7}) is None
+    assert cores.sample_cpu(proc, cpus={7}) is None
 
 
 def test_cores_busy_with_other_work_subtracts_our_own_time():
     before = CpuSample(wall=10.0, busy=100.0, own=5.0)
     # 4 s of wall time, 7 CPU-seconds spent on our CPUs, 3 of them by this process: others 1 core.
     after = CpuSample(wall=14.0, busy=107.0, own=8.0)
-    assert runtime.cores_busy_with_other_work(before, after) == pytest.approx(1.0)
+    assert cores.cores_busy_with_other_work(before, after) == pytest.approx(1.0)
     idle = CpuSample(wall=14.0, busy=103.0, own=8.0)  # only our own work (tick rounding: not < 0)
-    assert runtime.cores_busy_with_other_work(before, idle) == 0.0
-    assert runtime.cores_busy_with_other_work(after, after) == 0.0  # no time passed
+    assert cores.cores_busy_with_other_work(before, idle) == 0.0
+    assert cores.cores_busy_with_other_work(after, after) == 0.0  # no time passed
 
 
 @pytest.mark.parametrize(
@@ -120,14 +121,14 @@ def test_cores_busy_with_other_work_subtracts_our_own_time():
 )
 def test_free_cores_and_the_counts_worth_comparing(available, others, free, candidates):
     assert threads_for_load(available, others) == free
-    assert runtime.thread_candidates(available, others) == candidates
+    assert threads.thread_candidates(available, others) == candidates
 
 
 def test_fastest_thread_count_by_median_with_ties_to_fewer_threads():
-    assert runtime.fastest_thread_count({1: [1.0, 1.1, 0.9], 2: [0.6, 0.7, 5.0]}) == 2  # one outlier
-    assert runtime.fastest_thread_count({1: [0.5, 0.5, 0.5], 2: [0.6, 0.6, 0.6]}) == 1
-    assert runtime.fastest_thread_count({1: [1.0, 1.0, 1.0], 2: [0.98, 0.98, 0.98]}) == 1  # a tie
-    assert runtime.fastest_thread_count({4: [2.0], 8: [1.0]}) == 8
+    assert threads.fastest_thread_count({1: [1.0, 1.1, 0.9], 2: [0.6, 0.7, 5.0]}) == 2  # one outlier
+    assert threads.fastest_thread_count({1: [0.5, 0.5, 0.5], 2: [0.6, 0.6, 0.6]}) == 1
+    assert threads.fastest_thread_count({1: [1.0, 1.0, 1.0], 2: [0.98, 0.98, 0.98]}) == 1  # a tie
+    assert threads.fastest_thread_count({4: [2.0], 8: [1.0]}) == 8
 
 
 class FakeMachine:
@@ -243,11 +244,13 @@ def test_thread_chooser_without_proc_keeps_the_available_cores(two_free_cores, k
 
 # --------------------------------------------------------------------------- precision
 def test_decide_precision_keeps_bf16_only_when_it_is_clearly_faster():
-    assert runtime.decide_precision({"fp32": [1.0, 1.1, 0.9], "bf16": [0.5, 0.6, 0.4]}) == "bf16"
-    assert runtime.decide_precision({"fp32": [1.0, 1.0, 1.0], "bf16": [0.97, 0.96, 0.98]}) == "fp32"  # a tie
-    assert runtime.decide_precision({"fp32": [1.0], "bf16": [5.0]}) == "fp32"  # emulated bf16
-    assert runtime.decide_precision({"fp32": [1.0, 1.0, 1.0], "bf16": [0.5, 9.0, 0.5]}) == "bf16"  # medians
-    assert runtime.decide_precision({"fp32": [1.0], "bf16": []}) == "fp32"
+    assert precision.decide_precision({"fp32": [1.0, 1.1, 0.9], "bf16": [0.5, 0.6, 0.4]}) == "bf16"
+    assert (
+        precision.decide_precision({"fp32": [1.0, 1.0, 1.0], "bf16": [0.97, 0.96, 0.98]}) == "fp32"
+    )  # a tie
+    assert precision.decide_precision({"fp32": [1.0], "bf16": [5.0]}) == "fp32"  # emulated bf16
+    assert precision.decide_precision({"fp32": [1.0, 1.0, 1.0], "bf16": [0.5, 9.0, 0.5]}) == "bf16"  # medians
+    assert precision.decide_precision({"fp32": [1.0], "bf16": []}) == "fp32"
 
 
 def test_probe_warms_up_interleaves_and_stops_once_bf16_clearly_loses():
@@ -260,11 +263,11 @@ def test_probe_warms_up_interleaves_and_stops_once_bf16_clearly_loses():
 
         return run
 
-    times = runtime.probe_precisions(step_times({"fp32": 1.0, "bf16": 0.6}), rounds=3)
+    times = precision.probe_precisions(step_times({"fp32": 1.0, "bf16": 0.6}), rounds=3)
     assert calls == ["fp32", "bf16"] * 4  # one warm-up step each, then 3 interleaved rounds
     assert times == {"fp32": [1.0] * 3, "bf16": [0.6] * 3}
     calls.clear()
-    times = runtime.probe_precisions(step_times({"fp32": 1.0, "bf16": 4.0}), rounds=3)
+    times = precision.probe_precisions(step_times({"fp32": 1.0, "bf16": 4.0}), rounds=3)
     assert calls == ["fp32", "bf16"] * 2 and times == {"fp32": [1.0], "bf16": [4.0]}
 
 
@@ -278,31 +281,31 @@ def test_choose_precision_rules_probe_and_cache(tmp_path):
         return {"fp32": [1.0, 1.0, 1.0], "bf16": [0.4, 0.5, 0.45]}
 
     fields = {"cpu": "Test CPU", "torch": "2.x", "model": "skipganomaly", "batch": 64, "threads": 2}
-    assert runtime.choose_precision("fp32", cpu, probe=probe, cache=cache).name == "fp32"
-    assert runtime.choose_precision("bf16", cpu, probe=probe, cache=cache).dtype is torch.bfloat16
-    emulated = runtime.choose_precision(
+    assert precision.choose_precision("fp32", cpu, probe=probe, cache=cache).name == "fp32"
+    assert precision.choose_precision("bf16", cpu, probe=probe, cache=cache).dtype is torch.bfloat16
+    emulated = precision.choose_precision(
         "auto", cpu, probe=probe, fields=fields, cache=cache, native_bf16=lambda: False
     )
     assert emulated.name == "fp32" and emulated.source == "rule" and "no native bf16" in emulated.reason
     assert probes == [] and not cache.exists()  # emulated bf16 is never probed
 
-    native = runtime.choose_precision(
+    native = precision.choose_precision(
         "auto", cpu, probe=probe, fields=fields, cache=cache, native_bf16=lambda: True
     )
     assert (native.name, native.source, native.dtype) == ("bf16", "probe", torch.bfloat16)
     assert native.step_s == {"fp32": 1.0, "bf16": 0.45}
     assert "bf16 450 ms/step" in native.describe() and "measured now" in native.describe()
-    again = runtime.choose_precision(
+    again = precision.choose_precision(
         "auto", cpu, probe=probe, fields=fields, cache=cache, native_bf16=lambda: True
     )
     assert (again.name, again.source) == ("bf16", "cache") and probes == [1]  # measured once
     other = fields | {"threads": 1}  # another configuration is measured on its own
-    runtime.choose_precision("auto", cpu, probe=probe, fields=other, cache=cache, native_bf16=lambda: True)
+    precision.choose_precision("auto", cpu, probe=probe, fields=other, cache=cache, native_bf16=lambda: True)
     assert probes == [1, 1] and len(json.loads(cache.read_text())) == 2
 
     cache.write_text("{not json")  # a damaged cache only means measuring again
     assert (
-        runtime.choose_precision(
+        precision.choose_precision(
             "auto", cpu, probe=probe, fields=fields, cache=cache, native_bf16=lambda: True
         ).source
         == "probe"
@@ -312,7 +315,7 @@ def test_choose_precision_rules_probe_and_cache(tmp_path):
 def test_trainer_probe_leaves_the_run_as_it_was(tmp_path, monkeypatch):
     """With native bf16 (mocked), precision auto measures both precisions on copies: the run's
     weights, optimiser state and random stream are those of a run that never probed."""
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setenv("SKIPGANOMALY_CACHE", str(tmp_path / "cache"))  # no cached choice: measure
     splits = synthetic_splits(n_train=32)
     # One thread count: the cache is keyed by it, and the automatic one follows the machine's load.
@@ -332,14 +335,12 @@ def test_trainer_probe_leaves_the_run_as_it_was(tmp_path, monkeypatch):
 
 
 def test_trainer_probe_keeps_the_random_stream(tmp_path, monkeypatch):
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setenv("SKIPGANOMALY_CACHE", str(tmp_path / "cache"))  # no cached choice: measure
     splits = synthetic_splits(n_train=32)
     states = []
-    for precision in ("auto", "fp32"):
-        Trainer(
-            tiny_config(**{"train.precision": precision}), splits, tmp_path / precision, log=lambda s: None
-        )
+    for name in ("auto", "fp32"):
+        Trainer(tiny_config(**{"train.precision": name}), splits, tmp_path / name, log=lambda s: None)
         states.append(torch.get_rng_state())
     assert torch.equal(states[0], states[1])
 
@@ -392,7 +393,7 @@ def test_openmp_wait_policy_is_reported_as_it_took_effect(code, env, policy, not
     import subprocess
     import sys
 
-    script = f"{code}\nfrom skipganomaly.runtime import openmp_wait_policy\nprint(repr(openmp_wait_policy()))"
+    script = f"{code}\nfrom skipganomaly.runtime.threads import openmp_wait_policy\nprint(repr(openmp_wait_policy()))"
     environment = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | env
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=environment, timeout=300

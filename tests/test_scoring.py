@@ -8,7 +8,7 @@ from numerics import assert_close
 from skipganomaly.data.base import ImageSet
 from skipganomaly.data.loading import iterate_batches, to_model_input
 from skipganomaly.models import SkipGANomaly
-from skipganomaly.objective import LossWeights
+from skipganomaly.models.objective import LossWeights
 
 
 def _trained_model(splits):

@@ -22,7 +22,7 @@ import pytest
 from deploy_helpers import running_service, split_images
 from PIL import Image
 
-from skipganomaly.detector import Detector
+from skipganomaly.deploy.detector import Detector
 from skipganomaly.service import ServiceLimits
 
 

@@ -16,10 +16,10 @@ from conftest import synthetic_splits, tiny_config
 from numerics import assert_close
 from PIL import Image
 
-from skipganomaly import runtime
 from skipganomaly.benchmark import BenchmarkSettings, PlainMode, _child_peak, run_benchmark
 from skipganomaly.data.base import ImageSet
 from skipganomaly.data.loading import iterate_batches, to_model_input
+from skipganomaly.deploy.predict import Predictor, predict_to_csv
 from skipganomaly.models import SkipGANomaly
 from skipganomaly.models.blocks import (
     DenseFastConv2d,
@@ -28,9 +28,9 @@ from skipganomaly.models.blocks import (
     is_channels_last,
     set_dense_fast_path,
 )
-from skipganomaly.objective import LossWeights
-from skipganomaly.predict import Predictor, predict_to_csv
-from skipganomaly.trainer import RunLog, Trainer
+from skipganomaly.models.objective import LossWeights
+from skipganomaly.runtime import cores, device, precision, threads
+from skipganomaly.training.trainer import RunLog, Trainer
 
 
 def _quiet(config, splits, run_dir):
@@ -197,7 +197,7 @@ def test_fused_adam_makes_the_default_update():
     torch.manual_seed(0)
     a = torch.nn.Parameter(torch.randn(50, 7))
     b = torch.nn.Parameter(a.detach().clone())
-    fused = runtime.adam([a], 2e-3, (0.5, 0.999), torch.device("cpu"))
+    fused = device.adam([a], 2e-3, (0.5, 0.999), torch.device("cpu"))
     default = torch.optim.Adam([b], lr=2e-3, betas=(0.5, 0.999))
     assert fused.defaults.get("fused") in (True, None)  # None: this PyTorch has no fused CPU Adam
     for _ in range(5):
@@ -250,12 +250,12 @@ def test_compiled_networks_train_like_eager_ones(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- runtime choices
 def test_precision_auto_uses_bf16_only_where_it_is_native(monkeypatch):
     cpu = torch.device("cpu")
-    assert runtime.resolve_precision("fp32", cpu) is None
-    assert runtime.resolve_precision("bf16", cpu) is torch.bfloat16
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
-    assert runtime.resolve_precision("auto", cpu) is None
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
-    assert runtime.resolve_precision("auto", cpu) is torch.bfloat16
+    assert precision.resolve_precision("fp32", cpu) is None
+    assert precision.resolve_precision("bf16", cpu) is torch.bfloat16
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert precision.resolve_precision("auto", cpu) is None
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert precision.resolve_precision("auto", cpu) is torch.bfloat16
 
 
 def test_native_bf16_probe_agrees_with_the_cpu_flags():
@@ -267,21 +267,21 @@ def test_native_bf16_probe_agrees_with_the_cpu_flags():
         if line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())
             break
-    assert runtime.cpu_has_native_bf16() == bool(flags & {"amx_bf16", "avx512_bf16"})
+    assert precision.cpu_has_native_bf16() == bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
 def test_thread_settings():
     before = torch.get_num_threads()
     try:
-        assert runtime.configure_threads(1) == 1
-        assert runtime.configure_threads(0, processes_per_machine=runtime.available_cores() * 4) == 1
-        assert 1 <= runtime.configure_threads(0) <= runtime.available_cores()  # auto: the free cores
+        assert threads.configure_threads(1) == 1
+        assert threads.configure_threads(0, processes_per_machine=cores.available_cores() * 4) == 1
+        assert 1 <= threads.configure_threads(0) <= cores.available_cores()  # auto: the free cores
     finally:
         torch.set_num_threads(before)
 
 
 def test_new_options_are_validated():
-    from skipganomaly.errors import UserError
+    from skipganomaly.specs.errors import UserError
 
     with pytest.raises(UserError, match="train.compile"):
         tiny_config(**{"train.compile": "fast"})
@@ -393,7 +393,7 @@ def test_peak_memory_of_a_child_does_not_include_its_parent():
     """The benchmark measures each mode's peak in a fresh child; Linux carries ru_maxrss over exec,
     which made every child report at least the (large) parent's size."""
     ballast = np.ones(400 * 2**20, dtype=np.uint8)  # the parent holds 400 MiB more than the child
-    code = "from skipganomaly.runtime import peak_rss_mib; print(peak_rss_mib())"
+    code = "from skipganomaly.runtime.device import peak_rss_mib; print(peak_rss_mib())"
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert runtime.peak_rss_mib() > float(child.stdout) + 300
+    assert device.peak_rss_mib() > float(child.stdout) + 300
     del ballast

@@ -5,12 +5,12 @@ import pytest
 import torch
 from conftest import score_tiny, synthetic_splits, tiny_config
 
-from skipganomaly.checkpoint import Selection, checkpoint_path, load_checkpoint
-from skipganomaly.metrics import auroc
-from skipganomaly.objective import ScoreNormalization
-from skipganomaly.protocols.record import METRIC_SECTIONS, EvaluationInputs, build_metrics
-from skipganomaly.scoring import ScoredSet, ScoringOptions
-from skipganomaly.trainer import Trainer, lr_factor
+from skipganomaly.evaluation.record import METRIC_SECTIONS, EvaluationInputs, build_metrics
+from skipganomaly.formats.checkpoint import Selection, checkpoint_path, load_checkpoint
+from skipganomaly.scoring.engine import ScoredSet, ScoringOptions
+from skipganomaly.scoring.metrics import auroc
+from skipganomaly.scoring.normalization import ScoreNormalization
+from skipganomaly.training.trainer import Trainer, lr_factor
 
 
 class Interrupt(Exception):

@@ -4,7 +4,7 @@
 protocol, and returns :class:`Splits` with train, validation and test :class:`ImageSet` s.
 
 The readers are imported when first needed (``READERS``, ``prepare_data``), so that importing
-``skipganomaly.data.images`` alone, as the PyTorch-free scoring path does (:mod:`skipganomaly.detector`),
+``skipganomaly.data.images`` alone, as the PyTorch-free scoring path does (:mod:`skipganomaly.deploy.detector`),
 loads neither PyTorch nor scikit-learn.
 """
 
@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UserError
+from ..specs.errors import UserError
 from .base import ImageSet, LabelledSource, SplitInfo, Splits
 
 if TYPE_CHECKING:
-    from ..config import DataConfig
+    from ..specs.config import DataConfig
 
 
 def _digits(cfg: DataConfig) -> LabelledSource:

@@ -23,10 +23,10 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from ..config import DataConfig
-from ..errors import UserError
-from ..files import write_error
-from .cache import cache_root, key_of
+from ..runtime.files import cache_root, write_error
+from ..specs.config import DataConfig
+from ..specs.errors import UserError
+from .cache import key_of
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip", ".tar.bz2", ".tar.xz")
 SKIPPED_PREFIXES = ("__MACOSX/",)

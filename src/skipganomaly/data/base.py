@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..protocols import PAPER
+from ..specs.protocols import PAPER
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The cache directory: downloads, extracted archives, and decoded image arrays.
+"""The cache directory (:func:`~skipganomaly.runtime.files.cache_root`): downloads, extracted archives, and decoded image arrays.
 
 Where: ``data.cache_dir`` (``--cache-dir``) if set, else the ``SKIPGANOMALY_CACHE`` environment
 variable, else ``~/.cache/skipganomaly``. Layout::
@@ -17,28 +17,16 @@ and renamed when complete, so an interrupted run never leaves a half-written ent
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from ..config import DataConfig
-from ..files import write_atomic
+from ..runtime.files import cache_root, write_atomic
+from ..specs.config import DataConfig
 
-CACHE_ENV = "SKIPGANOMALY_CACHE"
 # Bump when what a reader stores in its arrays changes, so old cache entries are not reused.
 ARRAY_FORMAT = 1
-
-
-def cache_root(cfg: DataConfig | None = None) -> Path:
-    """The cache directory for this configuration (not created here)."""
-    if cfg is not None and cfg.cache_dir:
-        return Path(cfg.cache_dir).expanduser()
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "skipganomaly"
 
 
 def file_fingerprint(paths: Iterable[Path], root: Path | None = None) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..errors import UserError
+from ..specs.errors import UserError
 
 TIMEOUT_S = 30
 CHUNK = 1 << 20

@@ -33,8 +33,8 @@ from typing import NamedTuple
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..config import DataConfig
-from ..errors import UserError
+from ..specs.config import DataConfig
+from ..specs.errors import UserError
 from .archives import is_archive, unpack_archive
 from .base import ImageSet, LabelledSource, SplitInfo, Splits, pool_counts
 from .cache import array_cache_path, key_of, load_arrays, save_arrays

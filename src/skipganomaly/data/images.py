@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..config import DataConfig
-from ..errors import UserError
+from ..specs.config import DataConfig
+from ..specs.errors import UserError
 
 DEFAULT_MAX_IMAGE_PIXELS = DataConfig.max_image_pixels
 

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import DataConfig
-from ..errors import UserError
+from ..runtime.files import cache_root
+from ..specs.config import DataConfig
+from ..specs.errors import UserError
 from .base import LabelledSource, SplitInfo, source_from_arrays
-from .cache import array_cache_path, cache_root, file_fingerprint, key_of, load_arrays, save_arrays
+from .cache import array_cache_path, file_fingerprint, key_of, load_arrays, save_arrays
 from .download import download
 from .folders import resolve_root, subfolders
 from .images import prepare_array

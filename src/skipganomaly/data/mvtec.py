@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import DataConfig
-from ..errors import UserError
+from ..specs.config import DataConfig
+from ..specs.errors import UserError
 from .base import SplitInfo, Splits, pool_counts
 from .folders import (
     ImageFile,

@@ -1,6 +1,6 @@
 """The split rule of every protocol: how a labelled source becomes train / validation / test sets.
 
-What each protocol means (its notes, titles, scoring) lives in :mod:`skipganomaly.protocols`; this
+What each protocol means (its notes, titles, scoring) lives in :mod:`skipganomaly.specs.protocols`; this
 module applies its ``validation`` rule. It sits in the data layer because every reader calls it.
 
 Which images are normal (Sec. IV-A of the paper):
@@ -45,9 +45,9 @@ import dataclasses
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from ..config import DataConfig
-from ..errors import UserError
-from ..protocols import PROTOCOL_SPECS
+from ..specs.config import DataConfig
+from ..specs.errors import UserError
+from ..specs.protocols import PROTOCOL_SPECS
 from .base import ImageSet, LabelledSource, SplitInfo, Splits, official_evaluation_order, pool_counts
 
 NORMAL_ONLY_VAL_FRACTION = 0.1
@@ -141,7 +141,7 @@ def apply_protocol(
     train: ImageSet, evaluation: ImageSet, cfg: DataConfig, channels: int, info: SplitInfo
 ) -> Splits:
     """Split normal training images and a labelled evaluation pool by ``cfg.protocol``'s
-    ``validation`` rule (:class:`~skipganomaly.protocols.ProtocolSpec`)."""
+    ``validation`` rule (:class:`~skipganomaly.specs.protocols.ProtocolSpec`)."""
     protocol = cfg.protocol
     if protocol not in PROTOCOL_SPECS:  # validated in config
         raise UserError(f"unknown protocol {protocol!r}")

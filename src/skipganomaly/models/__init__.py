@@ -1,6 +1,6 @@
 """Model registry: every anomaly model the trainer, scorer and CLI can build by name.
 
-The registry is built from the specs (:mod:`skipganomaly.model_specs`): each spec names the
+The registry is built from the specs (:mod:`skipganomaly.specs.models`): each spec names the
 module and class of its model (``builder``), so adding a model adds no line here.
 """
 
@@ -10,8 +10,8 @@ import importlib
 
 from torch import nn
 
-from ..errors import UserError
-from ..model_specs import MODEL_SPECS, ModelSpec
+from ..specs.errors import UserError
+from ..specs.models import MODEL_SPECS, ModelSpec
 from .anogan import AnoGAN
 from .egbad import EGBAD
 from .ganomaly import GANomaly

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import torch
 
-from ..model_specs import ANOGAN as SPEC
-from ..objective import (
+from ..specs.models import ANOGAN as SPEC
+from .base import AdversarialAnomalyModel
+from .blocks import DCGANDecoder, DCGANDiscriminator, init_weights
+from .objective import (
     LossWeights,
     ScoreOutput,
     TrainingLosses,
@@ -34,8 +36,6 @@ from ..objective import (
     reconstruction_score,
     score_output,
 )
-from .base import AdversarialAnomalyModel
-from .blocks import DCGANDecoder, DCGANDiscriminator, init_weights
 
 # The latent search's defaults are this model's own config keys, declared with its spec.
 DEFAULT_SEARCH_STEPS = SPEC.own_default("latent_search_steps")

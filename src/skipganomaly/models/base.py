@@ -2,7 +2,7 @@
 
 A model subclasses :class:`AdversarialAnomalyModel`, owns ``self.discriminator`` (everything else
 is the generator side: encoders, decoders, generators) and implements ``training_losses`` and
-``score`` (see :mod:`skipganomaly.trainer`).
+``score`` (see :mod:`skipganomaly.training.trainer`).
 """
 
 from __future__ import annotations

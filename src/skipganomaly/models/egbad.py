@@ -17,7 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..objective import (
+from .base import AdversarialAnomalyModel
+from .blocks import DCGANDecoder, DCGANEncoder, dcgan_trunk_layers, init_weights
+from .objective import (
     LossWeights,
     ScoreOutput,
     TrainingLosses,
@@ -27,8 +29,6 @@ from ..objective import (
     reconstruction_score,
     score_output,
 )
-from .base import AdversarialAnomalyModel
-from .blocks import DCGANDecoder, DCGANEncoder, dcgan_trunk_layers, init_weights
 
 
 class JointDiscriminator(nn.Module):

@@ -17,7 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..objective import (
+from .base import AdversarialAnomalyModel
+from .blocks import DCGANDecoder, DCGANDiscriminator, DCGANEncoder, init_weights
+from .objective import (
     LossWeights,
     ScoreOutput,
     TrainingLosses,
@@ -29,8 +31,6 @@ from ..objective import (
     score_output,
     weighted_losses,
 )
-from .base import AdversarialAnomalyModel
-from .blocks import DCGANDecoder, DCGANDiscriminator, DCGANEncoder, init_weights
 
 
 class GANomalyGenerator(nn.Module):

@@ -15,25 +15,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..model_specs import SKIPGANOMALY, parse_score_terms
-from ..objective import (
-    LossWeights,
-    ScoreOutput,
-    TrainingLosses,
-    contextual_loss,
-    discriminator_loss,
-    generator_adversarial_loss,
-    latent_loss,
-    latent_score,
-    nearest_neighbour_distance,
-    pooled_reconstruction_score,
-    quarter_turns,
-    rotation_loss,
-    rotations,
-    score_output,
-    standardized_score,
-    weighted_losses,
-)
+from ..specs.models import SKIPGANOMALY
+from ..specs.score_terms import parse_score_terms
 from .base import AdversarialAnomalyModel
 from .blocks import (
     DCGANEncoder,
@@ -43,6 +26,23 @@ from .blocks import (
     concat_channels,
     init_weights,
 )
+from .objective import (
+    LossWeights,
+    ScoreOutput,
+    TrainingLosses,
+    contextual_loss,
+    discriminator_loss,
+    generator_adversarial_loss,
+    latent_loss,
+    latent_score,
+    pooled_reconstruction_score,
+    quarter_turns,
+    rotation_loss,
+    rotations,
+    score_output,
+    weighted_losses,
+)
+from .score_terms import nearest_neighbour_distance, standardized_score
 
 
 class UNetGenerator(nn.Module):
@@ -148,7 +148,7 @@ class SkipGANomaly(AdversarialAnomalyModel):
     * ``rotation_head``: D also predicts the rotation of real images (SS-GAN), trained with
       ``train.w_rot``; its loss on the four rotations of an image is the ``rotation`` score term.
     * ``score_terms``: instead of Eq. 5, the sum of these terms, each standardised on normal
-      validation images (:func:`~skipganomaly.objective.standardized_score`); the statistics are
+      validation images (:func:`~skipganomaly.models.score_terms.standardized_score`); the statistics are
       buffers the trainer fits (:meth:`set_term_statistics`), so the score of one image needs
       nothing but the model.
     * ``select_terms``: where validation holds labelled anomalies, the trainer keeps the subset of

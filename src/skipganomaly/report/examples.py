@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import checkpoint_path, load_checkpoint
-from ..config import Config
 from ..data.base import Splits
 from ..data.loading import iterate_batches
-from ..files import write_bytes
-from ..runtime import resolve_device, resolve_precision
-from ..scoring import ScoringOptions, score_set
+from ..formats.checkpoint import checkpoint_path, load_checkpoint
+from ..runtime.device import resolve_device
+from ..runtime.files import write_bytes
+from ..runtime.precision import resolve_precision
+from ..scoring.engine import ScoringOptions, score_set
+from ..specs.config import Config
 
 EXAMPLES_FILE = "examples.npz"
 TSNE_FILE = "tsne.npz"

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..model_specs import MODEL_SPECS, display_name
-from ..protocols import PROTOCOL_SPECS
+from ..specs.models import MODEL_SPECS, display_name
+from ..specs.protocols import PROTOCOL_SPECS
 from . import figures
 from .examples import GROUPS
 from .results import Summary, column_label, column_order

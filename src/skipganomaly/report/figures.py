@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UserError
-from ..heatmaps import colorize
+from ..scoring.heatmaps import colorize
+from ..specs.errors import UserError
 
 NORMAL_COLOUR = "#1f77b4"
 ABNORMAL_COLOUR = "#d62728"
@@ -96,7 +96,7 @@ def bar_chart(
 def score_histograms(panels: list[tuple[str, np.ndarray, np.ndarray]], title: str = "") -> bytes:
     """One panel per class: test scores, min-max scaled over the test set (Eq. 6), normal vs
     abnormal, as densities."""
-    from ..objective import min_max_scale
+    from ..scoring.normalization import min_max_scale
 
     fig = _figure(*_grid_size(len(panels)))
     for ax, (name, labels, scores) in zip(_panel_grid(fig, len(panels)), panels, strict=True):
@@ -198,7 +198,7 @@ def roc_curves(panels: list[tuple[str, list[tuple[str, np.ndarray, np.ndarray]]]
     """One panel per class, one curve per seed (label, test labels, test scores)."""
     from sklearn.metrics import roc_curve
 
-    from ..metrics import auroc
+    from ..scoring.metrics import auroc
 
     fig = _figure(*_grid_size(len(panels)))
     for ax, (name, curves) in zip(_panel_grid(fig, len(panels)), panels, strict=True):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import UserError
+from ..specs.errors import UserError
 
 PROFILE_CHOICES = ("auto", "light", "faithful")
 

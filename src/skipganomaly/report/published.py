@@ -15,7 +15,7 @@ CIFAR-10 files.
 
 from __future__ import annotations
 
-from ..model_specs import MODEL_SPECS, TABLE_I_CLASSES
+from ..specs.models import MODEL_SPECS, TABLE_I_CLASSES
 
 CITATION = (
     "S. Akcay, A. Atapour-Abarghouei, T. P. Breckon. Skip-GANomaly: Skip Connected and Adversarially "

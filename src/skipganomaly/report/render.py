@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ..files import write_bytes, write_json, write_text
-from ..model_specs import display_name
-from ..protocols import HONEST_PROTOCOLS, PAPER, PROTOCOL_SPECS
-from ..shortcuts import NOTE as SHORTCUT_NOTE
-from ..shortcuts import STATISTICS, TITLES, is_shortcut
+from ..runtime.files import write_bytes, write_json, write_text
+from ..scoring.shortcuts import NOTE as SHORTCUT_NOTE
+from ..scoring.shortcuts import STATISTICS, TITLES, is_shortcut
+from ..specs.models import display_name
+from ..specs.protocols import HONEST_PROTOCOLS, PAPER, PROTOCOL_SPECS
 from . import published
 from .figure_set import Figure, build_figures
 from .results import Summary, TableEntry, collect_rows, results_csv, summarize
@@ -486,7 +486,7 @@ def summary_table_text(summary: Summary) -> str:
         parts.append(_text_table(["", *header[1:]], [[label, *cells] for label, cells in rows_ii]))
     warnings = shortcut_warnings_of(summary)
     if warnings:
-        from ..shortcuts import warning_block
+        from ..scoring.shortcuts import warning_block
 
         # Each split's overall lines; the per-type ones are counted (the report lists them all).
         overall = [w for w in warnings if ": test, normal vs " not in w]

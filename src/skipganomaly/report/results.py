@@ -18,11 +18,11 @@ from typing import Any, TypedDict
 import numpy as np
 
 from .. import __version__
-from ..metrics import curve_spread
-from ..model_specs import display_name
-from ..protocols import PAPER, PROTOCOL_SPECS
-from ..protocols.record import STEADY_EPOCHS
-from ..shortcuts import shortcut_warnings
+from ..evaluation.record import STEADY_EPOCHS
+from ..scoring.metrics import curve_spread
+from ..scoring.shortcuts import shortcut_warnings
+from ..specs.models import display_name
+from ..specs.protocols import PAPER, PROTOCOL_SPECS
 from . import published
 from .run_files import RunFiles, read_runs
 from .runner import Plan, RunSpec
@@ -365,7 +365,7 @@ def _none_if_nan(value: Any) -> float | None:
 def shortcut_rows(plan: Plan, runs: dict[Path, RunFiles]) -> list[ShortcutRow]:
     """The trivial statistics of each reported honest test split (per protocol and class; every
     seed and model of it shares the split) beside each model's mean test AUROC on it, with the
-    warnings (:mod:`skipganomaly.shortcuts`) raised against those means."""
+    warnings (:mod:`skipganomaly.scoring.shortcuts`) raised against those means."""
     groups: dict[tuple[str, str | None], list[RunSpec]] = {}
     for spec in _honest_specs(plan):
         groups.setdefault((spec.protocol, spec.class_name), []).append(spec)

@@ -29,16 +29,16 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from ..checkpoint import load_checkpoint, resume_checkpoint_path
-from ..config import Config, build_config
 from ..data import READERS, prepare_data
 from ..data.base import Splits
 from ..data.splits import resolve_class
-from ..errors import UserError
-from ..model_specs import LOSS_WEIGHTS, MODEL_SPECS, own_keys
+from ..formats.checkpoint import load_checkpoint, resume_checkpoint_path
 from ..models import MODELS
-from ..protocols import HONEST_PROTOCOLS, PAPER, PROTOCOLS
-from ..runs import config_difference, train_run
+from ..specs.config import Config, build_config
+from ..specs.errors import UserError
+from ..specs.models import LOSS_WEIGHTS, MODEL_SPECS, own_keys
+from ..specs.protocols import HONEST_PROTOCOLS, PAPER, PROTOCOLS
+from ..training.runs import config_difference, train_run
 from .examples import EXAMPLES_FILE, write_run_examples
 from .profiles import Profile, resolve_profile
 

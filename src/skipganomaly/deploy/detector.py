@@ -1,0 +1,395 @@
+"""``Detector``: score images with an exported model on ONNX Runtime, the deployment API.
+
+    detector = Detector.from_onnx("model.onnx")     # or Detector.from_run("runs/quickstart")
+    for p in detector.score(["part.png", pil_image, numpy_array]):
+        print(p.score, p.is_anomalous, p.anomaly_map.shape)
+
+Images may be PIL images, numpy arrays (H x W, H x W x 1, H x W x 3 or H x W x 4; uint8, or
+16-bit / float as a file of that kind is read), or paths of image files (a folder: every image
+in it). Each is prepared as training prepared its images
+(:class:`~skipganomaly.data.images.Preprocessing`: grayscale or RGB, resized to the run's size),
+and scored by the exported graph, which holds the model's own score, the run's deployment
+normalisation and its threshold (:mod:`skipganomaly.deploy.export`). An image's result does not depend
+on what else is scored with it.
+
+Nothing here imports PyTorch: ``Detector.from_onnx`` needs ONNX Runtime, numpy and Pillow only
+(``pip install skipganomaly[serve]``). ``Detector.from_run`` exports the run first (PyTorch and
+``onnx``, once: the export is kept in ``RUN_DIR/exports/``), or with ``engine="torch"`` scores
+with the PyTorch model itself (on a GPU if asked).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..data.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    BadImageError,
+    Preprocessing,
+    collect_image_paths,
+    load_image_and_size,
+    open_image,
+)
+from ..formats.onnx_file import ExportedModel, read_exported
+from ..specs.errors import UserError
+from .prediction import Prediction
+
+# Outputs of the exported graph that are per-image score terms ("raw parts"), besides these:
+_NOT_PARTS = ("score", "is_anomalous", "raw_score", "anomaly_map", "reconstructed")
+
+
+@dataclass(frozen=True)
+class DeploymentScale:
+    """The normalisation an exported model applies (read from its metadata, for display): raw
+    scores ``low`` to ``high`` map to 0 to 1; ``threshold`` is on that scale; ``map_high`` is the
+    per-pixel error at the middle of the heatmap colour scale."""
+
+    low: float
+    high: float
+    threshold: float
+    method: str = ""
+    map_high: float = 0.5
+
+    @classmethod
+    def from_metadata(cls, values: dict[str, Any]) -> DeploymentScale:
+        return cls(
+            low=float(values["low"]),
+            high=float(values["high"]),
+            threshold=float(values["threshold"]),
+            method=str(values.get("method", "")),
+            map_high=float(values.get("map_high", 0.5)),
+        )
+
+
+def to_uint8_image(reconstructed: np.ndarray) -> np.ndarray:
+    """(C, H, W) in [-1, 1] -> (H, W, C) uint8, the inverse of the model input's scaling."""
+    return (
+        np.clip((np.asarray(reconstructed, np.float32) + 1.0) * 127.5 + 0.5, 0, 255)
+        .astype(np.uint8)
+        .transpose(1, 2, 0)
+    )
+
+
+def _pil_from_array(array: np.ndarray) -> Image.Image:
+    """A numpy image (H x W, H x W x 1, H x W x 3, H x W x 4) as the PIL image a file of that kind
+    would open as, so that it is prepared the same way: 8-bit as is; one channel of 16-bit,
+    integers or floats in the modes Pillow gives such files (scaled to 8 bits by their range when
+    prepared); colour arrays that are not 8-bit scaled here (floats in [0, 1] or [0, 255], uint16
+    in [0, 65535])."""
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    shape_ok = array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))
+    if not shape_ok or min(array.shape[:2]) < 1:
+        raise UserError(
+            f"an image array of shape {array.shape} cannot be scored; pass H x W, H x W x 1, H x W x 3 or H x W x 4"
+        )
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    if array.dtype == np.uint8:
+        return Image.fromarray(np.ascontiguousarray(array))
+    if array.ndim == 2:
+        if array.dtype == np.uint16:
+            return Image.fromarray(np.ascontiguousarray(array), mode="I;16")
+        if np.issubdtype(array.dtype, np.integer):
+            return Image.fromarray(np.ascontiguousarray(array.astype(np.int32)), mode="I")
+        return Image.fromarray(np.ascontiguousarray(np.nan_to_num(array).astype(np.float32)), mode="F")
+    values = np.nan_to_num(array.astype(np.float64))
+    if array.dtype == np.uint16:
+        values = values / 257.0
+    elif np.issubdtype(array.dtype, np.floating) and values.size and values.max() <= 1.0:
+        values = values * 255.0
+    return Image.fromarray(np.clip(values + 0.5, 0, 255).astype(np.uint8))
+
+
+class OnnxEngine:
+    """An exported model in an ONNX Runtime session (CPU unless ``providers`` say otherwise)."""
+
+    def __init__(self, exported: ExportedModel, threads: int = 0, providers: Sequence[str] | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise UserError(
+                "scoring an exported model needs onnxruntime: pip install 'skipganomaly[serve]'"
+            ) from None
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads if threads > 0 else _available_cores()
+        options.inter_op_num_threads = 1
+        # Idle threads sleep instead of spinning: on shared cores a spinning thread holds a core
+        # another process needs (the package sets OMP_WAIT_POLICY=PASSIVE for PyTorch likewise).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.exported = exported
+        self.session = ort.InferenceSession(
+            exported.model_bytes, options, providers=list(providers or ["CPUExecutionProvider"])
+        )
+        self.input_name = self.session.get_inputs()[0].name
+        self.input_dtype = np.float32 if exported.input.get("dtype") == "float32" else np.uint8
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.threads = options.intra_op_num_threads
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 (N, H, W, C) images at the model's size -> the graph's outputs by name."""
+        feed = {self.input_name: np.ascontiguousarray(images, dtype=self.input_dtype)}
+        return dict(zip(self.output_names, self.session.run(None, feed), strict=True))
+
+
+class TorchEngine:
+    """A run's checkpoint scored by PyTorch itself (eval mode, the run's own scoring options), with
+    the same outputs as an exported graph: for GPUs, and as the reference the parity test uses."""
+
+    def __init__(self, run_dir: str | os.PathLike, which: str = "best", device: str = "auto"):
+        from .predict import Predictor
+
+        self.predictor = Predictor.from_run(run_dir, which, device)
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        from ..data.base import ImageSet
+
+        p = self.predictor
+        image_set = ImageSet(class_ids=np.zeros(len(images), np.int64), images=np.ascontiguousarray(images))
+        scored = p._score(image_set, max(1, len(images)), True, 0, False)
+        score = p.normalization(scored.score)
+        return {
+            "score": score,
+            "is_anomalous": score >= p.normalization.threshold,
+            "raw_score": scored.score,
+            "reconstruction": scored.reconstruction,
+            "latent": scored.latent,
+            "anomaly_map": scored.anomaly_maps.astype(np.float32),
+            "reconstructed": scored.reconstructed.astype(np.float32),
+        }
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class Detector:
+    """A trained detector ready to score images; see the module docstring."""
+
+    def __init__(self, engine, info: dict[str, Any], max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+        self.engine = engine
+        self.info = info
+        # Image files with more pixels are bad images (decompression bombs), as in training.
+        self.max_image_pixels = max_image_pixels
+        self.image_size = int(info["image_size"])
+        self.channels = int(info["channels"])
+        self.preprocessing = Preprocessing(self.image_size, self.channels)
+        self.normalization = DeploymentScale.from_metadata(info["normalization"])
+        self.threshold = self.normalization.threshold
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_onnx(
+        cls,
+        path: str | os.PathLike,
+        threads: int = 0,
+        providers: Sequence[str] | None = None,
+        max_image_pixels: int | None = None,
+    ) -> Detector:
+        """An exported ``.onnx`` file (``skipganomaly export``), checked against its content hash."""
+        return cls.from_exported(read_exported(path), threads, providers, max_image_pixels)
+
+    @classmethod
+    def from_exported(
+        cls,
+        exported: ExportedModel,
+        threads: int = 0,
+        providers: Sequence[str] | None = None,
+        max_image_pixels: int | None = None,
+    ) -> Detector:
+        engine = OnnxEngine(exported, threads, providers)
+        info = exported.describe() | {"engine": "onnxruntime", "threads": engine.threads}
+        return cls(engine, info, max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS)
+
+    @classmethod
+    def from_run(
+        cls,
+        run_dir: str | os.PathLike,
+        which: str = "best",
+        engine: str = "onnx",
+        device: str = "auto",
+        threads: int = 0,
+        max_image_pixels: int | None = None,
+    ) -> Detector:
+        """A training run's ``best`` (or ``last``) checkpoint. ``engine="onnx"`` (default) scores
+        with its ONNX export on ONNX Runtime, exporting it first when ``RUN_DIR/exports/`` has no
+        export of the checkpoint as it is now; ``engine="torch"`` scores with PyTorch on
+        ``device``. ``max_image_pixels``: files with more pixels are bad images (default: Pillow's
+        limit)."""
+        if engine == "onnx":
+            from .run_exports import exported_for_run
+
+            return cls.from_exported(exported_for_run(run_dir, which), threads, None, max_image_pixels)
+        if engine == "torch":
+            torch_engine = TorchEngine(run_dir, which, device)
+            checkpoint = torch_engine.predictor.checkpoint
+            info = {
+                "model": checkpoint.model_name,
+                "model_args": dict(checkpoint.model_args),
+                "image_size": checkpoint.image_size,
+                "channels": checkpoint.channels,
+                "preprocessing": checkpoint.preprocessing.to_dict(),
+                "normalization": checkpoint.normalization.to_dict(),
+                "threshold": checkpoint.normalization.threshold,
+                "protocol": checkpoint.protocol,
+                "checkpoint": {"which": which, "epoch": checkpoint.epoch},
+                "engine": f"torch ({torch_engine.predictor.device})",
+            }
+            return cls(torch_engine, info, max_image_pixels or checkpoint.config.data.max_image_pixels)
+        raise UserError(f"engine {engine!r}: choose onnx or torch")
+
+    # ------------------------------------------------------------------ preparing images
+    def prepare(self, image: Any) -> np.ndarray:
+        """One image (PIL, numpy array or file path) as the (size, size, channels) uint8 array the
+        model scores."""
+        if isinstance(image, Image.Image):
+            return self.preprocessing.prepare(image)
+        if isinstance(image, np.ndarray):
+            return self.preprocessing.prepare(_pil_from_array(image))
+        if isinstance(image, (str, os.PathLike)):
+            return self.preprocessing.prepare(open_image(image))
+        raise UserError(
+            f"cannot score a {type(image).__name__}; pass PIL images, numpy arrays or image file paths"
+        )
+
+    # ------------------------------------------------------------------ scoring
+    def score_prepared(
+        self, images: np.ndarray, with_maps: bool = True, paths: Sequence[str] | None = None
+    ) -> list[Prediction]:
+        """Score prepared uint8 (N, size, size, channels) images in one batch."""
+        if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, self.channels):
+            raise UserError(
+                f"prepared images must be (N, {self.image_size}, {self.image_size}, {self.channels}) uint8; "
+                f"got {images.shape}"
+            )
+        if len(images) == 0:
+            return []
+        out = self.engine.run(images)
+        parts_names = [name for name in out if name not in _NOT_PARTS]
+        results = []
+        for k in range(len(images)):
+            parts = {name: float(out[name][k]) for name in parts_names}
+            prediction = Prediction(
+                path="" if paths is None else str(paths[k]),
+                score=float(out["score"][k]),
+                is_anomalous=bool(out["is_anomalous"][k]),
+                raw_score=float(out["raw_score"][k]),
+                reconstruction=parts.get("reconstruction", float("nan")),
+                latent=parts.get("latent", float("nan")),
+                parts=parts,
+            )
+            if with_maps:
+                prediction.anomaly_map = np.asarray(out["anomaly_map"][k], dtype=np.float32)
+                prediction.reconstructed = to_uint8_image(out["reconstructed"][k])
+            results.append(prediction)
+        return results
+
+    def score(self, images: Any, with_maps: bool = True, batch_size: int = 64) -> list[Prediction]:
+        """Score one image or a list of images (PIL images, numpy arrays, file paths; a folder
+        path stands for every image file below it). Returns one :class:`Prediction` per image,
+        in order."""
+        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        expanded: list[Any] = []
+        for item in items:
+            if isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
+                expanded.extend(collect_image_paths([item]))
+            else:
+                expanded.append(item)
+        results: list[Prediction] = []
+        for start in range(0, len(expanded), max(1, batch_size)):
+            chunk = expanded[start : start + batch_size]
+            prepared, names, sizes = [], [], []
+            for item in chunk:
+                if isinstance(item, (str, os.PathLike)):
+                    array, size = load_image_and_size(item, self.image_size, self.channels)
+                    prepared.append(array)
+                    names.append(str(item))
+                    sizes.append(size)
+                else:
+                    prepared.append(self.prepare(item))
+                    names.append("")
+                    sizes.append(None)
+            batch = self.score_prepared(np.stack(prepared), with_maps, names)
+            for prediction, size in zip(batch, sizes, strict=True):
+                prediction.size = size
+            results.extend(batch)
+        return results
+
+    def score_paths(
+        self,
+        paths: Iterable[str | os.PathLike],
+        batch_size: int = 64,
+        with_maps: bool = False,
+        workers: int = 0,
+        skip_bad: bool = False,
+        counter=None,
+    ) -> Iterator[tuple[list[Prediction], int]]:
+        """Score files streamed from disk, as :meth:`Predictor.score_paths` does: yields
+        (predictions, images skipped) batch by batch; ``counter`` (a
+        :class:`~skipganomaly.data.loading.BadImageCounter`), if given, also keeps each skipped
+        file's path and reason. ``workers`` threads decode the next batch while the current one is
+        scored (decoding and ONNX Runtime both release the GIL); memory stays bounded by two batches
+        however many files there are. Files over :attr:`max_image_pixels` pixels are bad images."""
+        names = [str(p) for p in paths]
+        batch_size = max(1, batch_size)
+
+        def load(path: str):
+            try:
+                return load_image_and_size(path, self.image_size, self.channels, self.max_image_pixels)
+            except BadImageError as exc:
+                if skip_bad:
+                    if counter is not None:
+                        counter.files.append((path, str(exc)))
+                    return None
+                raise
+
+        def decode(start: int):
+            chunk = names[start : start + batch_size]
+            loaded = list(pool.map(load, chunk)) if pool is not None else [load(p) for p in chunk]
+            return chunk, loaded
+
+        pool = ThreadPoolExecutor(max_workers=workers) if workers > 0 else None
+        ahead = ThreadPoolExecutor(max_workers=1) if workers > 0 else None
+        try:
+            starts = list(range(0, len(names), batch_size))
+            pending = ahead.submit(decode, starts[0]) if ahead is not None and starts else None
+            for index, start in enumerate(starts):
+                if ahead is not None:
+                    chunk, loaded = pending.result()
+                    if index + 1 < len(starts):
+                        pending = ahead.submit(decode, starts[index + 1])
+                else:
+                    chunk, loaded = decode(start)
+                good = [(path, item) for path, item in zip(chunk, loaded, strict=True) if item is not None]
+                skipped = len(chunk) - len(good)
+                if counter is not None:
+                    counter.skipped += skipped
+                if not good:
+                    yield [], skipped
+                    continue
+                images = np.stack([array for _, (array, _) in good])
+                predictions = self.score_prepared(images, with_maps, [path for path, _ in good])
+                for prediction, (_, (_, size)) in zip(predictions, good, strict=True):
+                    prediction.size = size
+                yield predictions, skipped
+        finally:
+            if ahead is not None:
+                ahead.shutdown(wait=True, cancel_futures=True)
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+__all__ = ["Detector", "Prediction", "DeploymentScale", "OnnxEngine", "TorchEngine", "to_uint8_image"]
