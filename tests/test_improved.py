@@ -223,7 +223,7 @@ def test_knn_bank_never_exceeds_the_training_set(tmp_path):
     config = tiny_config(**{**IMPROVED, "model.knn_bank": 4096, "train.epochs": 1})
     trainer = Trainer(config, splits, tmp_path, log=lambda s: None, progress=False)
     assert trainer.scoring_model.feature_bank.shape[0] == 40
-    assert np.unique(trainer._bank_images.class_ids).size >= 1
+    assert np.unique(trainer.validation.bank_images.class_ids).size >= 1
 
 
 def test_improved_is_the_default_preset_of_skipganomaly_only():

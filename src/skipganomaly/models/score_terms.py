@@ -1,8 +1,36 @@
-"""The improved score's terms, computed (their facts: :mod:`skipganomaly.specs.score_terms`)."""
+"""The improved score's terms, computed: one function per term of
+:mod:`skipganomaly.specs.score_terms` (where each term's facts live), and how they combine.
+
+A term reads what one scored batch offers (:class:`TermInputs`): the images, their
+reconstructions, D's features of both, R and L, and the model that scores, for what the term keeps
+there (the knn term's ``feature_bank`` buffer and ``knn_k``; the rotation term's discriminator and
+its rotation head). :func:`compute_terms` computes the terms a model was built with, in their
+order; :func:`standardized_score` sums them.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
+from torch import nn
+
+from ..specs.score_terms import SCORE_TERMS
+from .objective import quarter_turns
+
+
+@dataclass
+class TermInputs:
+    """What one scored batch offers the score terms (every tensor per image, batch first)."""
+
+    model: nn.Module  # the model that scores: its discriminator, buffers and settings
+    x: torch.Tensor
+    x_hat: torch.Tensor
+    features_real: torch.Tensor  # f(x)
+    features_fake: torch.Tensor  # f(G(x))
+    reconstruction: torch.Tensor  # R (Eq. 2), as the model pools it
+    latent: torch.Tensor  # L (Eq. 3)
 
 
 def nearest_neighbour_distance(features: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
@@ -30,3 +58,37 @@ def standardized_score(
         term = (terms[name].float() - mean[i]) / std[i]
         total = total + (term if weights is None else weights[i] * term)
     return total
+
+
+def rotation_cross_entropy(discriminator: nn.Module, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """D's rotation head's cross-entropy averaged over the four quarter turns of each image
+    (``features``: f(x) of the unturned images, which the score has already computed).
+
+    Written as logsumexp minus the true turn's logit (no per-batch target tensors), so that an
+    ONNX export keeps the batch dimension dynamic."""
+    head = discriminator.rotation
+    total = None
+    for k in range(4):
+        logits = head(features if k == 0 else discriminator(quarter_turns(x, k))[1])
+        term = torch.logsumexp(logits, dim=1) - logits[:, k]
+        total = term if total is None else total + term
+    return total / 4
+
+
+TERM_FUNCTIONS: dict[str, Callable[[TermInputs], torch.Tensor]] = {
+    "reconstruction": lambda inputs: inputs.reconstruction,
+    "latent": lambda inputs: inputs.latent,
+    "knn": lambda inputs: nearest_neighbour_distance(
+        inputs.features_real, inputs.model.feature_bank, inputs.model.knn_k
+    ),
+    "rotation": lambda inputs: rotation_cross_entropy(
+        inputs.model.discriminator, inputs.x, inputs.features_real
+    ),
+}
+if tuple(TERM_FUNCTIONS) != SCORE_TERMS:  # one function per spec, in the specs' order
+    raise ImportError(f"score terms computed {tuple(TERM_FUNCTIONS)} differ from the specs {SCORE_TERMS}")
+
+
+def compute_terms(names: tuple[str, ...], inputs: TermInputs) -> dict[str, torch.Tensor]:
+    """The raw terms ``names`` of one batch, by name, in that order."""
+    return {name: TERM_FUNCTIONS[name](inputs) for name in names}

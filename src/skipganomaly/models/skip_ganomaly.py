@@ -11,12 +11,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import torch
 from torch import nn
 
 from ..specs.models import SKIPGANOMALY
-from ..specs.score_terms import parse_score_terms
+from ..specs.score_terms import feature_bank_key, missing_switches, parse_score_terms
 from .base import AdversarialAnomalyModel
 from .blocks import (
     DCGANEncoder,
@@ -36,13 +37,12 @@ from .objective import (
     latent_loss,
     latent_score,
     pooled_reconstruction_score,
-    quarter_turns,
     rotation_loss,
     rotations,
     score_output,
     weighted_losses,
 )
-from .score_terms import nearest_neighbour_distance, standardized_score
+from .score_terms import TermInputs, compute_terms, standardized_score
 
 
 class UNetGenerator(nn.Module):
@@ -191,8 +191,8 @@ class SkipGANomaly(AdversarialAnomalyModel):
         defaults = {key.name: key.default for key in SKIPGANOMALY.own_keys}
         self.args.update({k: v for k, v in improved.items() if v != defaults[k]})
         self.score_terms = parse_score_terms(score_terms)
-        if "rotation" in self.score_terms and not rotation_head:
-            raise ValueError("the rotation score term needs the rotation head (model.rotation_head)")
+        for term, switch in missing_switches(self.score_terms, SimpleNamespace(**improved)):
+            raise ValueError(f"the {term} score term needs model.{switch}")
         self.map_pooling = map_pooling
         self.knn_k = knn_k
         self.select_terms = select_terms
@@ -204,8 +204,9 @@ class SkipGANomaly(AdversarialAnomalyModel):
             self.register_buffer("term_mean", torch.zeros(n))
             self.register_buffer("term_std", torch.ones(n))
             self.register_buffer("term_weights", torch.ones(n))
-        if "knn" in self.score_terms:
-            self.register_buffer("feature_bank", torch.zeros(knn_bank, nz))
+        bank_key = feature_bank_key(self.score_terms)
+        if bank_key is not None:  # normal training features, filled by the trainer (set_feature_bank)
+            self.register_buffer("feature_bank", torch.zeros(improved[bank_key], nz))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruct ``x``: x_hat = G(x)."""
@@ -289,19 +290,6 @@ class SkipGANomaly(AdversarialAnomalyModel):
         if weights is not None:
             self.term_weights.copy_(weights)
 
-    def _rotation_term(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """The rotation head's cross-entropy averaged over the four quarter turns of each image.
-
-        Written as logsumexp minus the true turn's logit (no per-batch target tensors), so that an
-        ONNX export keeps the batch dimension dynamic."""
-        head = self.discriminator.rotation
-        total = None
-        for k in range(4):
-            logits = head(features if k == 0 else self.discriminator(quarter_turns(x, k))[1])
-            term = torch.logsumexp(logits, dim=1) - logits[:, k]
-            total = term if total is None else total + term
-        return total / 4
-
     def score(self, x: torch.Tensor, score_lambda: float = 0.9, details: bool = False) -> ScoreOutput:
         """Anomaly score of Eq. 5 for each image of ``x``; call in eval mode for honest scores.
 
@@ -322,12 +310,8 @@ class SkipGANomaly(AdversarialAnomalyModel):
             x, x_hat, reconstruction, latent, score_lambda, details=details, features=features_real
         )
         if self.score_terms:
-            terms = {"reconstruction": reconstruction, "latent": latent}
-            if "knn" in self.score_terms:
-                terms["knn"] = nearest_neighbour_distance(features_real, self.feature_bank, self.knn_k)
-            if "rotation" in self.score_terms:
-                terms["rotation"] = self._rotation_term(x, features_real)
-            output.terms = {name: terms[name] for name in self.score_terms}
+            inputs = TermInputs(self, x, x_hat, features_real, features_fake, reconstruction, latent)
+            output.terms = compute_terms(self.score_terms, inputs)
             output.score = standardized_score(
                 output.terms, self.score_terms, self.term_mean, self.term_std, self.term_weights
             )

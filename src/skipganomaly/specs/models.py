@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import UserError
-from .score_terms import parse_score_terms
+from .score_terms import SCORE_TERMS, missing_switches, parse_score_terms
 
 # train.* keys: w_adv, w_con, w_lat of Eq. 4, and w_rot, the discriminator's rotation task of the
 # improved Skip-GANomaly recipe (not in the paper).
@@ -128,9 +128,8 @@ def _check_anogan(config: Any) -> None:
 
 def _check_skipganomaly(config: Any) -> None:
     model, train = config.model, config.train
-    terms = parse_score_terms(model.score_terms)
-    if "rotation" in terms and not model.rotation_head:
-        raise UserError("model.score_terms: the rotation term needs model.rotation_head=true")
+    for term, switch in missing_switches(parse_score_terms(model.score_terms), model):
+        raise UserError(f"model.score_terms: the {term} term needs model.{switch}=true")
     if train.w_rot > 0 and not model.rotation_head:
         raise UserError(f"train.w_rot={train.w_rot}: the rotation task needs model.rotation_head=true")
     if model.rotation_head and config.data.image_size and train.w_rot <= 0:
@@ -169,7 +168,7 @@ SKIPGANOMALY = ModelSpec(
             "score_terms",
             str,
             "",
-            "comma-separated standardised score terms (reconstruction, latent, knn, rotation); "
+            f"comma-separated standardised score terms ({', '.join(SCORE_TERMS)}); "
             "empty: the paper's score of Eq. 5",
         ),
         ModelKey(
