@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from ..data.images import (
     open_image,
 )
 from ..formats.onnx_file import ExportedModel, read_exported
+from ..scoring.normalization import ScoreNormalization
 from ..specs.errors import UserError
 from .prediction import Prediction
 
@@ -46,27 +46,9 @@ from .prediction import Prediction
 _NOT_PARTS = ("score", "is_anomalous", "raw_score", "anomaly_map", "reconstructed")
 
 
-@dataclass(frozen=True)
-class DeploymentScale:
-    """The normalisation an exported model applies (read from its metadata, for display): raw
-    scores ``low`` to ``high`` map to 0 to 1; ``threshold`` is on that scale; ``map_high`` is the
-    per-pixel error at the middle of the heatmap colour scale."""
-
-    low: float
-    high: float
-    threshold: float
-    method: str = ""
-    map_high: float = 0.5
-
-    @classmethod
-    def from_metadata(cls, values: dict[str, Any]) -> DeploymentScale:
-        return cls(
-            low=float(values["low"]),
-            high=float(values["high"]),
-            threshold=float(values["threshold"]),
-            method=str(values.get("method", "")),
-            map_high=float(values.get("map_high", 0.5)),
-        )
+# The exported model's normalisation (its metadata) is the checkpoint's, read into the same class;
+# ``DeploymentScale`` is its former name here, kept for outside code.
+DeploymentScale = ScoreNormalization
 
 
 def to_uint8_image(reconstructed: np.ndarray) -> np.ndarray:
@@ -187,7 +169,7 @@ class Detector:
         self.image_size = int(info["image_size"])
         self.channels = int(info["channels"])
         self.preprocessing = Preprocessing(self.image_size, self.channels)
-        self.normalization = DeploymentScale.from_metadata(info["normalization"])
+        self.normalization = ScoreNormalization.from_dict(info["normalization"])
         self.threshold = self.normalization.threshold
 
     # ------------------------------------------------------------------ construction

@@ -31,7 +31,7 @@ PROTOCOL_NOTE = (
 CIFAR10_TO_PAPER: dict[str, str] = {"airplane": "plane", "automobile": "car"}
 
 # The rows of Table I, keyed by this package's model names, in the paper's row order; the values
-# and labels are each model's ``table_i`` (model_specs).
+# and labels are each model's ``table_i`` (specs/models.py).
 _ROWS = sorted(
     (spec for spec in MODEL_SPECS.values() if spec.table_i), key=lambda spec: spec.table_i.position
 )

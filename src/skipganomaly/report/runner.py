@@ -12,7 +12,7 @@ honest training also scores the paper protocol's evaluation each epoch
 paper`` alone trains with the paper protocol itself.
 
 Data sets and models plug in through ``data.READERS`` and ``models.MODELS`` (with the model's
-spec, presets included, in ``model_specs.MODEL_SPECS``): the classes are the reader's class names,
+spec, presets included, in ``specs.models.MODEL_SPECS``): the classes are the reader's class names,
 the models any registered name.
 """
 

@@ -34,7 +34,7 @@ from .protocols import PROTOCOLS
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
-# The values every run starts from are the default preset of the default model (model_specs).
+# The values every run starts from are the default preset of the default model (specs/models.py).
 _DEFAULTS = MODEL_SPECS[DEFAULT_MODEL].presets[DEFAULT_PRESET]
 
 
@@ -90,7 +90,7 @@ ModelConfig = dataclasses.make_dataclass(
 ModelConfig.__module__ = __name__
 ModelConfig.__doc__ = (
     "Which model and its network widths; ``image_size`` and ``channels`` come from the data. Keys "
-    "that belong to one model (``model_specs.ModelSpec.own_keys``) keep their default for the others."
+    "that belong to one model (``specs.models.ModelSpec.own_keys``) keep their default for the others."
 )
 
 

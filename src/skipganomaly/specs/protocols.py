@@ -1,6 +1,6 @@
 """The evaluation protocols: one :class:`ProtocolSpec` each, and where each part of them lives.
 
-A protocol decides three things, and this package is their home:
+A protocol decides three things; its spec here is their one description, applied in three places:
 
 * **the split**: where validation comes from (``validation``); the rule that applies it to a
   data set's normal training images and labelled evaluation pool is
@@ -10,8 +10,8 @@ A protocol decides three things, and this package is their home:
   ``official_scoring`` means the official code's train-mode BatchNorm with the training batch
   size (:meth:`skipganomaly.scoring.engine.ScoringOptions.for_run` is the one place that applies it);
 * **what is reported**: the notes and titles below, the paper protocol's evaluation beside an
-  honest one (:mod:`.paper`) and the ``metrics.json`` / ``scores.csv`` assembly with
-  :func:`~skipganomaly.evaluation.record.evaluate_run` (:mod:`.record`).
+  honest one (:mod:`skipganomaly.evaluation.paper`) and the ``metrics.json`` / ``scores.csv``
+  assembly with :func:`skipganomaly.evaluation.record.evaluate_run`.
 
 This module imports nothing heavy: the configuration reads the protocol names from here.
 """

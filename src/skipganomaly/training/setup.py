@@ -127,7 +127,7 @@ def training_precision(
 def probe_step_times(
     config: Config, model: nn.Module, splits: Splits, device: torch.device, weights: LossWeights
 ) -> dict[str, list[float]]:
-    """Seconds per training step in fp32 and bf16 (runtime.probe_precisions), on copies of the
+    """Seconds per training step in fp32 and bf16 (runtime.precision.probe_precisions), on copies of the
     model and optimisers and the first training batch; the run's own weights, optimisers and
     random stream are left as they were."""
     t = config.train
