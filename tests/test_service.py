@@ -210,6 +210,80 @@ def test_model_openapi_docs_and_page_come_from_the_service_alone(service, detect
     assert not external, external
 
 
+def asgi_get(app, path: str) -> tuple[int, bytes]:
+    """(status, body) of one GET sent straight to an ASGI application (no server, no lifespan)."""
+    import asyncio
+
+    sent: list[dict] = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], b"".join(message.get("body", b"") for message in sent[1:])
+
+
+def test_every_route_is_documented_and_every_documented_path_is_a_route(detector):
+    from starlette.routing import Route
+
+    from skipganomaly.service import create_app, openapi_spec
+    from skipganomaly.service.openapi import Endpoint, openapi_document
+
+    def mismatches(routes, spec) -> tuple[set, set]:
+        """(routes in the schema that the document lacks, documented operations that are no route)."""
+        served = {
+            (route.path, method.lower())
+            for route in routes
+            if route.include_in_schema
+            for method in route.methods - {"HEAD"}
+        }
+        documented = {(path, method) for path, methods in spec["paths"].items() for method in methods}
+        return served - documented, documented - served
+
+    limits = ServiceLimits(max_images=7, max_upload_bytes=3 * 2**20, max_image_pixels=1234)
+    app = create_app(detector, limits)
+    status, body = asgi_get(app, "/openapi.json")
+    spec = json.loads(body)
+    assert status == 200 and spec == openapi_spec(limits)
+    routes = app.app.routes
+    assert mismatches(routes, spec) == (set(), set())
+    assert {route.path for route in routes if not route.include_in_schema} == {"/static/{name}"}
+
+    # The check sees a route the document lacks, and a documented path that is no route...
+    async def extra(request):
+        raise AssertionError
+
+    assert mismatches([*routes, Route("/v1/extra", extra, methods=["POST"])], spec) == (
+        {("/v1/extra", "post")},
+        set(),
+    )
+    assert mismatches([r for r in routes if r.path != "/healthz"], spec) == (set(), {("/healthz", "get")})
+    # ...and the table the application is built from refuses an endpoint without its operation.
+    with pytest.raises(ValueError, match="no OpenAPI operation"):
+        Endpoint("/v1/extra", "POST", extra)
+    with pytest.raises(ValueError, match="no OpenAPI operation"):
+        Endpoint("/v1/extra", "POST", extra, {"summary": "Extra"})
+    with pytest.raises(ValueError, match="twice"):
+        openapi_document([Endpoint("/x", "GET", extra, {"summary": "X", "responses": {"200": {}}})] * 2)
+
+
 def test_serve_from_the_command_line_binds_to_loopback_by_default(digits_onnx):
     process = subprocess.Popen(
         [sys.executable, "-m", "skipganomaly", "serve", "--onnx", str(digits_onnx), "--port", "0"],
