@@ -16,8 +16,9 @@ on the test set).
 * ``--official``: a checkout of https://github.com/samet-akcay/skip-ganomaly, patched only so it
   runs on current PyTorch (docs/fidelity-check.md says what to change). Nothing of it is copied
   here; it runs in its own interpreter (``--official-python``, which needs torchvision), started
-  by the small launcher below, which only makes torchvision accept converted CIFAR-10 batches
-  (their MD5s are not the published ones) and reports the official model's input-noise buffer.
+  by the small launcher in ``fidelity_runs.py``, which only makes torchvision accept converted
+  CIFAR-10 batches (their MD5s are not the published ones) and reports the official model's
+  input-noise buffer.
 * ``--data-root``: CIFAR-10 as python batches (``cifar-10-batches-py``) or as class folders
   ``train/<class>/*`` and ``test/<class>/*`` (or an archive of them). Class folders are converted
   once into python batches in a seeded, class-mixed order (``--order-seed``) under ``--work``, and
@@ -32,546 +33,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import pickle
-import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-from skipganomaly.data.archives import is_archive, unpack_archive
-from skipganomaly.data.cifar import BATCHES_DIR, CLASS_NAMES, TEST_BATCHES, TRAIN_BATCHES
+from skipganomaly.data.cifar import CLASS_NAMES
 from skipganomaly.runtime.files import cache_root
-from skipganomaly.specs.config import build_config
 
-# The official code's test() prints "... AUC: 0.794 max AUC: 0.794" once per epoch.
-OFFICIAL_AUC = re.compile(r"\bAUC: ([0-9.]+) max AUC")
-CONVERTED_STAMP = "converted.json"
+# The helper modules beside this script (on the path already when it runs as a script, not when
+# it is loaded from its file, as the tests do).
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:
+    sys.path.append(HERE)
 
-# Runs the official train.py's three steps (options, data, model) in the official interpreter.
-# torchvision checks the MD5 of each CIFAR-10 file against the published archive's; converted
-# batches differ, so the check is answered yes. Nothing in the official code is changed here.
-OFFICIAL_LAUNCHER = """
-import sys
-import torchvision.datasets.cifar as cifar
-cifar.CIFAR10._check_integrity = lambda self: True
-cifar.check_integrity = lambda *args, **kwargs: True
-sys.path.insert(0, sys.argv[1])
-sys.argv = ["train.py"] + sys.argv[2:]
-from options import Options
-from lib.data.dataloader import load_data
-from lib.models import load_model
-opt = Options().parse()
-data = load_data(opt)
-model = load_model(opt, data)
-print(f"fidelity: input-noise buffer max |value| {float(model.noise.abs().max()):.3g}", flush=True)
-model.train()
-"""
-
-
-# The official model's first training steps on the first batches of its training set (in order,
-# not shuffled), from its own initial weights, which are saved with the losses of each step.
-OFFICIAL_STEPS_LAUNCHER = """
-import sys
-import torch
-import torchvision.datasets.cifar as cifar
-cifar.CIFAR10._check_integrity = lambda self: True
-cifar.check_integrity = lambda *args, **kwargs: True
-official, out, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
-sys.path.insert(0, official)
-sys.argv = ["train.py"] + sys.argv[4:]
-from options import Options
-from lib.data.dataloader import load_data
-from lib.models import load_model
-opt = Options().parse()
-data = load_data(opt)
-model = load_model(opt, data)
-def weights():
-    return {"g": {k: v.detach().clone() for k, v in model.netg.state_dict().items()},
-            "d": {k: v.detach().clone() for k, v in model.netd.state_dict().items()}}
-initial = weights()
-dataset = data.train.dataset
-losses = []
-for step in range(steps):
-    items = [dataset[i] for i in range(step * opt.batchsize, (step + 1) * opt.batchsize)]
-    images = torch.stack([image for image, _ in items])
-    labels = torch.tensor([int(label) for _, label in items])
-    model.set_input((images, labels))
-    model.optimize_params()
-    losses.append(dict(model.get_errors()))
-torch.save({"initial": initial, "final": weights(), "losses": losses}, out)
-"""
-
-
-# --------------------------------------------------------------------------- data
-def class_folder_root(root: Path) -> Path | None:
-    """The folder holding train/<class>/ and test/<class>/ (itself or its single sub-folder)."""
-    for candidate in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
-        if (candidate / "train").is_dir() and (candidate / "test").is_dir():
-            return candidate
-    return None
-
-
-def python_batches(root: Path) -> Path | None:
-    for candidate in (root, root / BATCHES_DIR):
-        if (candidate / "data_batch_1").is_file() and (candidate / "test_batch").is_file():
-            return candidate
-    return None
-
-
-def read_class_folders(root: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 (N, 32, 32, 3) images and int64 labels of ``root/part/<class>/*``, class by class."""
-    images, labels = [], []
-    for label, name in enumerate(CLASS_NAMES):
-        folder = root / part / name
-        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-        for path in files:
-            with Image.open(path) as image:
-                array = np.asarray(image.convert("RGB"))
-            if array.shape != (32, 32, 3):
-                raise SystemExit(f"{path} is {array.shape[1]}x{array.shape[0]}, not a 32x32 CIFAR-10 image")
-            images.append(array)
-            labels.append(label)
-    return np.stack(images), np.asarray(labels, dtype=np.int64)
-
-
-def write_batch(path: Path, images: np.ndarray, labels: np.ndarray, label: str) -> None:
-    """One batch in CIFAR-10's python format, with str keys as the published files load (which
-    torchvision needs); each row is the image's red, green then blue plane."""
-    batch = {
-        "batch_label": label,
-        "labels": [int(x) for x in labels],
-        "data": np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(images), -1)),
-        "filenames": [f"converted_{i:05d}.png" for i in range(len(images))],
-    }
-    with open(path, "wb") as handle:
-        pickle.dump(batch, handle, protocol=2)
-
-
-def convert_class_folders(root: Path, work: Path, seed: int) -> Path:
-    """``work/converted-seed<S>/cifar-10-batches-py``: every image of the class folders, in a
-    seeded permutation (so the classes come mixed, as in CIFAR-10's own files), as python batches.
-    Written once; reused while the stamp matches."""
-    target = work / f"converted-seed{seed}"
-    batches = target / BATCHES_DIR
-    stamp = {"source": str(root.resolve()), "order_seed": seed}
-    stamp_file = target / CONVERTED_STAMP
-    if stamp_file.is_file() and json.loads(stamp_file.read_text()).get("stamp") == stamp:
-        return batches
-    batches.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    counts = {}
-    started = time.perf_counter()
-    for part, names in (("train", TRAIN_BATCHES), ("test", TEST_BATCHES)):
-        images, labels = read_class_folders(root, part)
-        order = rng.permutation(len(labels))
-        images, labels = images[order], labels[order]
-        counts[part] = len(labels)
-        for i, (chunk_images, chunk_labels) in enumerate(
-            zip(np.array_split(images, len(names)), np.array_split(labels, len(names)), strict=True)
-        ):
-            label = f"{part} batch {i + 1} of {len(names)} (converted from class folders)"
-            write_batch(batches / names[i], chunk_images, chunk_labels, label)
-    meta = {"label_names": list(CLASS_NAMES), "num_cases_per_batch": counts["train"] // 5, "num_vis": 3072}
-    with open(batches / "batches.meta", "wb") as handle:
-        pickle.dump(meta, handle, protocol=2)
-    stamp_file.write_text(json.dumps({"stamp": stamp, "counts": counts}) + "\n")
-    print(
-        f"converted {counts['train']:,} training and {counts['test']:,} test images from {root} into "
-        f"{batches} (order seed {seed}, {time.perf_counter() - started:.0f} s)",
-        flush=True,
-    )
-    return batches
-
-
-def resolve_batches(data_root: Path, work: Path, seed: int) -> Path | None:
-    if is_archive(data_root):
-        data_root = unpack_archive(data_root, build_config({}).data)
-    found = python_batches(data_root)
-    if found is not None:
-        return found
-    folders = class_folder_root(data_root)
-    return None if folders is None else convert_class_folders(folders, work, seed)
-
-
-# --------------------------------------------------------------------------- the two sides
-def run_logged(command: list[str], log: Path, cwd: Path | None = None, env: dict | None = None) -> int:
-    print(f"  $ {' '.join(command)}\n    (log: {log})", flush=True)
-    with open(log, "w") as handle:
-        return subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=env).returncode
-
-
-def run_official(args, batches: Path, name: str, run_dir: Path) -> dict:
-    result_file = run_dir / "result.json"
-    if result_file.is_file() and not args.fresh:
-        return json.loads(result_file.read_text())
-    run_dir.mkdir(parents=True, exist_ok=True)
-    data_link = run_dir / "data"  # the official code reads CIFAR-10 from ./data (hard-coded)
-    if data_link.is_symlink() or data_link.exists():
-        data_link.unlink()
-    data_link.symlink_to(batches.parent.resolve(), target_is_directory=True)
-    command = [args.official_python, "-c", OFFICIAL_LAUNCHER, str(args.official.resolve())]
-    command += ["--dataset", "cifar10", "--abnormal_class", name, "--niter", str(args.epochs)]
-    command += ["--batchsize", str(args.batch_size), "--ngf", str(args.ngf), "--ndf", str(args.ndf)]
-    command += ["--nz", str(args.nz), "--manualseed", str(args.seed), "--device", "cpu", "--gpu_ids", "-1"]
-    command += ["--outf", str(run_dir / "output")]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    started = time.perf_counter()
-    code = run_logged(command, run_dir / "official.log", cwd=run_dir, env=env)
-    text = (run_dir / "official.log").read_text(errors="replace")
-    per_epoch = [float(v) for v in OFFICIAL_AUC.findall(text)]
-    if code != 0 or len(per_epoch) != args.epochs:
-        tail = "\n".join(text.splitlines()[-15:])
-        hint = ""
-        if "modified by an inplace operation" in text:
-            hint = "\nthe official code is unpatched: see docs/fidelity-check.md (what the patch changes)"
-        raise SystemExit(
-            f"the official code failed (exit {code}); end of {run_dir / 'official.log'}:\n{tail}{hint}"
-        )
-    noise = re.search(r"input-noise buffer max \|value\| (\S+)", text)
-    result = {
-        "paper_auroc": per_epoch,
-        "seconds": time.perf_counter() - started,
-        "noise_buffer_max_abs": float(noise.group(1)) if noise else None,
-    }
-    result_file.write_text(json.dumps(result, indent=2) + "\n")
-    return result
-
-
-def run_ours(args, batches: Path, name: str, run_dir: Path) -> dict:
-    metrics_file = run_dir / "metrics.json"
-    if not (metrics_file.is_file() and not args.fresh):
-        command = [sys.executable, "-m", "skipganomaly", "train", "--dataset", "cifar10"]
-        command += ["--data-root", str(batches), "--abnormal-class", name, "--epochs", str(args.epochs)]
-        command += ["--preset", "reference", "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
-        command += ["--precision", "fp32", "--device", "cpu", "--output", str(run_dir), "--quiet"]
-        for key, value in (
-            ("model.ngf", args.ngf),
-            ("model.ndf", args.ndf),
-            ("model.nz", args.nz),
-            ("train.lr_decay", "none"),  # the official scheduler never steps
-            ("train.input_noise_std", 0.0),  # the official noise buffer is never filled
-            ("train.threads", args.threads),
-            ("eval.paper_each_epoch", "true"),
-        ):
-            command += ["--set", f"{key}={value}"]
-        run_dir.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        code = run_logged(command, run_dir.parent / f"{run_dir.name}.log")
-        if code != 0:
-            raise SystemExit(
-                f"our training failed (exit {code}); see {run_dir.parent / f'{run_dir.name}.log'}"
-            )
-        print(f"    ours: {time.perf_counter() - started:.0f} s", flush=True)
-    metrics = json.loads(metrics_file.read_text())
-    history = metrics["history"]
-    return {
-        "paper_auroc": [h["paper"]["auroc"] for h in history],
-        "honest_test_auroc": [h["test"]["auroc"] for h in history],
-        "honest_val_auroc": [h["val"]["auroc"] for h in history],
-        "epoch_best": metrics["epoch_best"],
-        "honest_auroc_at_best": metrics["test"]["auroc"],
-        "seconds": sum(h["seconds"] for h in history),
-    }
-
-
-# --------------------------------------------------------------------------- the same weights
-def official_weights_into_ours(official_g: dict, official_d: dict, model) -> None:
-    """Copy the official networks' tensors into our SkipGANomaly (the same architecture: both
-    list their tensors in the same order, checked by shape; the decoder's concatenations put
-    their two halves the other way round). The official classifier is a 3x3
-    padded convolution on a 1x1 map: only its centre tap ever sees data, which is our 1x1 one."""
-    import torch
-
-    def tensors(state: dict) -> list[tuple[str, torch.Tensor]]:
-        return [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
-
-    ours = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    theirs = tensors(official_g) + tensors(official_d)
-    if len(theirs) != len(ours):
-        raise SystemExit(
-            f"the official networks hold {len(theirs)} tensors, ours {len(ours)}: not the same model"
-        )
-    mapped = {}
-    for (their_key, value), (our_key, target) in zip(theirs, ours.items(), strict=True):
-        if their_key.endswith("classifier.weight") and value.shape[-1] == 3:
-            value = value[:, :, 1:2, 1:2]
-        if re.fullmatch(r"generator\.up\.[1-9]\d*\.1\.weight", our_key):
-            # The official blocks concatenate [skip, decoded], ours [decoded, skip]: the same
-            # function with the input channels of each decoder convolution in the other order.
-            skip, decoded = value.chunk(2, dim=0)
-            value = torch.cat([decoded, skip], dim=0)
-        if value.shape != target.shape:
-            raise SystemExit(
-                f"official {their_key} {tuple(value.shape)} does not fit our {our_key} {tuple(target.shape)}"
-            )
-        mapped[our_key] = value
-    model.load_state_dict(mapped, strict=False)
-
-
-def cross_score(
-    args, batches: Path, name: str, official_dir: Path, official: dict, ours_dir: Path
-) -> list[dict]:
-    """Score the same weights both ways over the paper protocol's set, order and batches: with our
-    ``paper`` protocol (L1 reconstruction term, as we train) and with the official formula
-    (squared error). The official code's saved weights must give its own AUROC the second way;
-    our last epoch's weights give our paper figure the first way, and the second way shows what
-    the official formula would make of our training."""
-    import torch
-
-    from skipganomaly.data import prepare_data
-    from skipganomaly.data.loading import iterate_batches, to_model_input
-    from skipganomaly.formats.checkpoint import checkpoint_path, load_checkpoint
-    from skipganomaly.models import SkipGANomaly
-    from skipganomaly.scoring.engine import ScoringOptions, batchnorm_train_mode, score_set
-    from skipganomaly.scoring.metrics import auroc
-
-    values = {"data.dataset": "cifar10", "data.root": str(batches), "data.abnormal_class": name}
-    splits = prepare_data(build_config(values).data)
-    pool = splits.paper_evaluation_set()
-
-    def both_ways(model) -> dict[str, float]:
-        """AUROCs of the score with the squared-error R and with our L1 R (train-mode BatchNorm),
-        and of its terms alone, with each term's mean over the normal images."""
-        options = ScoringOptions(
-            image_size=32,
-            channels=3,
-            batch_size=args.batch_size,
-            device=torch.device("cpu"),
-            batchnorm_train=True,
-        )
-        ours = score_set(model, pool, options)
-        terms: dict[str, list[np.ndarray]] = {"r_squared": [], "r_l1": [], "latent": []}
-        labels = []
-        with batchnorm_train_mode(model), torch.inference_mode():
-            for batch in iterate_batches(pool, args.batch_size, image_size=32, channels=3):
-                x = to_model_input(batch.images)
-                x_hat = model.generator(x)
-                _, real = model.discriminator(x)
-                _, fake = model.discriminator(x_hat)
-                terms["r_squared"].append((x - x_hat).pow(2).flatten(1).mean(1).float().numpy())
-                terms["r_l1"].append((x - x_hat).abs().flatten(1).mean(1).float().numpy())
-                terms["latent"].append((real - fake).pow(2).flatten(1).mean(1).float().numpy())
-                labels.append(batch.labels.numpy())
-        y = np.concatenate(labels)
-        t = {k: np.concatenate(v) for k, v in terms.items()}
-        result = {
-            "scored_squared": auroc(y, 0.9 * t["r_squared"] + 0.1 * t["latent"]),
-            "scored_l1": auroc(ours.labels, ours.score),
-        }
-        for key, values in t.items():
-            result[f"auroc_{key}"] = auroc(y, values)
-            result[f"mean_normal_{key}"] = float(values[y == 0].mean())
-        return result
-
-    weights = official_dir / "output" / "skipganomaly" / "cifar10" / "train" / "weights"
-    rows = []
-    for epoch in range(1, args.epochs + 1):
-        g_file, d_file = weights / f"netG_{epoch - 1}.pth", weights / f"netD_{epoch - 1}.pth"
-        if not (g_file.is_file() and d_file.is_file()):
-            continue  # the official code saves an epoch's weights only when its AUROC improved
-        model = SkipGANomaly(32, 3, ngf=args.ngf, ndf=args.ndf, nz=args.nz)
-        official_weights_into_ours(
-            torch.load(g_file, weights_only=True)["state_dict"],
-            torch.load(d_file, weights_only=True)["state_dict"],
-            model,
-        )
-        rows.append(
-            {"weights": "official", "epoch": epoch, "reported": official["paper_auroc"][epoch - 1]}
-            | both_ways(model)
-        )
-    last = checkpoint_path(ours_dir, "last")
-    if last.is_file():
-        checkpoint = load_checkpoint(last)
-        history = json.loads((ours_dir / "metrics.json").read_text())["history"]
-        epoch = checkpoint.epoch
-        rows.append(
-            {"weights": "ours", "epoch": epoch, "reported": history[epoch - 1]["paper"]["auroc"]}
-            | both_ways(checkpoint.build_model())
-        )
-    return rows
-
-
-def compare_steps(args, batches: Path, name: str, run_dir: Path) -> dict:
-    """The first ``args.steps`` training steps of both codes from the same initial weights (the
-    official ones, copied into ours) on the same batches: their losses step by step, and how far
-    the weights have drifted apart at the end, relative to how far training moved them."""
-    import torch
-
-    from skipganomaly.data import prepare_data
-    from skipganomaly.data.loading import to_model_input
-    from skipganomaly.models import SkipGANomaly
-    from skipganomaly.training.trainer import Trainer
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    official_file = run_dir / f"official-{args.steps}-steps.pt"
-    if not official_file.is_file() or args.fresh:
-        data_link = run_dir / "data"
-        if not data_link.exists():
-            data_link.symlink_to(batches.parent.resolve(), target_is_directory=True)
-        command = [args.official_python, "-c", OFFICIAL_STEPS_LAUNCHER, str(args.official.resolve())]
-        command += [str(official_file), str(args.steps), "--dataset", "cifar10", "--abnormal_class", name]
-        command += ["--batchsize", str(args.batch_size), "--ngf", str(args.ngf), "--ndf", str(args.ndf)]
-        command += [
-            "--nz",
-            str(args.nz),
-            "--manualseed",
-            str(args.seed),
-            "--device",
-            "cpu",
-            "--gpu_ids",
-            "-1",
-        ]
-        command += ["--outf", str(run_dir / "output")]
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-        if run_logged(command, run_dir / "official-steps.log", cwd=run_dir, env=env) != 0:
-            raise SystemExit(f"the official steps failed; see {run_dir / 'official-steps.log'}")
-    saved = torch.load(official_file, weights_only=True)
-    values = {
-        "data.dataset": "cifar10",
-        "data.root": str(batches),
-        "data.abnormal_class": name,
-        "data.batch_size": args.batch_size,
-        "model.ngf": args.ngf,
-        "model.ndf": args.ndf,
-        "model.nz": args.nz,
-        "train.preset": "reference",
-        "train.device": "cpu",
-        "train.threads": args.threads,
-    }
-    config = build_config(values)
-    splits = prepare_data(config.data)
-    official_final = SkipGANomaly(32, 3, ngf=args.ngf, ndf=args.ndf, nz=args.nz)
-    official_weights_into_ours(saved["final"]["g"], saved["final"]["d"], official_final)
-    official_initial = SkipGANomaly(32, 3, ngf=args.ngf, ndf=args.ndf, nz=args.nz)
-    official_weights_into_ours(saved["initial"]["g"], saved["initial"]["d"], official_initial)
-
-    def drift(model) -> dict[str, float]:
-        """How far ``model`` lies from the official weights after the steps, relative to how far
-        the official training moved them from where both started."""
-        apart = {}
-        for network in ("generator", "discriminator"):
-            mine = dict(getattr(model, network).named_parameters())
-            theirs = dict(getattr(official_final, network).named_parameters())
-            start = dict(getattr(official_initial, network).named_parameters())
-            distance = sum(float((mine[k].detach() - theirs[k].detach()).pow(2).sum()) for k in theirs)
-            moved = sum(float((theirs[k].detach() - start[k].detach()).pow(2).sum()) for k in theirs)
-            apart[network] = (distance / moved) ** 0.5
-        return apart
-
-    series, drifts = {}, {}
-    for variant in ("ours", "ours_official_d_loss"):
-        trainer = Trainer(config, splits, run_dir / "ours-steps", log=lambda line: None, progress=False)
-        official_weights_into_ours(saved["initial"]["g"], saved["initial"]["d"], trainer.model)
-        trainer.model.train()
-        series[variant] = []
-        for step in range(args.steps):
-            images = splits.train.images[step * args.batch_size : (step + 1) * args.batch_size]
-            x = to_model_input(torch.from_numpy(images).permute(0, 3, 1, 2))
-            if variant == "ours":
-                series[variant].append(trainer.train_step(x))
-            else:
-                series[variant].append(step_with_official_d_loss(trainer, x))
-        drifts[variant] = drift(trainer.model)
-    rows = []
-    for step, theirs in enumerate(saved["losses"], start=1):
-        row = {
-            "step": step,
-            "official": {
-                "g_adv": theirs["err_g_adv"],
-                "g_con": theirs["err_g_con"] / 50.0,  # its w_con (the default, 50) is in the logged term
-                "g_lat": theirs["err_g_lat"],
-                # the official D loss also holds the latent term: its adversarial part alone
-                "d_adv": theirs["err_d"] - theirs["err_g_lat"],
-            },
-        }
-        for variant, values in series.items():
-            mine = values[step - 1]
-            row[variant] = {
-                "g_adv": mine["g_adv"],
-                "g_con": mine["g_con"],
-                "g_lat": mine["g_lat"],
-                "d_adv": mine["d"],
-            }
-        rows.append(row)
-    return {"steps": rows, "weights_apart_over_moved": drifts}
-
-
-def step_with_official_d_loss(trainer, x) -> dict[str, float]:
-    """Our training step with one change, to test where the two codes part: the discriminator's
-    loss is the official one, Eq. 1 plus w_lat * L_lat (D also pulls f(x) and f(x_hat) together),
-    where ours is Eq. 1 alone. Everything else is our step (``Trainer.train_step``)."""
-    from skipganomaly.models.objective import (
-        contextual_loss,
-        discriminator_loss,
-        generator_adversarial_loss,
-        latent_loss,
-    )
-
-    model, weights = trainer.model, trainer.weights
-    x_hat = model.generator(x)
-    logit_real, features_real = model.discriminator(x)
-    logit_fake, features_fake = model.discriminator(x_hat)
-    adversarial = generator_adversarial_loss(logit_fake)
-    contextual = contextual_loss(x, x_hat)
-    latent = latent_loss(features_real, features_fake)
-    generator = weights.adversarial * adversarial + weights.contextual * contextual + weights.latent * latent
-    adversarial_d = discriminator_loss(logit_real, logit_fake)
-    for opt in trainer.optimizers.values():
-        opt.zero_grad(set_to_none=True)
-    params = trainer._params
-    generator.backward(inputs=params["generator"], retain_graph=True)
-    (adversarial_d + weights.latent * latent).backward(inputs=params["discriminator"])
-    for opt in trainer.optimizers.values():
-        opt.step()
-    return {
-        "g_adv": adversarial.item(),
-        "g_con": contextual.item(),
-        "g_lat": latent.item(),
-        "d": adversarial_d.item(),
-    }
-
-
-def print_steps(args, batches: Path, work: Path, tag: str) -> int:
-    shown = sorted({1, 2, 5, 10, 20, 50, 100, 200, 500, args.steps} & set(range(1, args.steps + 1)))
-    results = {}
-    for name in args.classes:
-        compared = compare_steps(args, batches, name, work / "steps" / f"{name}-{tag}")
-        results[name] = compared
-        print(
-            f"\n{name}: the first {args.steps} steps from the same initial weights on the same batches; "
-            "each cell: official / ours / ours with the official D loss"
-        )
-        terms = ("g_adv", "g_con", "g_lat", "d_adv")
-        print(f"{'step':>5} " + " ".join(f"{term:^26}" for term in terms))
-        for row in compared["steps"]:
-            if row["step"] in shown:
-                cells = " ".join(
-                    "/".join(f"{row[side][t]:.4f}" for side in ("official", "ours", "ours_official_d_loss"))
-                    for t in terms
-                )
-                print(f"{row['step']:>5} {cells}")
-        for variant, label in (("ours", "ours"), ("ours_official_d_loss", "ours with the official D loss")):
-            drift = compared["weights_apart_over_moved"][variant]
-            print(
-                f"after {args.steps} steps, {label}: weights apart from the official ones by "
-                f"{drift['generator']:.3f} (G) and {drift['discriminator']:.3f} (D) of the distance the official "
-                "training moved them"
-            )
-    if args.json:
-        args.json.write_text(
-            json.dumps({"settings": vars(args), "steps": results}, indent=2, default=str) + "\n"
-        )
-        print(f"wrote {args.json}")
-    return 0
+from fidelity_runs import resolve_batches, run_official, run_ours  # noqa: E402
+from fidelity_weights import cross_score, print_steps  # noqa: E402
 
 
 # --------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--official", type=Path, help="checkout of samet-akcay/skip-ganomaly (patched)")
     parser.add_argument("--official-python", default=sys.executable, help="interpreter with torchvision")
@@ -600,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         help="instead of training: compare the first N steps from the same initial weights",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     if args.official is None or not (args.official / "train.py").is_file():
@@ -611,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [c for c in args.classes if c not in CLASS_NAMES]
     if unknown:
         parser.error(f"unknown classes {unknown}; choose from {', '.join(CLASS_NAMES)}")
+    official_torch = None
     if args.sides != "ours":
         probe = subprocess.run(
             [args.official_python, "-c", "import torch, torchvision; print(torch.__version__)"],
@@ -658,6 +144,23 @@ def main(argv: list[str] | None = None) -> int:
                 work / "runs" / f"ours-{name}-{tag}",
             )
 
+    print_results(args, batches, results, official_torch)
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {"settings": vars(args) | {"batches": str(batches)}, "results": results},
+                indent=2,
+                default=str,
+            )
+            + "\n"
+        )
+        print(f"wrote {args.json}")
+    return 0
+
+
+def print_results(args, batches: Path, results: dict[str, dict], official_torch: str | None) -> None:
+    """The table per class and epoch (official, ours under the paper protocol, their difference,
+    ours honest), the same weights scored both ways (``--cross-score``) and the times."""
     print(
         f"\nCIFAR-10, {args.epochs} epoch(s), ngf {args.ngf}, ndf {args.ndf}, nz {args.nz}, batch "
         f"{args.batch_size}, seed {args.seed}, lr 2e-4, w_con 50 (reference preset); data {batches}"
@@ -704,17 +207,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{side} {values['seconds']:.0f} s" for side, values in sides.items() if isinstance(values, dict)
         )
         print(f"{name}: training and scoring time {seconds}")
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"settings": vars(args) | {"batches": str(batches)}, "results": results},
-                indent=2,
-                default=str,
-            )
-            + "\n"
-        )
-        print(f"wrote {args.json}")
-    return 0
 
 
 if __name__ == "__main__":

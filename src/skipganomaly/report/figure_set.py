@@ -14,9 +14,10 @@ from ..specs.models import MODEL_SPECS, display_name
 from ..specs.protocols import PROTOCOL_SPECS
 from . import figures
 from .examples import GROUPS
-from .results import Summary, column_label, column_order
+from .results import column_label, column_order
 from .run_files import RunFiles
 from .runner import Plan, RunSpec, slug
+from .summary_types import Summary
 
 
 @dataclass

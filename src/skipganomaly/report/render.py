@@ -22,9 +22,10 @@ from ..specs.models import display_name
 from ..specs.protocols import HONEST_PROTOCOLS, PAPER, PROTOCOL_SPECS
 from . import published
 from .figure_set import Figure, build_figures
-from .results import Summary, TableEntry, collect_rows, results_csv, summarize
+from .results import collect_rows, results_csv, summarize
 from .run_files import read_runs
 from .runner import Plan
+from .summary_types import Summary, TableEntry
 
 
 @dataclass
