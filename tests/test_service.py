@@ -277,11 +277,11 @@ def test_every_route_is_documented_and_every_documented_path_is_a_route(detector
     assert mismatches([r for r in routes if r.path != "/healthz"], spec) == (set(), {("/healthz", "get")})
     # ...and the table the application is built from refuses an endpoint without its operation.
     with pytest.raises(ValueError, match="no OpenAPI operation"):
-        Endpoint("/v1/extra", "POST", extra)
+        Endpoint("/v1/extra", "POST", "extra")
     with pytest.raises(ValueError, match="no OpenAPI operation"):
-        Endpoint("/v1/extra", "POST", extra, {"summary": "Extra"})
+        Endpoint("/v1/extra", "POST", "extra", {"summary": "Extra"})
     with pytest.raises(ValueError, match="twice"):
-        openapi_document([Endpoint("/x", "GET", extra, {"summary": "X", "responses": {"200": {}}})] * 2)
+        openapi_document([Endpoint("/x", "GET", "extra", {"summary": "X", "responses": {"200": {}}})] * 2)
 
 
 def test_serve_from_the_command_line_binds_to_loopback_by_default(digits_onnx):

@@ -27,8 +27,9 @@ another; past ``max_queue`` waiting images a request gets 503 with ``Retry-After
 bounded). The service binds to 127.0.0.1 unless another address is asked for.
 
 Modules: :mod:`.uploads` (limits, refusals, the body limit, decoding uploads), :mod:`.batching`
-(the batcher), :mod:`.routes` (the handlers and the table of endpoints), :mod:`.openapi` (the
-document built from that table, and ``/docs``), :mod:`.app` (the application and :func:`serve`).
+(the batcher), :mod:`.endpoints` (the one table of endpoints: path, method, handler, OpenAPI
+operation), :mod:`.routes` (the handlers), :mod:`.openapi` (the document built from that table,
+and ``/docs``), :mod:`.app` (the application and :func:`serve`).
 Importing this package imports no Starlette (the ``serve`` extra) and no PyTorch.
 """
 

@@ -1,13 +1,13 @@
 """The application assembled from the table of endpoints (its routes and its OpenAPI document both
-come from :func:`.routes.endpoints`), and running it: :func:`serve` on uvicorn, bound to 127.0.0.1
+come from :func:`.endpoints.endpoints`), and running it: :func:`serve` on uvicorn, bound to 127.0.0.1
 unless another address is asked for."""
 
 from __future__ import annotations
 
-from types import MethodType
 from typing import Any
 
 from ..deploy.detector import Detector
+from .endpoints import endpoints
 from .openapi import openapi_document
 from .uploads import BodyLimit, ServiceLimits
 
@@ -16,10 +16,6 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def openapi_spec(limits: ServiceLimits) -> dict[str, Any]:
     """The OpenAPI 3.1 description of the service (``GET /openapi.json``)."""
-    # .routes (the table's handlers) imports Starlette, the ``serve`` extra: imported when needed,
-    # so that importing the package needs none of it.
-    from .routes import endpoints
-
     return openapi_document(endpoints(limits))
 
 
@@ -28,7 +24,7 @@ def create_app(detector: Detector, limits: ServiceLimits | None = None):
     from starlette.applications import Starlette
     from starlette.routing import Route
 
-    from .routes import EXCEPTION_HANDLERS, Handlers, endpoints
+    from .routes import EXCEPTION_HANDLERS, Handlers
 
     limits = limits or ServiceLimits()
     table = endpoints(limits)
@@ -37,7 +33,7 @@ def create_app(detector: Detector, limits: ServiceLimits | None = None):
         routes=[
             Route(
                 endpoint.path,
-                MethodType(endpoint.handler, handlers),
+                getattr(handlers, endpoint.handler),
                 methods=[endpoint.method],
                 include_in_schema=endpoint.include_in_schema,
             )

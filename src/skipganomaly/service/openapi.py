@@ -1,13 +1,12 @@
 """The OpenAPI 3.1 document of the service and the page that shows it (``GET /docs``).
 
-The document's ``paths`` come from the service's table of endpoints (:func:`.routes.endpoints`), the
+The document's ``paths`` come from the service's table of endpoints (:func:`.endpoints.endpoints`), the
 same table the application's routes are built from: an :class:`Endpoint` carries its handler and its
 OpenAPI operation together, and one that would be served without an operation is refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +27,7 @@ class Endpoint:
 
     path: str
     method: str  # "GET", "POST", ...
-    handler: Callable[..., Any]
+    handler: str  # the name of a method of routes.Handlers
     operation: dict[str, Any] | None = None
     include_in_schema: bool = True
 

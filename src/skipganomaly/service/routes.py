@@ -1,7 +1,7 @@
 """The service's endpoints: their handlers (methods of :class:`Handlers`, which holds what they share:
-the detector, the limits, the batcher, the decoding threads, the page's files) and the one table,
-:func:`endpoints`, from which both the application's routes and the OpenAPI document's ``paths`` are
-built, each endpoint with its handler and its operation side by side.
+the detector, the limits, the batcher, the decoding threads, the page's files), named by the table
+of endpoints (:mod:`.endpoints`) from which both the application's routes and the OpenAPI
+document's ``paths`` are built, and the error handlers.
 
 Starlette is imported here and not by the package: ``skipganomaly.service`` itself imports without
 the ``serve`` extra (the command line checks its options, and the detector says what to install,
@@ -29,7 +29,7 @@ from ..deploy.detector import Detector
 from ..deploy.prediction import Prediction
 from ..scoring.heatmaps import colorize
 from .batching import Batcher
-from .openapi import Endpoint, docs_html, error_response
+from .openapi import docs_html
 from .uploads import FIELD, BodyTooLarge, ServiceError, ServiceLimits, decode_upload, png_base64
 
 logger = logging.getLogger("skipganomaly.service")
@@ -264,131 +264,3 @@ async def on_bug(request: Request, exc: Exception) -> Response:
 
 
 EXCEPTION_HANDLERS = {ServiceError: on_service_error, HTTPException: on_http_error, Exception: on_bug}
-
-
-# --------------------------------------------------------------------------- the table of endpoints
-def endpoints(limits: ServiceLimits) -> tuple[Endpoint, ...]:
-    """Every endpoint of the service, in the order of the document: path, method, handler (a method
-    of :class:`Handlers`) and OpenAPI operation. The routes and the document's ``paths`` are both
-    built from this table."""
-    return (
-        Endpoint("/v1/score", "POST", Handlers.score, _score_operation(limits)),
-        Endpoint(
-            "/v1/model",
-            "GET",
-            Handlers.model_info,
-            {
-                "summary": "What is loaded",
-                "description": "model, image size, channels, preprocessing, normalisation and threshold, protocol, checkpoint, package version, content hash, limits",
-                "responses": {
-                    "200": {
-                        "description": "model description",
-                        "content": {"application/json": {"schema": {"type": "object"}}},
-                    }
-                },
-            },
-        ),
-        Endpoint(
-            "/healthz",
-            "GET",
-            Handlers.healthz,
-            {
-                "summary": "Liveness",
-                "responses": {
-                    "200": {
-                        "description": "the service is up",
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
-                    }
-                },
-            },
-        ),
-        Endpoint(
-            "/openapi.json",
-            "GET",
-            Handlers.openapi,
-            {
-                "summary": "This description",
-                "responses": {
-                    "200": {
-                        "description": "OpenAPI 3.1",
-                        "content": {"application/json": {"schema": {"type": "object"}}},
-                    }
-                },
-            },
-        ),
-        Endpoint(
-            "/docs",
-            "GET",
-            Handlers.docs,
-            {
-                "summary": "This description as a page",
-                "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
-            },
-        ),
-        Endpoint(
-            "/",
-            "GET",
-            Handlers.index,
-            {
-                "summary": "The inspection page",
-                "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
-            },
-        ),
-        # The page's script and style sheet: served, not described.
-        Endpoint("/static/{name}", "GET", Handlers.static, include_in_schema=False),
-    )
-
-
-def _score_operation(limits: ServiceLimits) -> dict[str, Any]:
-    flag = {"type": "boolean", "default": False}
-    return {
-        "summary": "Score one or several images",
-        "description": f"multipart/form-data with the images in the field '{FIELD}' (repeat it for "
-        f"several). Limits: {limits.max_images} images and {limits.max_upload_bytes // 2**20} MiB per "
-        f"request, {limits.max_image_pixels:,} pixels per image.",
-        "parameters": [
-            {
-                "name": "heatmap",
-                "in": "query",
-                "schema": flag,
-                "description": "add each image's anomaly map as a PNG (base64), on the run's fixed colour scale",
-            },
-            {
-                "name": "reconstruction",
-                "in": "query",
-                "schema": flag,
-                "description": "add the model's input and its reconstruction G(x) as PNGs (base64)",
-            },
-        ],
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {
-                            FIELD: {
-                                "type": "array",
-                                "items": {"type": "string", "format": "binary"},
-                            }
-                        },
-                        "required": [FIELD],
-                    }
-                }
-            },
-        },
-        "responses": {
-            "200": {
-                "description": "one result per image, in the order sent",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ScoreResponse"}}},
-            },
-            "400": error_response(
-                "not an image, truncated or corrupt, empty, wrong field name, malformed multipart"
-            ),
-            "413": error_response("upload, image count or image pixels over the limits"),
-            "415": error_response("the body is not multipart/form-data"),
-            "503": error_response(
-                "too many images waiting for the model; retry after the Retry-After seconds"
-            ),
-        },
-    }
