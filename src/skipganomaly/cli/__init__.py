@@ -18,7 +18,7 @@ from pathlib import Path
 from .. import __version__
 from ..specs.errors import UserError
 from . import benchmark, configs, export, predict, reproduce, serve, test, train
-from .options import _add_common, _one_line, _Parser, _write_failure
+from .options import Parser, add_common, one_line, write_failure
 from .train import resolve_train_config
 
 __all__ = ["VERBS", "build_parser", "entry_point", "main", "resolve_train_config"]
@@ -29,14 +29,14 @@ COMMANDS = {verb.NAME: verb.run for verb in VERBS}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="skipganomaly",
         description="Skip-GANomaly: unsupervised image anomaly detection trained on normal images only.",
         epilog="Run 'skipganomaly VERB --help' for each verb's options.",
     )
     parser.add_argument("--version", action="version", version=f"skipganomaly {__version__}")
-    _add_common(parser)
-    verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    add_common(parser)
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
     for verb in VERBS:
         verb.add_parser(verbs)
     return parser
@@ -55,15 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if debug:
             raise
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except (OSError, RuntimeError) as exc:
         # A write that failed where no caller named the file (a full disk, a read-only file
         # system): still one line. Anything else is a bug and keeps its traceback.
-        failed = None if debug else _write_failure(exc, Path.cwd())
+        failed = None if debug else write_failure(exc, Path.cwd())
         if failed is None:
             raise
-        print(f"error: {_one_line(failed)}", file=sys.stderr)
+        print(f"error: {one_line(failed)}", file=sys.stderr)
         return failed.exit_code
     except KeyboardInterrupt:
         print(

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..specs.errors import UserError
-from .options import _add_common
+from .options import add_common
 
 NAME = "benchmark"
 
@@ -65,7 +65,7 @@ def add_parser(verbs) -> None:
         help="what each busy process does: spin one core, or train the model on one thread (default spin)",
     )
     bench.add_argument("--json", metavar="FILE.json", help="also write the figures as JSON")
-    _add_common(bench)
+    add_common(bench)
 
 
 def run(args: argparse.Namespace) -> int:

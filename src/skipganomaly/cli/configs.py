@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..specs.bundled_configs import bundled_configs, description
-from .options import _add_common
+from .options import add_common
 
 NAME = "configs"
 
@@ -17,7 +17,7 @@ def add_parser(verbs) -> None:
         description="List the configurations shipped with the package, one line each: the name to pass "
         "to --config and what it is.",
     )
-    _add_common(configs)
+    add_common(configs)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import _add_common
+from .options import add_common
 
 NAME = "export"
 
@@ -37,7 +37,7 @@ def add_parser(verbs) -> None:
         choices=["uint8", "float32"],
         help="the graph's input: (N, H, W, C) uint8 (default) or float32, both in [0, 255]",
     )
-    _add_common(export)
+    add_common(export)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ class Flag(NamedTuple):
         return self.name.lstrip("-").replace("-", "_")
 
 
-_N = {"type": int, "metavar": "N"}
+INT_ARG = {"type": int, "metavar": "N"}  # the argparse options of a flag that takes a whole number
 # The settings flags ``train`` and ``reproduce`` share; a verb appends its default to the help.
 RUN_SETTING_FLAGS = (
     Flag(
@@ -47,12 +47,12 @@ RUN_SETTING_FLAGS = (
         "and fashion-mnist download into the cache without it",
         {"metavar": "DIR"},
     ),
-    Flag("--image-size", "data.image_size", "square input size, a power of two 16..256", _N),
-    Flag("--batch-size", "data.batch_size", "training batch size", _N),
-    Flag("--epochs", "train.epochs", "training epochs", _N),
+    Flag("--image-size", "data.image_size", "square input size, a power of two 16..256", INT_ARG),
+    Flag("--batch-size", "data.batch_size", "training batch size", INT_ARG),
+    Flag("--epochs", "train.epochs", "training epochs", INT_ARG),
     Flag("--device", "train.device", "auto, cpu, cuda or cuda:N (default auto)"),
     Flag("--precision", "train.precision", "arithmetic precision", {"choices": ["fp32", "bf16", "auto"]}),
-    Flag("--workers", "data.workers", "DataLoader workers for file-backed data", _N),
+    Flag("--workers", "data.workers", "DataLoader workers for file-backed data", INT_ARG),
     Flag("--cache-dir", "data.cache_dir", "where decoded data sets are cached", {"metavar": "DIR"}),
     Flag(
         "--skip-bad-images",
@@ -65,7 +65,7 @@ RUN_SETTING_FLAGS = (
         "data.max_image_pixels",
         "an image file with more pixels is a bad image: refused, or skipped with --skip-bad-images "
         f"(default {DataConfig.max_image_pixels:,}, Pillow's own limit)",
-        _N,
+        INT_ARG,
     ),
 )
 # The flags of ``train`` alone.
@@ -98,18 +98,18 @@ REPRODUCE_FLAGS = {flag.dest: flag.key for flag in RUN_SETTING_FLAGS}
 TRAIN_FLAGS = {**REPRODUCE_FLAGS, **{flag.dest: flag.key for flag in TRAIN_ONLY_FLAGS}, **CLASS_FLAGS}
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as UserError (one line, exit code 2)."""
 
     def error(self, message: str):  # noqa: D102
         raise UserError(f"{self.prog}: {message} (see --help)")
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
 
-def _add_run_settings(parser: argparse.ArgumentParser, defaults: dict[str, str], every_run: str = "") -> None:
+def add_run_settings(parser: argparse.ArgumentParser, defaults: dict[str, str], every_run: str = "") -> None:
     """The flag group ``train`` and ``reproduce`` share: --config, --set and the settings flags.
     ``defaults`` adds a verb's default to a flag's help; ``every_run`` says to whom --set applies."""
     group = parser.add_argument_group("settings (later wins: defaults, preset, --config, --set, these flags)")
@@ -132,7 +132,7 @@ def _add_run_settings(parser: argparse.ArgumentParser, defaults: dict[str, str],
         group.add_argument(flag.name, help=flag.help + (f" ({extra})" if extra else ""), **flag.options)
 
 
-def _add_trained_run(parser: argparse.ArgumentParser) -> None:
+def add_trained_run(parser: argparse.ArgumentParser) -> None:
     """The flags of the verbs that use a trained run (``test``, ``predict``): which run, which of
     its checkpoints, which device."""
     parser.add_argument(
@@ -160,7 +160,7 @@ def user_settings(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, 
     return user
 
 
-def _write_failure(exc: BaseException, where: Path):
+def write_failure(exc: BaseException, where: Path):
     """``exc`` as a one-line failed write (a full disk, a read-only file system) naming the file,
     or ``where`` when the error does not say; None for any other error."""
     from ..runtime.files import storage_failure
@@ -169,7 +169,7 @@ def _write_failure(exc: BaseException, where: Path):
     return storage_failure(Path(filename) if filename else where, exc)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     """An error's message as the one line the CLI promises (a message that grew more lines, such
     as one passed through another process, keeps its first)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]

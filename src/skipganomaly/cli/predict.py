@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..specs.errors import UserError
-from .options import _add_common, _add_trained_run
+from .options import add_common, add_trained_run
 
 NAME = "predict"
 
@@ -28,7 +28,7 @@ def add_parser(verbs) -> None:
     predict.add_argument(
         "paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)"
     )
-    _add_trained_run(predict)
+    add_trained_run(predict)
     predict.add_argument(
         "--output",
         default="predictions.csv",
@@ -62,7 +62,7 @@ def add_parser(verbs) -> None:
         help="torch (default): the PyTorch model; onnx: the run's ONNX export on ONNX Runtime (exported to "
         "RUN_DIR/exports/ first when needed; --workers threads decode ahead)",
     )
-    _add_common(predict)
+    add_common(predict)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..specs.protocols import PROTOCOLS
-from .options import REPRODUCE_FLAGS, _add_common, _add_run_settings, user_settings
+from .options import REPRODUCE_FLAGS, add_common, add_run_settings, user_settings
 
 NAME = "reproduce"
 
@@ -27,7 +27,7 @@ def add_parser(verbs) -> None:
             "trainings. Settings: the data set's profile (--profile), then --config, --set and the flags."
         ),
     )
-    _add_run_settings(
+    add_run_settings(
         reproduce,
         {
             "epochs": "default: the profile's",
@@ -76,7 +76,7 @@ def add_parser(verbs) -> None:
     )
     reproduce.add_argument("--quiet", action="store_true", help="no progress bars")
     reproduce.add_argument("--verbose", action="store_true", help="also print each run's counts and epochs")
-    _add_common(reproduce)
+    add_common(reproduce)
 
 
 def run(args: argparse.Namespace) -> int:

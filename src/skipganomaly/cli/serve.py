@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..specs.errors import UserError
-from .options import _add_common
+from .options import add_common
 
 NAME = "serve"
 
@@ -54,7 +54,7 @@ def add_parser(verbs) -> None:
         "--max-batch", type=int, default=64, metavar="N", help="images per model call (default 64)"
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    _add_common(serve)
+    add_common(serve)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ..specs.errors import UserError
-from .options import _add_common, _add_trained_run
+from .options import add_common, add_trained_run
 from .summary import print_summary
 
 NAME = "test"
@@ -21,7 +21,7 @@ def add_parser(verbs) -> None:
         "beside the run's training record (RUN_DIR/test-<checkpoint>.json; metrics.json stays as training "
         "wrote it).",
     )
-    _add_trained_run(test)
+    add_trained_run(test)
     test.add_argument(
         "--data-root", metavar="DIR", help="read the data from here instead of the path stored in the run"
     )
@@ -30,7 +30,7 @@ def add_parser(verbs) -> None:
         metavar="FILE.json",
         help="where to write the metrics (default RUN_DIR/test-<checkpoint>.json)",
     )
-    _add_common(test)
+    add_common(test)
 
 
 def test_results_path(run_dir: Path, which: str) -> Path:

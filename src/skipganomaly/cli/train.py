@@ -12,10 +12,10 @@ from ..specs.errors import UserError
 from .options import (
     TRAIN_FLAGS,
     TRAIN_ONLY_FLAGS,
-    _add_common,
-    _add_run_settings,
-    _write_failure,
+    add_common,
+    add_run_settings,
     user_settings,
+    write_failure,
 )
 from .summary import print_summary
 
@@ -34,7 +34,7 @@ def add_parser(verbs) -> None:
             "(later wins)."
         ),
     )
-    _add_run_settings(
+    add_run_settings(
         train,
         {
             "preset": f"default {TrainConfig.preset} for Skip-GANomaly, reference for the baselines",
@@ -68,7 +68,7 @@ def add_parser(verbs) -> None:
         "when last.pt is missing), or start it again from RUN_DIR/config.yaml if it stopped in its first epoch",
     )
     train.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_common(train)
+    add_common(train)
 
 
 def resolve_train_config(args: argparse.Namespace) -> Config:
@@ -159,7 +159,7 @@ def _train(args: argparse.Namespace) -> int:
             on_ready=announce,
         )
     except Exception as exc:
-        failed = _write_failure(exc, run_dir)
+        failed = write_failure(exc, run_dir)
         if failed is None:
             raise
         raise UserError(f"{failed}; {_continue_hint(run_dir)}") from None
