@@ -24,7 +24,7 @@ def affinity_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _read(path: Path) -> str | None:
+def read_kernel_file(path: Path) -> str | None:
     try:
         return path.read_text(encoding="ascii", errors="replace").strip()
     except OSError:
@@ -32,7 +32,7 @@ def _read(path: Path) -> str | None:
 
 
 def _cgroup_v2_limit(folder: Path) -> float | None:
-    text = _read(folder / "cpu.max")  # "max 100000" or "<quota> <period>" in microseconds
+    text = read_kernel_file(folder / "cpu.max")  # "max 100000" or "<quota> <period>" in microseconds
     if not text:
         return None
     quota, _, period = text.partition(" ")
@@ -45,7 +45,10 @@ def _cgroup_v2_limit(folder: Path) -> float | None:
 
 
 def _cgroup_v1_limit(folder: Path) -> float | None:
-    quota, period = _read(folder / "cpu.cfs_quota_us"), _read(folder / "cpu.cfs_period_us")
+    quota, period = (
+        read_kernel_file(folder / "cpu.cfs_quota_us"),
+        read_kernel_file(folder / "cpu.cfs_period_us"),
+    )
     try:
         return int(quota) / int(period) if quota and period and int(quota) > 0 else None
     except ValueError:
@@ -75,7 +78,7 @@ def cgroup_cpu_limit(proc: Path = PROC, cgroup: Path = CGROUP) -> float | None:
     ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` there and in every folder above it. A container
     limited to 1.5 CPUs sees all the host's cores in its affinity mask; only this tells.
     """
-    text = _read(proc / "self" / "cgroup")
+    text = read_kernel_file(proc / "self" / "cgroup")
     if not text:
         return None
     limits: list[float] = []
@@ -126,7 +129,7 @@ def _allowed_cpus() -> set[int] | None:
 def sample_cpu(proc: Path = PROC, cpus: set[int] | None = None) -> CpuSample | None:
     """Read ``/proc/stat``'s per-CPU times (of ``cpus``, default this process's affinity) and this
     process's CPU time. None where ``/proc/stat`` cannot be read (not Linux)."""
-    text = _read(proc / "stat")
+    text = read_kernel_file(proc / "stat")
     if not text:
         return None
     cpus = _allowed_cpus() if cpus is None else cpus

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..specs.errors import UserError
-from .cores import PROC, _read
+from .cores import PROC, read_kernel_file
 from .files import cache_root, write_json
 
 
@@ -139,7 +139,7 @@ def probe_precisions(
 def cpu_identity() -> dict[str, str]:
     """What a measured choice depends on in the machine: CPU model and flags, PyTorch."""
     model, flags = platform.processor() or platform.machine(), ""
-    text = _read(PROC / "cpuinfo") or ""
+    text = read_kernel_file(PROC / "cpuinfo") or ""
     for line in text.splitlines():
         if line.startswith("model name") and model in ("", platform.machine()):
             model = line.split(":", 1)[1].strip()
