@@ -80,6 +80,8 @@ def measure_size(
             tasks[("train", "plain")] = as_plain(lambda: plain.train_epoch(train_images))
         if optimised is not None:
             tasks[("train", "optimised")] = optimised.train_epoch
+            # What the restoring preset adds to each step: corrupting the batch (train.corruptions).
+            tasks[("corrupt", "optimised")] = optimised.corrupt_batches
         if plain is not None:
             tasks[("score", "plain")] = as_plain(lambda: plain.score(splits.test.images))
         if optimised is not None:
@@ -87,6 +89,7 @@ def measure_size(
         optimised_threads: list[int] = []
         counts = {
             "train": len(train_images) // settings.batch_size * settings.batch_size,
+            "corrupt": len(train_images) // settings.batch_size * settings.batch_size,
             "score": len(splits.test),
         }
         times: dict[tuple[str, str], list[float]] = {key: [] for key in tasks if key[1] in settings.modes}
@@ -129,6 +132,13 @@ def measure_size(
                     p / o for p, o in zip(times[(task, "plain")], times[(task, "optimised")], strict=True)
                 ]
                 result[f"{task}_ratio"] = statistics.median(paired)
+        if ("corrupt", "optimised") in times:
+            # The synthetic anomalies' cost as a share of the optimised step, paired per round.
+            paired = [
+                c / t
+                for c, t in zip(times[("corrupt", "optimised")], times[("train", "optimised")], strict=True)
+            ]
+            result["corruption_share"] = statistics.median(paired)
         return result
 
 

@@ -12,11 +12,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.base import ImageSet, Splits
+from ..data.corruptions import corrupt
+from ..data.loading import to_model_input
 from ..models.blocks import set_dense_fast_path
 from ..models.objective import LossWeights, discriminator_loss, generator_adversarial_loss
 from ..scoring.engine import ScoringOptions, score_set
 from ..specs.config import build_config
 from ..training.trainer import RunLog, Trainer
+
+# The families the restoring preset trains with (specs/models.py).
+BENCHMARK_CORRUPTIONS = ("blend", "cutpaste", "intensity")
 
 
 @dataclass
@@ -153,7 +158,19 @@ class OptimisedMode:
         )
         self.trainer = Trainer(config, splits, run_dir, log=lambda message: None, progress=False)
         self.splits = splits
+        self.settings = settings
         self.epoch = 0
+
+    def corrupt_batches(self) -> None:
+        """Corrupt each training batch as the restoring preset does (three families, half of each
+        batch), without training: the cost ``train.corruptions`` adds to a step."""
+        trainer = self.trainer
+        images = self.splits.train.images
+        bs = self.settings.batch_size
+        for start in range(0, len(images) // bs * bs, bs):
+            batch = torch.from_numpy(images[start : start + bs]).permute(0, 3, 1, 2)
+            x = to_model_input(batch, trainer.device, self.settings.channels_last)
+            corrupt(x, BENCHMARK_CORRUPTIONS, 0.5)
 
     def train_epoch(self) -> None:
         self.trainer.train_epoch(self.epoch, RunLog(None))

@@ -58,6 +58,21 @@ def shortcut_lines(metrics: dict) -> list[str]:
                 f"  {TITLES.get(name, name):<{width}}  {stat['auroc']:.3f}  (separability "
                 f"{stat['separability']:.3f}, {stat['direction']})"
             )
+    margins = (metrics.get("margins") or {}).get("test")
+    if margins:
+        parts = []
+        if "over_best_statistic" in margins:
+            parts.append(
+                f"{margins['over_best_statistic']:+.3f} over the best trivial statistic ({TITLES.get(margins['best_statistic'], margins['best_statistic'])})"
+            )
+        if "over_pixel_knn" in margins:
+            parts.append(f"{margins['over_pixel_knn']:+.3f} over the pixel-kNN control")
+        negative = any(v < 0 for k, v in margins.items() if k.startswith("over_"))
+        lines.append(
+            "model's test AUROC margin: "
+            + "; ".join(parts)
+            + ("  << NEGATIVE: a trivial detector does better" if negative else "")
+        )
     warnings = section.get("warnings") or []
     if warnings:
         # The test split's lines in full (its figure is the one reported); validation's counted.

@@ -26,7 +26,7 @@ from torch import nn
 from ..data.base import Splits, anomaly_types
 from ..formats.checkpoint import Checkpoint, Selection
 from ..runtime.files import write_text
-from ..scoring import shortcuts
+from ..scoring import controls, shortcuts
 from ..scoring.decisions import selection_report, split_metrics
 from ..scoring.engine import ScoredSet, ScoringOptions, has_masks, score_splits, split_pixel_metrics
 from ..scoring.metrics import auroc, auroc_by_type, curve_spread, false_positive_rate
@@ -112,9 +112,14 @@ def false_positive_section(e: EvaluationInputs) -> dict[str, Any]:
         name: {"fpr": false_positive_rate(scored.labels, e.normalization(scored.score), threshold)}
         for name, scored in _pairs(e)
     }
-    if "quantile" in e.normalization.method:  # a quantile of normal scores promises its complement
+    target = None
+    if "target false-positive rate" in e.normalization.method:  # eval.threshold=fpr
+        target = e.config.eval.target_fpr
+    elif "quantile" in e.normalization.method:  # a quantile of normal scores promises its complement
+        target = 1.0 - e.config.eval.threshold_quantile
+    if target is not None:
         for entry in out.values():
-            entry["fpr_target"] = 1.0 - e.config.eval.threshold_quantile
+            entry["fpr_target"] = target
     return out
 
 
@@ -187,6 +192,44 @@ def shortcuts_section(e: EvaluationInputs) -> dict[str, Any]:
     return {"shortcuts": out}
 
 
+def controls_section(e: EvaluationInputs) -> dict[str, Any]:
+    """``controls``: the AUROC of learned controls on the test split (the pixel kNN of
+    :mod:`skipganomaly.scoring.controls`), a floor the model must clear."""
+    labels = e.splits.test.labels
+    if labels is None or not ((labels == 0).any() and (labels == 1).any()):
+        return {"controls": None}
+    data = e.config.data
+    positions, scores = controls.pixel_knn_scores(
+        e.splits.train, e.splits.test, image_size=data.image_size, channels=e.splits.channels,
+        seed=e.config.train.seed, skip_bad=data.skip_bad_images,
+    )  # fmt: skip
+    return {
+        "controls": {
+            "note": controls.NOTE,
+            "test": {"pixel_knn": {"auroc": auroc(labels[positions], scores), "k": controls.CONTROL_K}},
+        }
+    }
+
+
+def derived_margins(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """``margins.test``: the model's test AUROC minus the best trivial statistic's separability
+    (``shortcuts``) and minus the pixel kNN's AUROC (``controls``); negative where the model does
+    worse. None when test has no anomalies."""
+    model = (metrics.get("test") or {}).get("auroc")
+    if model is None or model != model:
+        return None
+    out: dict[str, Any] = {}
+    statistics = ((metrics.get("shortcuts") or {}).get("test") or {}).get("statistics") or {}
+    if statistics:
+        name = max(statistics, key=lambda k: statistics[k]["separability"])
+        out["best_statistic"] = name
+        out["over_best_statistic"] = model - statistics[name]["separability"]
+    knn = (((metrics.get("controls") or {}).get("test") or {}).get("pixel_knn") or {}).get("auroc")
+    if knn is not None:
+        out["over_pixel_knn"] = model - knn
+    return {"test": out} if out else None
+
+
 def _curve_value(record: dict[str, Any], split: str) -> float | None:
     return (record.get(split) or {}).get("auroc")
 
@@ -245,6 +288,7 @@ METRIC_SECTIONS: tuple[Section, ...] = (
     optimistic_section,
     steadiness_section,
     shortcuts_section,
+    controls_section,
     normalization_section,
     pixel_section,
 )
@@ -261,6 +305,8 @@ def build_metrics(
                 metrics[key].update(value)
             else:
                 metrics[key] = value
+    if controls_section in sections:
+        metrics["margins"] = derived_margins(metrics)
     return metrics
 
 

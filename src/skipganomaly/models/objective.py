@@ -97,6 +97,17 @@ def contextual_loss(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     return (x - x_hat).abs().mean()
 
 
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Mean focal loss (Lin et al., ICCV 2017) of per-pixel logits against a {0, 1} mask: the
+    cross-entropy scaled by (1 - p_t)^gamma, so the many easy normal pixels do not drown the few
+    anomalous ones (DRAEM trains its segmentation this way)."""
+    logits, target = logits.float(), target.float()
+    cross_entropy = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p = torch.sigmoid(logits)
+    p_true = p * target + (1 - p) * (1 - target)
+    return ((1 - p_true) ** gamma * cross_entropy).mean()
+
+
 def latent_loss(features_real: torch.Tensor, features_fake: torch.Tensor) -> torch.Tensor:
     """Eq. 3: mean squared error ||f(x) - f(x_hat)||_2 between discriminator features."""
     return (features_real - features_fake).pow(2).mean()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..specs.score_terms import SCORE_TERMS
@@ -31,6 +32,8 @@ class TermInputs:
     features_fake: torch.Tensor  # f(G(x))
     reconstruction: torch.Tensor  # R (Eq. 2), as the model pools it
     latent: torch.Tensor  # L (Eq. 3)
+    # The segmentation head's probability map (N, 1, H, W), when the model has the head.
+    segmentation: torch.Tensor | None = None
 
 
 def nearest_neighbour_distance(features: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
@@ -39,6 +42,13 @@ def nearest_neighbour_distance(features: torch.Tensor, bank: torch.Tensor, k: in
     distances = torch.cdist(features.float(), bank.float())
     k = min(k, bank.shape[0])
     return distances.topk(k, dim=1, largest=False).values.mean(1)
+
+
+def segmentation_peak(probabilities: torch.Tensor) -> torch.Tensor:
+    """The image's segmentation term: the highest 3x3 mean of the head's anomaly probabilities
+    (DRAEM's image score), so one confident pixel alone does not make an anomaly."""
+    smoothed = F.avg_pool2d(probabilities, 3, stride=1, padding=1, count_include_pad=False)
+    return smoothed.flatten(1).amax(1)
 
 
 def standardized_score(
@@ -84,6 +94,7 @@ TERM_FUNCTIONS: dict[str, Callable[[TermInputs], torch.Tensor]] = {
     "rotation": lambda inputs: rotation_cross_entropy(
         inputs.model.discriminator, inputs.x, inputs.features_real
     ),
+    "segmentation": lambda inputs: segmentation_peak(inputs.segmentation),
 }
 if tuple(TERM_FUNCTIONS) != SCORE_TERMS:  # one function per spec, in the specs' order
     raise ImportError(f"score terms computed {tuple(TERM_FUNCTIONS)} differ from the specs {SCORE_TERMS}")

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..specs.models import SKIPGANOMALY
@@ -33,6 +34,7 @@ from .objective import (
     TrainingLosses,
     contextual_loss,
     discriminator_loss,
+    focal_loss,
     generator_adversarial_loss,
     latent_loss,
     latent_score,
@@ -139,6 +141,38 @@ class Discriminator(nn.Module):
         return logit, features.flatten(1)
 
 
+class SegmentationHead(nn.Module):
+    """DRAEM's discriminative half, light: a two-level UNet on the image and its restoration,
+    concatenated, (N, 2C, H, W) -> (N, 1, H, W) logits of "this pixel is anomalous".
+
+    It learns from the synthetic anomalies' masks (``train.corruptions``); at scoring it compares
+    x with G(x), so what G removed (a defect) lights up, while what G copies (edges) does not.
+    """
+
+    def __init__(self, channels: int, width: int = 32):
+        super().__init__()
+
+        def conv(i: int, o: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(i, o, 3, 1, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True)
+            )
+
+        self.level1 = nn.Sequential(conv(2 * channels, width), conv(width, width))
+        self.level2 = nn.Sequential(nn.AvgPool2d(2), conv(width, 2 * width))
+        self.level3 = nn.Sequential(nn.AvgPool2d(2), conv(2 * width, 2 * width))
+        self.up2 = conv(4 * width, width)
+        self.up1 = conv(2 * width, width)
+        self.out = nn.Conv2d(width, 1, 1)
+
+    def forward(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+        h1 = self.level1(torch.cat([x, x_hat], 1))
+        h2 = self.level2(h1)
+        h3 = self.level3(h2)
+        h = self.up2(torch.cat([F.interpolate(h3, scale_factor=2.0, mode="nearest"), h2], 1))
+        h = self.up1(torch.cat([F.interpolate(h, scale_factor=2.0, mode="nearest"), h1], 1))
+        return self.out(h)
+
+
 class SkipGANomaly(AdversarialAnomalyModel):
     """Generator and discriminator of Skip-GANomaly with its losses and its anomaly score.
 
@@ -158,6 +192,10 @@ class SkipGANomaly(AdversarialAnomalyModel):
     * ``knn_bank``, ``knn_k``: the ``knn`` term is the mean distance from f(x) to its ``knn_k``
       nearest features of ``knn_bank`` normal training images, kept in a buffer the trainer fills
       (:meth:`set_feature_bank`).
+    * ``segmentation_head``: a :class:`SegmentationHead` on (x, G(x)), trained on the synthetic
+      anomalies' masks; its smoothed peak is the ``segmentation`` term. The anomaly map is then
+      a mix of |x - G(x)| and its probability map with weights validation fixes
+      (``map_weights``, :meth:`set_map_weights`; the reconstruction error until then).
     """
 
     name = "skipganomaly"
@@ -175,6 +213,7 @@ class SkipGANomaly(AdversarialAnomalyModel):
         knn_bank: int = 4096,
         knn_k: int = 5,
         select_terms: bool = True,
+        segmentation_head: bool = False,
     ):
         super().__init__()
         self.args = {"image_size": image_size, "channels": channels, "ngf": ngf, "ndf": ndf, "nz": nz}
@@ -185,6 +224,7 @@ class SkipGANomaly(AdversarialAnomalyModel):
             "knn_bank": knn_bank,
             "knn_k": knn_k,
             "select_terms": select_terms,
+            "segmentation_head": segmentation_head,
         }
         # Only the values off their default (the spec's, which the signature repeats: tested) are
         # stored, so a faithful model's arguments and checkpoints stay as they were.
@@ -199,6 +239,11 @@ class SkipGANomaly(AdversarialAnomalyModel):
         self.generator = UNetGenerator(image_size, channels, ngf)
         self.discriminator = Discriminator(image_size, channels, ndf, nz, rotation_head)
         init_weights(self)
+        # Built after init_weights (PyTorch's own initialisation, not DCGAN's), so that a model
+        # without the head draws the same initial weights as before the head existed.
+        self.segmentation = SegmentationHead(channels) if segmentation_head else None
+        if self.segmentation is not None:  # [reconstruction error, segmentation] in the map
+            self.register_buffer("map_weights", torch.tensor([1.0, 0.0]))
         if self.score_terms:
             n = len(self.score_terms)
             self.register_buffer("term_mean", torch.zeros(n))
@@ -213,8 +258,12 @@ class SkipGANomaly(AdversarialAnomalyModel):
         return self.generator(x)
 
     def networks(self) -> dict[str, nn.Module]:
-        """The networks by the names of :meth:`parameter_groups` (what data parallelism wraps)."""
-        return {"generator": self.generator, "discriminator": self.discriminator}
+        """The networks by the names of :meth:`parameter_groups` (what data parallelism wraps);
+        the segmentation head trains with the generator's optimiser."""
+        networks = {"generator": self.generator, "discriminator": self.discriminator}
+        if self.segmentation is not None:
+            networks["segmentation"] = self.segmentation
+        return networks
 
     def training_losses(
         self,
@@ -224,6 +273,8 @@ class SkipGANomaly(AdversarialAnomalyModel):
         *,
         generator: Callable[[torch.Tensor], torch.Tensor] | None = None,
         discriminator: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+        segmentation: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        corrupted: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> TrainingLosses:
         """Losses of one training step on a batch of normal images ``x``.
 
@@ -239,10 +290,16 @@ class SkipGANomaly(AdversarialAnomalyModel):
 
         ``generator`` and ``discriminator`` stand in for the two networks when they run wrapped
         (``DistributedDataParallel``, which must see each forward call to synchronise gradients).
+
+        ``corrupted``: ``(x~, mask)``, the batch with synthetic anomalies
+        (:func:`skipganomaly.data.corruptions.corrupt`). G then restores: it reads x~ and Eq. 2
+        compares its output with the clean x, ||x - G(x~)||_1, so the skips cannot carry a
+        defect through; the segmentation head learns ``mask`` from (x~, G(x~)) with a focal loss
+        (its input detached: it does not steer G).
         """
         generator = generator or self.generator
         discriminator = discriminator or self.discriminator
-        generator_input = x
+        generator_input = x if corrupted is None else corrupted[0]
         if input_noise_std > 0:
             generator_input = x + input_noise_std * torch.randn_like(x)
         x_hat = generator(generator_input)
@@ -263,6 +320,12 @@ class SkipGANomaly(AdversarialAnomalyModel):
         losses = weighted_losses(weights, adversarial, contextual, latent, d_loss)
         if rotation is not None:
             losses.parts["d_rot"] = rotation.detach()
+        if self.segmentation is not None and corrupted is not None:
+            segmentation = segmentation or self.segmentation
+            logits = segmentation(generator_input, x_hat.detach())
+            seg = focal_loss(logits, corrupted[1])
+            losses.generator = losses.generator + seg
+            losses.parts["g_seg"] = seg.detach()
         return losses
 
     # ------------------------------------------------------------------ the improved score
@@ -278,6 +341,11 @@ class SkipGANomaly(AdversarialAnomalyModel):
                 f"feature bank of shape {tuple(features.shape)}, expected {tuple(self.feature_bank.shape)}"
             )
         self.feature_bank.copy_(features)
+
+    @torch.no_grad()
+    def set_map_weights(self, weights: torch.Tensor) -> None:
+        """How the anomaly map mixes |x - G(x)| and the segmentation head's map (two weights)."""
+        self.map_weights.copy_(weights)
 
     @torch.no_grad()
     def set_term_statistics(
@@ -309,8 +377,16 @@ class SkipGANomaly(AdversarialAnomalyModel):
         output = score_output(
             x, x_hat, reconstruction, latent, score_lambda, details=details, features=features_real
         )
+        segmentation_map = None
+        if self.segmentation is not None:
+            segmentation_map = torch.sigmoid(self.segmentation(x, x_hat).float())
+            if details:
+                weights = self.map_weights
+                output.anomaly_map = weights[0] * output.anomaly_map + weights[1] * segmentation_map[:, 0]
         if self.score_terms:
-            inputs = TermInputs(self, x, x_hat, features_real, features_fake, reconstruction, latent)
+            inputs = TermInputs(
+                self, x, x_hat, features_real, features_fake, reconstruction, latent, segmentation_map
+            )
             output.terms = compute_terms(self.score_terms, inputs)
             output.score = standardized_score(
                 output.terms, self.score_terms, self.term_mean, self.term_std, self.term_weights

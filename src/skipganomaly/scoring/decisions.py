@@ -33,7 +33,15 @@ def fit_normalization(val: ScoredSet, cfg: EvalConfig) -> ScoreNormalization:
         normalization.map_high = float(np.quantile(val.pixel_errors, MAP_QUANTILE))
     scaled = normalization(val.score)
     has_anomalies = bool((val.labels == 1).any() and (val.labels == 0).any())
-    if cfg.threshold == "f1" and has_anomalies:
+    if cfg.threshold == "fpr":
+        # Prevalence-free: the share of normal images flagged is what a deployment sets; how
+        # many anomalies validation happens to hold does not move it.
+        normalization.threshold = float(np.quantile(normalization(normal), 1.0 - cfg.target_fpr))
+        normalization.method = (
+            f"validation normal min-max; threshold = {1 - cfg.target_fpr:g} quantile of normal "
+            f"validation scores (target false-positive rate {cfg.target_fpr:g})"
+        )
+    elif cfg.threshold == "f1" and has_anomalies:
         _, threshold = best_f1_threshold(val.labels, scaled)
         normalization.threshold = float(threshold)
         normalization.method = "validation normal min-max; threshold = best F1 on validation"
@@ -68,30 +76,101 @@ def choose_terms(val: ScoredSet, mean: np.ndarray, std: np.ndarray) -> np.ndarra
     standardised sum has the highest validation AUROC, larger subsets first on ties. A term
     whose direction is wrong for this data (a reconstruction error that is lower for the
     anomalies, as for simple anomalous images) is left out rather than averaged in. Needs
-    labelled anomalies in validation; without them every term counts."""
+    labelled anomalies in validation; without them every term counts. Where the anomalies come in
+    groups (the synthetic validation's families), the subset with the best worst-group AUROC."""
     n = len(mean)
     if not ((val.labels == 1).any() and (val.labels == 0).any()):
         return np.ones(n)
     labelled = val.labels >= 0
+    groups = None if val.groups is None else val.groups[labelled]
     best, best_auroc = np.ones(n), -1.0
     subsets = [np.array([(mask >> i) & 1 for i in range(n)], dtype=float) for mask in range(1, 2**n)]
     for weights in sorted(subsets, key=lambda w: -w.sum()):
-        value = auroc(val.labels[labelled], standardize_terms(val, mean, std, weights)[labelled])
+        scores = standardize_terms(val, mean, std, weights)[labelled]
+        value = worst_group_auroc(val.labels[labelled], scores, groups)
         if value > best_auroc + 1e-12:
             best, best_auroc = weights, value
     return best
 
 
-def selection_value(val: ScoredSet, metric: str, epoch: int = 0) -> tuple[str, float]:
-    """(metric used, value) for model selection; higher is better for all three.
+def uses_synthetic_validation(cfg: EvalConfig, val_labels: np.ndarray | None, model) -> bool:
+    """Whether a run scores the synthetic validation set (:mod:`skipganomaly.data.synthetic`):
+    asked for (``eval.selection_metric=synthetic``), or ``auto`` for a model with a standardised
+    score (``model.score_terms``) when validation holds no labelled anomaly (``normal-only``).
+    The faithful score keeps its old rule there (the mean normal score), so faithful runs are
+    unchanged."""
+    if cfg.selection_metric == "synthetic":
+        return True
+    has_anomalies = val_labels is not None and bool((np.asarray(val_labels) == 1).any())
+    return cfg.selection_metric == "auto" and not has_anomalies and bool(getattr(model, "score_terms", ()))
 
-    ``auto``: validation AUROC where validation holds labelled anomalies; else the mean score of
-    the held-out normal images (lower is better), except for a standardised score (the improved
-    recipe's ``model.score_terms``), whose normal validation images average 0 by construction:
-    then the latest epoch (``last``), which the averaged weights make a steady choice."""
+
+def synthetic_scored_set(
+    val: ScoredSet, anomalies: ScoredSet, families: np.ndarray | None = None
+) -> ScoredSet:
+    """The synthetic validation's scores: the normal validation images (label 0) and the
+    synthetic anomalies (label 1), term by term; ``families`` names each anomaly's family."""
+    normal = val.labels == 0
+    if not normal.any():
+        normal = np.ones(len(val.labels), dtype=bool)
+
+    def both(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.concatenate([a[normal], b])
+
+    terms = None
+    if val.terms is not None and anomalies.terms is not None:
+        terms = {name: both(val.terms[name], anomalies.terms[name]) for name in val.terms}
+    return ScoredSet(
+        score=both(val.score, anomalies.score),
+        reconstruction=both(val.reconstruction, anomalies.reconstruction),
+        latent=both(val.latent, anomalies.latent),
+        labels=np.concatenate(
+            [np.zeros(int(normal.sum()), np.int64), np.ones(len(anomalies.score), np.int64)]
+        ),
+        indices=np.concatenate([val.indices[normal], anomalies.indices]),
+        terms=terms,
+        groups=None if families is None else np.concatenate([np.full(int(normal.sum()), ""), families]),
+    )
+
+
+def worst_group_auroc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray | None) -> float:
+    """The AUROC of the normal images (label 0) against each group of anomalies alone, the
+    lowest over groups; the plain AUROC without groups. A detector chosen on it must find every
+    kind of synthetic anomaly, not the easiest kind very well."""
+    if groups is None:
+        return auroc(labels, scores)
+    normal = labels == 0
+    kinds = sorted(set(groups[labels == 1].tolist()))
+    return min(auroc(labels[normal | (groups == kind)], scores[normal | (groups == kind)]) for kind in kinds)
+
+
+# The anomaly maps a model with a segmentation head mixes, in its ``map_weights`` order.
+MAP_SOURCES = ("reconstruction", "segmentation")
+
+
+def choose_map(pixel_aurocs: dict[str, float]) -> tuple[str, np.ndarray]:
+    """The map with the higher pixel AUROC on the synthetic anomalies, and its one-hot weights
+    over :data:`MAP_SOURCES` (the reconstruction error on ties: the paper's map)."""
+    best = max(MAP_SOURCES, key=lambda name: (pixel_aurocs.get(name, -1.0), name == "reconstruction"))
+    return best, np.array([float(name == best) for name in MAP_SOURCES])
+
+
+def selection_value(
+    val: ScoredSet, metric: str, epoch: int = 0, synthetic: ScoredSet | None = None
+) -> tuple[str, float]:
+    """(metric used, value) for model selection; higher is better for all of them.
+
+    ``auto``: validation AUROC where validation holds labelled anomalies; else the AUROC of the
+    synthetic validation (normal validation images against synthetic anomalies of a family
+    training never sees) when the run scores one (``synthetic``); else the mean score of the
+    held-out normal images (lower is better; the faithful score under normal-only)."""
     has_anomalies = bool((val.labels == 1).any() and (val.labels == 0).any())
     if metric == "auto":
-        metric = "auroc" if has_anomalies else ("last" if val.terms is not None else "loss")
+        metric = "auroc" if has_anomalies else ("synthetic" if synthetic is not None else "loss")
+    if metric == "synthetic":
+        if synthetic is None:
+            raise ValueError("selection on the synthetic validation needs its scores")
+        return "synthetic_val.auroc", worst_group_auroc(synthetic.labels, synthetic.score, synthetic.groups)
     if metric == "last":
         return "epoch", float(epoch)
     if metric == "auroc":
@@ -104,6 +183,8 @@ SELECTION_TITLES = {
     "epoch": "latest epoch",
     "val.auroc": "validation AUROC",
     "val.mean_normal_score": "mean anomaly score of the held-out normal images",
+    "synthetic_val.auroc": "synthetic validation AUROC (normal validation images against each family of "
+    "synthetic anomalies, the worst family)",
 }
 
 
@@ -126,6 +207,8 @@ def selection_text(metric: str, value: float) -> str:
     report = selection_report(metric, value)
     if metric == "val.auroc":
         return f"val AUROC {report['value']:.4f}"
+    if metric == "synthetic_val.auroc":
+        return f"synthetic val AUROC {report['value']:.4f} (worst family; selects)"
     if metric == "epoch":
         return "val: the latest epoch is kept (standardised score, no labelled anomalies)"
     return f"val normal score {report['value']:.4f} (selects; {report['better']} is better)"

@@ -29,7 +29,7 @@ from ..models.objective import ScoreOutput
 from ..runtime.device import autocast
 from ..specs.config import Config
 from ..specs.protocols import PROTOCOL_SPECS
-from .metrics import pixel_auroc
+from .metrics import aupro, pixel_auroc
 
 # Anomaly-map pixels kept per normal validation image, from which a run fixes its heatmap scale.
 PIXEL_SAMPLE = 256
@@ -104,6 +104,9 @@ class ScoredSet:
     skipped: int = 0
     # The raw terms of a model that combines several (``ScoreOutput.terms``), by name.
     terms: dict[str, np.ndarray] | None = None
+    # Each image's kind of anomaly where a set mixes several ("" for normal images): the synthetic
+    # validation's families.
+    groups: np.ndarray | None = None
 
 
 @contextlib.contextmanager
@@ -338,7 +341,8 @@ def pixel_metrics(model: nn.Module, image_set: ImageSet, options: ScoringOptions
         maps.append(scored.anomaly_maps[k].astype(np.float32))
     if not masks:
         return None
-    return {"pixel_auroc": pixel_auroc(np.stack(masks), np.stack(maps)), "pixel_images": len(masks)}
+    masks, maps = np.stack(masks), np.stack(maps)
+    return {"pixel_auroc": pixel_auroc(masks, maps), "aupro": aupro(masks, maps), "pixel_images": len(masks)}
 
 
 def split_pixel_metrics(model: nn.Module, splits: Splits, options: ScoringOptions) -> dict[str, dict]:

@@ -93,6 +93,44 @@ def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
     return auroc((np.asarray(masks) > 0).astype(np.int64).ravel(), np.asarray(maps).ravel())
 
 
+def aupro(masks: np.ndarray, maps: np.ndarray, max_fpr: float = 0.3, steps: int = 200) -> float:
+    """Area under the per-region overlap curve up to ``max_fpr`` (MVTec AD's AUPRO; Bergmann et
+    al., IJCV 2021), divided by ``max_fpr`` so that 1 is perfect.
+
+    Each connected region of a mask counts once whatever its size: at a threshold, its overlap is
+    the share of its pixels at or above it, and PRO is the mean overlap over regions. The
+    false-positive rate is the share of normal pixels (every image's) at or above it. The curve
+    is sampled at ``steps`` thresholds that spread the false-positive rate evenly over
+    [0, 1]. NaN without an anomalous pixel."""
+    from scipy import ndimage
+
+    masks, maps = np.asarray(masks) > 0, np.asarray(maps, dtype=np.float64)
+    regions: list[np.ndarray] = []
+    for mask, values in zip(masks, maps, strict=True):
+        labelled, count = ndimage.label(mask)
+        regions += [np.sort(values[labelled == k]) for k in range(1, count + 1)]
+    normal = np.sort(maps[~masks])
+    if not regions or not len(normal):
+        return math.nan
+    fprs = np.linspace(0.0, 1.0, steps)
+    # The threshold that flags a share ``fpr`` of the normal pixels (largest values first); tied
+    # normal values make some shares unreachable, so the curve is interpolated between the points
+    # reached, and ends at (1, 1) where everything is flagged.
+    index = np.clip(np.ceil((1.0 - fprs) * len(normal)).astype(np.int64), 0, len(normal) - 1)
+    thresholds = np.append(normal[index], [np.nextafter(normal[-1], np.inf), normal[0]])
+    achieved = 1.0 - np.searchsorted(normal, thresholds, side="left") / len(normal)
+    overlap = np.mean(
+        [1.0 - np.searchsorted(values, thresholds, side="left") / len(values) for values in regions], axis=0
+    )
+    order = np.lexsort((overlap, achieved))
+    achieved, overlap = achieved[order], overlap[order]
+    at_limit = np.interp(max_fpr, achieved, overlap)
+    keep = achieved < max_fpr
+    x = np.append(achieved[keep], max_fpr)
+    y = np.append(overlap[keep], at_limit)
+    return float(np.trapezoid(y, x) / max_fpr)
+
+
 def false_positive_rate(labels, scores, threshold: float) -> float:
     """The share of normal images (label 0) that the rule ``score >= threshold`` flags."""
     labels, scores = _as_arrays(labels, scores)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from .corruptions import check_corruption_settings
 from .errors import UserError
 from .models import (
     DEFAULT_MODEL,
@@ -114,6 +115,11 @@ class TrainConfig:
     ema_decay: float = 0.0
     augment_flip: bool = False  # mirror half of each training batch left-right (not in the paper)
     input_noise_std: float = 0.0
+    # Synthetic anomalies (specs/corruptions.py): this share of each training batch is corrupted
+    # with these families and G learns to restore the clean image, ||x - G(x~)||_1 (not in the
+    # paper; "": off, as the paper).
+    corruptions: str = ""
+    corruption_fraction: float = 0.5
     d_reinit_threshold: float = 1e-5
     seed: int = 0
     device: str = "auto"
@@ -133,6 +139,17 @@ class EvalConfig:
     selection_metric: str = "auto"
     threshold: str = "f1"
     threshold_quantile: float = 0.95
+    # eval.threshold=fpr: the (1 - target_fpr) quantile of the normal validation scores, the
+    # share of normal images a deployment expects to flag (independent of how many anomalies
+    # validation holds).
+    target_fpr: float = 0.05
+    # The synthetic validation (normal-only, improved scores): these families, which training
+    # never sees, each applied to its share of up to this many held-out normal validation images.
+    synthetic_family: str = "stain,shuffle"
+    synthetic_images: int = 512
+    # Also choose which score terms count on the synthetic validation (the labelled validation
+    # always chooses them). Off: every term counts, which measured better (docs/normal-only.md).
+    synthetic_choose_terms: bool = False
     # Also score the paper protocol's evaluation after every epoch (the whole evaluation pool in
     # official order, train-mode BatchNorm), so one training yields the honest and the paper figure.
     paper_each_epoch: bool = False
@@ -337,10 +354,15 @@ def validate(config: Config) -> None:
         raise UserError(f"train.input_noise_std={t.input_noise_std}: use 0 or a positive std")
     if not 0.0 <= e.score_lambda <= 1.0:
         raise UserError(f"eval.score_lambda={e.score_lambda}: lambda of Eq. 5 lies in [0, 1]")
-    if e.selection_metric not in ("auto", "auroc", "loss", "last"):
-        raise UserError(f"eval.selection_metric={e.selection_metric!r}: choose auto, auroc, loss or last")
-    if e.threshold not in ("f1", "quantile"):
-        raise UserError(f"eval.threshold={e.threshold!r}: choose f1 or quantile")
+    if e.selection_metric not in ("auto", "auroc", "synthetic", "loss", "last"):
+        raise UserError(
+            f"eval.selection_metric={e.selection_metric!r}: choose auto, auroc, synthetic, loss or last"
+        )
+    if e.threshold not in ("f1", "quantile", "fpr"):
+        raise UserError(f"eval.threshold={e.threshold!r}: choose f1, quantile or fpr")
+    if not 0.0 < e.target_fpr < 1.0:
+        raise UserError(f"eval.target_fpr={e.target_fpr}: a false-positive rate between 0 and 1, e.g. 0.05")
+    check_corruption_settings(config)
     if not 0.0 < e.threshold_quantile < 1.0:
         raise UserError(f"eval.threshold_quantile={e.threshold_quantile}: use a fraction between 0 and 1")
 

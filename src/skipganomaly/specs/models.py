@@ -159,6 +159,22 @@ SKIPGANOMALY = ModelSpec(
             **_dotted("train", {"ema_decay": 0.999, "w_rot": 1.0}),
             **_dotted("model", {"rotation_head": True, "score_terms": "reconstruction,latent,knn,rotation"}),
         },
+        # The improved recipe taught to restore (docs/accuracy.md): G reads images with
+        # synthetic anomalies and outputs the clean ones, a segmentation head on (x, G(x)) finds
+        # them, and the threshold is set for a false-positive rate.
+        "restoring": {
+            **_dotted("train", {"lr": 2e-4, "w_adv": 1.0, "w_con": 50.0, "w_lat": 1.0}),
+            **_dotted("train", {"ema_decay": 0.999, "w_rot": 1.0, "corruptions": "blend,cutpaste,intensity"}),
+            **_dotted(
+                "model",
+                {
+                    "rotation_head": True,
+                    "segmentation_head": True,
+                    "score_terms": "reconstruction,latent,knn,rotation,segmentation",
+                },
+            ),
+            "eval.threshold": "fpr",
+        },
     },
     loss_weights=("w_adv", "w_con", "w_lat", "w_rot"),
     feature_name="f(x), the last convolutional features of the discriminator (Eq. 3),",
@@ -176,6 +192,13 @@ SKIPGANOMALY = ModelSpec(
         ),
         ModelKey("knn_bank", int, 4096, "normal training images whose features the knn term compares with"),
         ModelKey("knn_k", int, 5, "neighbours averaged by the knn term"),
+        ModelKey(
+            "segmentation_head",
+            bool,
+            False,
+            "a light network on (x, G(x)) predicts the synthetic anomalies' masks (DRAEM's "
+            "discriminative half); its map is the segmentation score term and map",
+        ),
         ModelKey(
             "select_terms",
             bool,

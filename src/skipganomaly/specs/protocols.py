@@ -58,9 +58,11 @@ VAL_SPLIT = ProtocolSpec(
 NORMAL_ONLY = ProtocolSpec(
     name="normal-only",
     title="normal-only (honest)",
-    note="no labelled anomalies used for selection: epoch chosen on the mean score of held-out "
-    "normal training images (the latest epoch for the improved preset's standardised score, whose "
-    "normal mean is 0 by construction), threshold at a quantile of their scores",
+    note="no labelled anomalies used for selection: for a standardised score (the improved and "
+    "restoring presets) the epoch, the score's terms and the map are chosen on the synthetic "
+    "validation (held-out normal images against synthetic anomalies of families training never "
+    "sees); for the paper's score, the epoch with the lowest mean score of the held-out normal "
+    "images; threshold at a quantile of their scores (eval.threshold, eval.target_fpr)",
     f1_note="F1 at a quantile of normal validation scores",
     validation="normal hold-out",
 )

@@ -51,6 +51,11 @@ SCORE_TERM_SPECS: dict[str, ScoreTermSpec] = {
             "cross-entropy of D's rotation head over the four quarter turns of the image",
             requires=("rotation_head",),
         ),
+        ScoreTermSpec(
+            "segmentation",
+            "peak of the segmentation head's anomaly probability map on (x, G(x)), smoothed 3x3",
+            requires=("segmentation_head",),
+        ),
     )
 }
 SCORE_TERMS = tuple(SCORE_TERM_SPECS)

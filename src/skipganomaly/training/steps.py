@@ -55,11 +55,15 @@ def optimisation_step(
     device: torch.device,
     amp_dtype: torch.dtype | None,
     wrapped: dict[str, torch.nn.Module] | None = None,
+    corrupted: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> TrainingLosses:
     """One optimisation step of both networks on batch ``x``: the losses (under autocast), each
-    back-propagated into its own network's parameters only, then both optimisers step."""
+    back-propagated into its own network's parameters only, then both optimisers step.
+    ``corrupted``: the batch with synthetic anomalies and their masks, for a model that learns to
+    restore (``train.corruptions``); other models never receive it."""
+    extra = {} if corrupted is None else {"corrupted": corrupted}
     with autocast(device, amp_dtype):
-        losses = model.training_losses(x, weights, input_noise_std, **(wrapped or {}))
+        losses = model.training_losses(x, weights, input_noise_std, **(wrapped or {}), **extra)
     params = {name: [p for g in opt.param_groups for p in g["params"]] for name, opt in optimizers.items()}
     for opt in optimizers.values():
         opt.zero_grad(set_to_none=True)

@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.base import Splits
+from ..data.corruptions import corrupt
 from ..data.loading import (
     BadImageCounter,
     epoch_order,
@@ -47,6 +48,7 @@ from ..scoring.decisions import fit_normalization, selection_value
 from ..scoring.engine import ScoredSet
 from ..scoring.normalization import ScoreNormalization
 from ..specs.config import Config, dump_yaml
+from ..specs.corruptions import parse_corruptions
 from ..specs.errors import UserError
 from ..specs.protocols import PAPER
 from .checkpointing import restore_trainer, trainer_checkpoint
@@ -94,6 +96,7 @@ class Trainer:
             for name, params in self.model.parameter_groups().items()
         }
         self.weights = LossWeights(adversarial=t.w_adv, contextual=t.w_con, latent=t.w_lat, rotation=t.w_rot)
+        self.corruptions = parse_corruptions(t.corruptions)
         self.precision = training_precision(
             config, self.model, splits, self.device, self.weights, self.threads, self.context
         )
@@ -143,10 +146,13 @@ class Trainer:
 
     def train_step(self, x: torch.Tensor) -> dict[str, float]:
         """One optimisation step of both networks on batch ``x``; returns the loss terms (averaged
-        over the processes in multi-process runs)."""
+        over the processes in multi-process runs). With ``train.corruptions``, a share of the
+        batch is corrupted first (from the global stream, which resume restores)."""
+        t = self.config.train
+        corrupted = corrupt(x, self.corruptions, t.corruption_fraction) if self.corruptions else None
         losses = optimisation_step(
-            self.model, self.optimizers, x, self.weights, self.config.train.input_noise_std, self.device,
-            self.amp_dtype, self.wrapped,
+            self.model, self.optimizers, x, self.weights, t.input_noise_std, self.device,
+            self.amp_dtype, self.wrapped, corrupted,
         )  # fmt: skip
         if self.average is not None:
             self.average.update(self.model)
@@ -276,15 +282,18 @@ class Trainer:
         losses = self.train_epoch(epoch, runlog)
         val, test = self.score(calibrate=True)
         normalization = fit_normalization(val, cfg.eval)
-        selection = selection_value(val, cfg.eval.selection_metric, epoch=epoch + 1)
+        selection = selection_value(
+            val, cfg.eval.selection_metric, epoch=epoch + 1, synthetic=self.validation.synthetic_scores
+        )
         paper = None
         if cfg.eval.paper_each_epoch and self.splits.protocol != PAPER.name:
             paper = score_paper_protocol(self.scoring_model, self.splits, cfg, self.device, self.amp_dtype)
         seconds = time.perf_counter() - started
         self.elapsed += seconds
         record = epoch_record(
-            epoch + 1, lr, losses, val, test, selection, seconds, paper, self.score_terms_used
-        )
+            epoch + 1, lr, losses, val, test, selection, seconds, paper, self.score_terms_used,
+            self.validation.synthetic_record,
+        )  # fmt: skip
         improved = self.best is None or selection[1] > self.best.value
         if improved:
             self.best = Selection(epoch=epoch + 1, metric=selection[0], value=selection[1])

@@ -16,13 +16,23 @@ import torch
 from torch import nn
 
 from ..data.base import Splits
+from ..data.synthetic import SyntheticAnomalies, synthetic_anomalies
 from ..runtime import distributed
 from ..runtime.distributed import DistributedContext
 from ..runtime.threads import ThreadChooser
-from ..scoring.decisions import choose_terms, fit_term_statistics, selection_text, standardize_terms
-from ..scoring.engine import ScoredSet, ScoringOptions, feature_bank, score_splits
-from ..scoring.metrics import auroc
+from ..scoring.decisions import (
+    choose_map,
+    choose_terms,
+    fit_term_statistics,
+    selection_text,
+    standardize_terms,
+    synthetic_scored_set,
+    uses_synthetic_validation,
+)
+from ..scoring.engine import ScoredSet, ScoringOptions, feature_bank, score_set, score_splits
+from ..scoring.metrics import auroc, pixel_auroc
 from ..specs.config import Config
+from ..specs.corruptions import parse_corruptions
 
 
 class Validation:
@@ -46,6 +56,7 @@ class Validation:
         self.device = device
         self.context = context
         self.thread_chooser = thread_chooser
+        self._model = model
         self.bank_images = None
         bank = getattr(model, "feature_bank", None)
         if bank is not None:
@@ -53,6 +64,46 @@ class Validation:
                 len(splits.train), len(bank), replace=False
             )
             self.bank_images = splits.train.subset(np.sort(pick))
+        # The synthetic validation (data/synthetic.py): made on first use, scored every epoch.
+        self.uses_synthetic = uses_synthetic_validation(config.eval, splits.val.labels, model)
+        self.synthetic: SyntheticAnomalies | None = None
+        self.synthetic_scores: ScoredSet | None = None  # this epoch's: normal val + synthetic
+        self.synthetic_record: dict[str, Any] | None = None
+        self.last_val: ScoredSet | None = None
+
+    def _synthetic_anomalies(self, options: ScoringOptions) -> ScoredSet:
+        """This epoch's scores of the synthetic anomalies; with a segmentation head, first choose
+        the anomaly map (reconstruction error or the head's map) on their pixel AUROC."""
+        if self.synthetic is None:
+            normal = self.splits.val
+            if normal.labels is not None:
+                normal = normal.subset(np.flatnonzero(normal.labels == 0))
+            e = self.config.eval
+            self.synthetic = synthetic_anomalies(
+                normal, parse_corruptions(e.synthetic_family), e.synthetic_images, self.config.train.seed,
+                image_size=self.config.data.image_size, channels=self.splits.channels,
+                max_pixels=self.config.data.max_image_pixels,
+            )  # fmt: skip
+        model = self._model
+        maps = getattr(model, "segmentation", None) is not None
+        if maps:  # the head's map alone, and x_hat for the reconstruction error's
+            model.set_map_weights(torch.tensor([0.0, 1.0]))
+        scored = score_set(model, self.synthetic.images, options.replace(details=maps, batchnorm_train=False))
+        self.synthetic_record = {"families": list(self.synthetic.families), "images": len(scored.score)}
+        if maps:
+            images = self.synthetic.images.images[scored.indices].astype(np.float32) / 127.5 - 1.0
+            reconstructed = scored.reconstructed.astype(np.float32).transpose(0, 2, 3, 1)
+            masks = self.synthetic.masks[scored.indices]
+            local = masks.mean((1, 2)) < 0.5  # a whole-image anomaly has no pixel to localise
+            candidates = {
+                "reconstruction": pixel_auroc(masks[local], np.abs(images - reconstructed).mean(-1)[local]),
+                "segmentation": pixel_auroc(masks[local], scored.anomaly_maps.astype(np.float32)[local]),
+            }
+            chosen, weights = choose_map(candidates)
+            model.set_map_weights(torch.from_numpy(weights).float())
+            self.synthetic_record |= {"pixel_auroc": candidates, "map": chosen}
+            scored.anomaly_maps = scored.reconstructed = None  # not kept
+        return scored
 
     def score(
         self, model: nn.Module, amp_dtype: torch.dtype | None, calibrate: bool = False
@@ -75,19 +126,52 @@ class Validation:
             model.set_feature_bank(
                 feature_bank(model, self.bank_images, options.replace(batchnorm_train=False))
             )
+        anomalies = None
+        if calibrate and self.uses_synthetic:
+            self._model = model
+            anomalies = self._synthetic_anomalies(options)
         val, test = score_splits(model, self.splits, options, context=self.context)
+        synthetic = None
+        if anomalies is not None:
+            families = np.array([self.synthetic.images.ids[i].split(":")[1] for i in anomalies.indices])
+            synthetic = synthetic_scored_set(val, anomalies, families)
+        self.synthetic_scores, self.last_val = synthetic, val
         if not (calibrate and val.terms is not None):
+            self._record_synthetic(synthetic)
             return val, test, None
         mean, std = fit_term_statistics(val)
-        weights = choose_terms(val, mean, std) if model.select_terms else np.ones(len(mean))
+        # Which terms count: chosen on labelled validation; under the synthetic validation every
+        # term counts unless eval.synthetic_choose_terms (it favours the terms that see local
+        # damage, measured in docs/normal-only.md).
+        choose = model.select_terms and (synthetic is None or self.config.eval.synthetic_choose_terms)
+        weights = (
+            choose_terms(val if synthetic is None else synthetic, mean, std) if choose else np.ones(len(mean))
+        )
         model.set_term_statistics(
             torch.from_numpy(mean).float(),
             torch.from_numpy(std).float(),
             torch.from_numpy(weights).float(),
         )
-        for scored in {id(val): val, id(test): test}.values():
+        sets = [val, test] + ([synthetic] if synthetic is not None else [])
+        for scored in {id(s): s for s in sets}.values():
             scored.score = standardize_terms(scored, mean, std, weights)
+        self._record_synthetic(synthetic)
         return val, test, [name for name, w in zip(val.terms, weights, strict=True) if w]
+
+    def _record_synthetic(self, synthetic: ScoredSet | None) -> None:
+        if synthetic is None:
+            self.synthetic_record = None
+            return
+        normal = synthetic.labels == 0
+        by_family = {
+            name: auroc(
+                synthetic.labels[normal | (synthetic.groups == name)],
+                synthetic.score[normal | (synthetic.groups == name)],
+            )
+            for name in self.synthetic.families
+        }
+        # What the epoch is chosen on: the worst family's AUROC (scoring.decisions.worst_group_auroc).
+        self.synthetic_record |= {"auroc": min(by_family.values()), "by_family": by_family}
 
 
 def epoch_record(
@@ -100,6 +184,7 @@ def epoch_record(
     seconds: float,
     paper: dict[str, Any] | None = None,
     score_terms: list[str] | None = None,
+    synthetic: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One epoch's entry of the run's history (``metrics.json`` and the checkpoints keep it)."""
     normal = val.labels == 0
@@ -119,6 +204,8 @@ def epoch_record(
         record["paper"] = paper
     if score_terms is not None:
         record["score_terms"] = score_terms
+    if synthetic is not None:
+        record["synthetic_val"] = dict(synthetic)
     return record
 
 
@@ -134,6 +221,8 @@ def epoch_line(record: dict[str, Any], epochs: int, best: bool) -> str:
     val_text = selection_text(selection_name, value)
     if selection_name != "val.auroc" and not math.isnan(record["val"]["auroc"]):
         val_text += f"  val AUROC {record['val']['auroc']:.4f}"
+    if "synthetic_val" in record and "map" in record["synthetic_val"]:
+        val_text += f"  map {record['synthetic_val']['map']}"
     return (
         f"epoch {record['epoch']:>3}/{epochs}  g {losses['g']:.4f} ({terms})  d {losses['d']:.4f}  "
         f"{val_text}  test AUROC {record['test']['auroc']:.4f}"

@@ -1,0 +1,92 @@
+"""The synthetic anomalies (``train.corruptions``, ``eval.synthetic_family``): one
+:class:`CorruptionSpec` per family, and the rules that tie their settings together.
+
+A family is a way of damaging a normal image in a region, with the region's pixel mask: what a
+restoring generator learns to undo and a segmentation head learns to find (DRAEM, Zavrtanik et
+al., ICCV 2021; CutPaste, Li et al., CVPR 2021), and, for a family training never sees, the
+anomalies of the synthetic validation set that chooses the epoch, the score's terms and the map
+under the ``normal-only`` protocol. The computations are :mod:`skipganomaly.data.corruptions`
+(PyTorch), one function per spec. Adding a family is its spec here and its function there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class CorruptionSpec:
+    """One family of synthetic anomalies: its name and what it does, in one line."""
+
+    name: str
+    title: str
+
+
+CORRUPTION_SPECS: dict[str, CorruptionSpec] = {
+    spec.name: spec
+    for spec in (
+        CorruptionSpec(
+            "blend",
+            "a smooth random-noise (Perlin-like) blob filled with another image of the batch, "
+            "blended at a random opacity (DRAEM)",
+        ),
+        CorruptionSpec(
+            "cutpaste",
+            "a rectangle or a thin scar cut from the image itself and pasted elsewhere (CutPaste)",
+        ),
+        CorruptionSpec(
+            "intensity",
+            "a smooth blob whose brightness and contrast are changed, or which is blurred",
+        ),
+        CorruptionSpec(
+            "stain",
+            "a smooth blob painted with one random colour and fine noise: a stain or a hole",
+        ),
+        CorruptionSpec(
+            "shuffle",
+            "the image's four quadrants swapped around: every local patch is normal, the whole is "
+            "not (an anomaly of layout, not of texture)",
+        ),
+    )
+}
+CORRUPTIONS = tuple(CORRUPTION_SPECS)
+
+
+def parse_corruptions(text: str, key: str = "train.corruptions") -> tuple[str, ...]:
+    """``"blend,cutpaste"`` -> ("blend", "cutpaste"); "" -> () (no synthetic anomalies)."""
+    names = tuple(name.strip() for name in str(text).split(",") if name.strip())
+    unknown = [name for name in names if name not in CORRUPTIONS]
+    if unknown:
+        raise UserError(f"{key}: {unknown[0]!r} is unknown; choose from {', '.join(CORRUPTIONS)}")
+    if len(set(names)) != len(names):
+        raise UserError(f"{key}={text!r} names a family twice")
+    return names
+
+
+def check_corruption_settings(config) -> None:
+    """The rules between ``train.corruptions``, ``model.segmentation_head`` and the synthetic
+    validation's family, on a resolved configuration; raises a one-line UserError."""
+    train, model, evaluation = config.train, config.model, config.eval
+    families = parse_corruptions(train.corruptions)
+    held_out = parse_corruptions(evaluation.synthetic_family, "eval.synthetic_family")
+    if not held_out:
+        raise UserError("eval.synthetic_family is empty: name one family or more, e.g. stain,shuffle")
+    for name in held_out:
+        if name in families:
+            raise UserError(
+                f"eval.synthetic_family: {name!r} is also in train.corruptions; the synthetic "
+                "validation needs families training never sees, so pick another"
+            )
+    if not 0.0 < train.corruption_fraction <= 1.0:
+        raise UserError(f"train.corruption_fraction={train.corruption_fraction}: a fraction in (0, 1]")
+    if evaluation.synthetic_images < 8:
+        raise UserError(f"eval.synthetic_images={evaluation.synthetic_images}: use at least 8")
+    if getattr(model, "segmentation_head", False) and not families:
+        raise UserError(
+            "model.segmentation_head=true learns from synthetic anomalies: set train.corruptions "
+            f"(for example {','.join(CORRUPTIONS[:3])})"
+        )
+    if families and model.name != "skipganomaly":
+        raise UserError(f"train.corruptions: model {model.name!r} does not train on corrupted images")
