@@ -412,3 +412,42 @@ def test_out_of_domain_flags_colour_and_shape_but_not_normal_images(digits_onnx,
     flagged = detector.score([colour, wide], with_maps=False)
     assert "colour" in flagged[0].domain_reason and flagged[0].out_of_domain
     assert "aspect" in flagged[1].domain_reason and flagged[1].out_of_domain
+
+
+def test_predict_scores_with_a_bare_onnx_file_and_no_torch(digits_onnx, digits_run, tmp_path):
+    """``predict MODEL.onnx PATH``: no run folder, and PyTorch made unimportable: the CSV has the
+    detector's scores and the out-of-domain columns."""
+    images, _ = split_images(digits_run)
+    paths = write_pngs(tmp_path / "images", images[:2], "x")
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "torch.py").write_text("raise ImportError('torch is blocked in this test')\n")
+    env = {**__import__("os").environ}
+    env["PYTHONPATH"] = f"{blocker}:{env.get('PYTHONPATH', '')}"
+    output = tmp_path / "scores.csv"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "skipganomaly",
+            "predict",
+            str(digits_onnx),
+            str(tmp_path / "images"),
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = output.read_text().splitlines()
+    assert rows[0].endswith("out_of_domain,domain_reason") and len(rows) == 3
+    expected = {
+        str(p): r.score for p, r in zip(paths, Detector.from_onnx(digits_onnx).score(paths), strict=True)
+    }
+    for line in rows[1:]:
+        path, score = line.split(",")[:2]
+        assert float(score) == pytest.approx(expected[path], abs=1e-5)
+        assert line.split(",")[7] == "0"

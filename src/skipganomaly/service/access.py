@@ -31,6 +31,23 @@ class AccessLog:
         request_id = sent if _CLIENT_ID.match(sent) else uuid.uuid4().hex[:16]
         state = scope.setdefault("state", {})
         status = 500
+        logged = False
+
+        def log() -> None:
+            nonlocal logged
+            if logged:
+                return
+            logged = True
+            images = state.get("images")
+            logger.info(
+                "id=%s %s %s status=%d latency_ms=%.1f%s",
+                request_id,
+                scope.get("method", "?"),
+                scope.get("path", "?"),
+                status,
+                (time.perf_counter() - t0) * 1000,
+                "" if images is None else f" images={images} image_errors={state.get('image_errors', 0)}",
+            )
 
         async def send_with_id(message):
             nonlocal status
@@ -40,19 +57,11 @@ class AccessLog:
                     **message,
                     "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())],
                 }
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                log()  # before the last bytes go out: the line is there when the client has its answer
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            images = state.get("images")
-            errors = state.get("image_errors", 0)
-            logger.info(
-                "id=%s %s %s status=%d latency_ms=%.1f%s",
-                request_id,
-                scope.get("method", "?"),
-                scope.get("path", "?"),
-                status,
-                (time.perf_counter() - t0) * 1000,
-                "" if images is None else f" images={images} image_errors={errors}",
-            )
+            log()
