@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install skipganomaly with its test tools. PyTorch comes first, pinned to the
+# Create .venv and install skipganomaly with its training dependencies ([train], inside [dev]) and
+# its test tools. PyTorch comes first, pinned to the
 # CPU build this project is tested with (TORCH_SPEC overrides it, e.g. TORCH_SPEC="torch" for the
 # newest release from PyPI, or a CUDA build from pytorch.org).
 set -euo pipefail

@@ -121,9 +121,8 @@ def test_the_inference_rewrites_compute_the_same_function(size):
             assert counts["small_map_matmul" if options.get("small_maps") else "sub_pixel_conv_transpose"] > 0
             assert not any(isinstance(m, nn.BatchNorm2d) for m in rewritten.modules())
             got = ScoringGraph(rewritten, 0.9, normalization, fields)(images)
-            for name, a, b in zip(
-                ["score", "is_anomalous", "raw_score", *fields], expected, got, strict=True
-            ):
+            names = ScoringGraph(model, 0.9, normalization, fields).output_names
+            for name, a, b in zip(names, expected, got, strict=True):
                 if a.dtype == torch.bool:
                     assert torch.equal(a, b), name
                 else:
@@ -213,7 +212,10 @@ def test_export_and_predict_with_the_onnx_engine_from_the_command_line(digits_ru
         done = run_cli("predict", "--run", digits_run, folder, "--output", csv_file, "--engine", engine)
         assert done.returncode == 0, done.stderr
         lines = csv_file.read_text().splitlines()
-        assert lines[0] == "path,score,is_anomalous,raw_score,reconstruction,latent,heatmap"
+        assert (
+            lines[0]
+            == "path,score,is_anomalous,raw_score,reconstruction,latent,heatmap,out_of_domain,domain_reason"
+        )
         rows[engine] = [line.split(",") for line in lines[1:]]
     assert [r[0] for r in rows["torch"]] == [r[0] for r in rows["onnx"]] and len(rows["onnx"]) == 12
     assert [r[2] for r in rows["torch"]] == [r[2] for r in rows["onnx"]]
@@ -295,3 +297,157 @@ def test_the_improved_score_exports():
     result = export_checkpoint(checkpoint)  # raises unless ONNX Runtime agrees with PyTorch within 1e-4
     assert result.max_relative_difference <= 1e-4
     assert result.metadata["model"]["args"]["score_terms"] == terms
+
+
+def _documented_outputs() -> set[str]:
+    """The output names docs/deployment.md's table of outputs lists (rows starting `` `name` ``)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "deployment.md").read_text()
+    start = text.index("<!-- outputs -->")
+    table = text[start : text.index("<!-- /outputs -->")]
+    return {line.split("`")[1] for line in table.splitlines() if line.startswith("| `")}
+
+
+def test_every_output_of_an_export_is_named_and_documented(digits_onnx):
+    """The graph's outputs are exactly the metadata's, each described there and in the docs' table
+    (a term's map by its pattern); none carries an exporter's name; the parts are terms only."""
+    import onnxruntime as ort
+
+    from skipganomaly.deploy.contract import describe_output
+
+    exported = read_exported(digits_onnx)
+    session = ort.InferenceSession(exported.model_bytes, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    assert names == [o["name"] for o in exported.metadata["outputs"]]
+    documented = _documented_outputs()
+    for output in exported.metadata["outputs"]:
+        assert output["description"] and output["description"] == describe_output(output["name"])
+        pattern = (
+            "<term>_map" if output["name"].endswith("_map") and output["name"] != "anomaly_map" else None
+        )
+        assert output["name"] in documented or pattern in documented, output["name"]
+    assert not [n for n in names if "::" in n or n == "terms"], names
+    terms = exported.metadata["score_terms"]
+    assert [t["name"] for t in terms] == ["reconstruction", "latent"] and terms[0]["map"] == "anomaly_map"
+    assert exported.metadata["export_check"]["source"] == "the run's validation images"
+    assert exported.metadata["export_check"]["verdicts_differing"] == 0
+    assert exported.metadata["export_check"]["max_score_difference"] <= 1e-4
+
+
+def test_the_improved_scores_outputs_are_its_terms_by_name():
+    """A model summing knn and rotation exports those two terms under their names, nothing else."""
+    from skipganomaly.deploy.contract import describe_output, output_names
+
+    names = output_names(("reconstruction", "knn", "rotation"), ("knn",))
+    assert names == [
+        "score",
+        "is_anomalous",
+        "raw_score",
+        "reconstruction",
+        "latent",
+        "knn",
+        "rotation",
+        "anomaly_map",
+        "reconstructed",
+        "knn_map",
+    ]
+    assert all(describe_output(n) for n in names) and describe_output("onnx::Sub_1") is None
+
+
+def test_the_knn_distance_is_stable_in_float32_features():
+    """Features far from the origin (a large common offset): the distance written as a difference
+    of squares in float32 is off by ~1e-2 here; the centred float64 form matches the exact one."""
+    from skipganomaly.models.score_terms import nearest_neighbour_distance
+
+    generator = torch.Generator().manual_seed(0)
+    bank = 300.0 + torch.randn(200, 64, generator=generator)
+    features = 300.0 + torch.randn(6, 64, generator=generator)
+    exact = torch.cdist(features.double(), bank.double()).topk(3, dim=1, largest=False).values.mean(1)
+    naive = (
+        ((features**2).sum(1, keepdim=True) + (bank**2).sum(1) - 2 * features @ bank.T)
+        .clamp_min(0)
+        .sqrt()
+        .topk(3, dim=1, largest=False)
+        .values.mean(1)
+    )
+    got = nearest_neighbour_distance(features, bank, 3)
+    assert float((naive.double() - exact).abs().max()) > 1e-3  # the problem is real here
+    assert float((got.double() - exact).abs().max() / exact.abs().max()) < 1e-6
+
+
+def test_a_bad_image_in_a_list_is_its_own_error(digits_onnx, digits_run, tmp_path):
+    """Detector.score: a truncated file, a missing file and an unusable array among good images
+    come back as those images' errors; the good ones are scored as when scored alone."""
+    images, _ = split_images(digits_run)
+    good = write_pngs(tmp_path, images[:3], "good")
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(good[0].read_bytes()[:40])
+    detector = Detector.from_onnx(digits_onnx, threads=1)
+    results = detector.score(
+        [good[0], cut, images[1], tmp_path / "missing.png", np.zeros((4, 4, 7)), good[2]]
+    )
+    assert [bool(r.error) for r in results] == [False, True, False, True, True, False]
+    assert "cut.png" in results[1].error and "missing.png" in results[3].error
+    assert np.isnan(results[1].score) and not results[1].is_anomalous
+    alone = detector.score(good[2])[0]
+    assert results[5].score == pytest.approx(alone.score, abs=1e-6)
+    assert results[0].shares and sum(results[0].shares.values()) == pytest.approx(1.0)
+    with pytest.raises(UserError, match="cut.png"):
+        detector.score(cut)  # one image alone: its error is the call's
+    with pytest.raises(UserError, match="batch_size"):
+        detector.score([good[0]], batch_size=0)
+
+
+def test_out_of_domain_flags_colour_and_shape_but_not_normal_images(digits_onnx, digits_run):
+    """Grey digits: normal test images are in domain; a colour image or a wide one is flagged, and
+    the flag changes neither score nor verdict."""
+    images, labels = split_images(digits_run)
+    detector = Detector.from_onnx(digits_onnx, threads=1)
+    normal = detector.score([images[i] for i in np.flatnonzero(labels == 0)[:40]], with_maps=False)
+    assert sum(p.out_of_domain for p in normal) <= 1
+    colour = np.repeat(images[0], 3, axis=2).copy()
+    colour[:, :, 0] = 255 - colour[:, :, 0]
+    wide = np.repeat(images[0], 3, axis=1)
+    flagged = detector.score([colour, wide], with_maps=False)
+    assert "colour" in flagged[0].domain_reason and flagged[0].out_of_domain
+    assert "aspect" in flagged[1].domain_reason and flagged[1].out_of_domain
+
+
+def test_predict_scores_with_a_bare_onnx_file_and_no_torch(digits_onnx, digits_run, tmp_path):
+    """``predict MODEL.onnx PATH``: no run folder, and PyTorch made unimportable: the CSV has the
+    detector's scores and the out-of-domain columns."""
+    images, _ = split_images(digits_run)
+    paths = write_pngs(tmp_path / "images", images[:2], "x")
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "torch.py").write_text("raise ImportError('torch is blocked in this test')\n")
+    env = {**__import__("os").environ}
+    env["PYTHONPATH"] = f"{blocker}:{env.get('PYTHONPATH', '')}"
+    output = tmp_path / "scores.csv"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "skipganomaly",
+            "predict",
+            str(digits_onnx),
+            str(tmp_path / "images"),
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = output.read_text().splitlines()
+    assert rows[0].endswith("out_of_domain,domain_reason") and len(rows) == 3
+    expected = {
+        str(p): r.score for p, r in zip(paths, Detector.from_onnx(digits_onnx).score(paths), strict=True)
+    }
+    for line in rows[1:]:
+        path, score = line.split(",")[:2]
+        assert float(score) == pytest.approx(expected[path], abs=1e-5)
+        assert line.split(",")[7] == "0"

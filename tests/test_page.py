@@ -103,6 +103,18 @@ def test_the_page_scores_a_normal_and_an_abnormal_image(browser, digits_run, dig
                 assert loaded == 16, picture.get_attribute("class")
             heat = row.find_element(By.CSS_SELECTOR, ".overlay img.heat")
             assert heat.size["width"] > 40 and float(heat.value_of_css_property("opacity")) > 0
+            # The score's terms by name with their shares (as /v1/model declares them), the leading
+            # one bold, and the heatmap says whose map it is.
+            terms = row.find_elements(By.CSS_SELECTOR, "ul.terms li")
+            names = [t.find_element(By.CSS_SELECTOR, ".term-name").text for t in terms]
+            assert names == ["reconstruction", "latent"], names
+            shares = [int(t.find_element(By.CSS_SELECTOR, ".term-value").text.split("%")[0]) for t in terms]
+            assert 98 <= sum(shares) <= 102 and max(shares) > 0, shares
+            leading = row.find_element(By.CSS_SELECTOR, "ul.terms li.leading .term-name").text
+            assert row.find_element(By.CSS_SELECTOR, ".map-term").text == "map of reconstruction"
+            assert leading in names
+        browser.save_screenshot(str(tmp_path / "page.png"))
+        assert (tmp_path / "page.png").stat().st_size > 1000
         # Clicking the score column sorts the other way.
         browser.find_element(By.CSS_SELECTOR, "th[data-sort=score]").click()
         first = browser.find_element(By.CSS_SELECTOR, "#rows tr td.file").text

@@ -54,7 +54,7 @@ def request(url: str, body: bytes | None = None, content_type: str | None = None
             status, raw, got = response.status, response.read(), response.headers
     except urllib.error.HTTPError as error:
         status, raw, got = error.code, error.read(), error.headers
-    text = raw.decode("utf-8")
+    text = raw.decode("utf-8", errors="replace")  # binary answers (the icon) as text, for status checks
     return (
         status,
         (json.loads(text) if got.get("content-type", "").startswith("application/json") else text),
@@ -192,7 +192,15 @@ def test_model_openapi_docs_and_page_come_from_the_service_alone(service, detect
     assert model["limits"]["max_images"] == 8
     status, spec, _ = request(f"{service}/openapi.json")
     assert status == 200 and spec["openapi"].startswith("3.")
-    assert set(spec["paths"]) == {"/v1/score", "/v1/model", "/healthz", "/openapi.json", "/docs", "/"}
+    assert set(spec["paths"]) == {
+        "/v1/score",
+        "/v1/model",
+        "/healthz",
+        "/openapi.json",
+        "/docs",
+        "/",
+        "/favicon.ico",
+    }
     for path, methods in spec["paths"].items():
         for method in methods:
             if path != "/v1/score":
@@ -308,3 +316,35 @@ def test_serve_from_the_command_line_binds_to_loopback_by_default(digits_onnx):
         timeout=120,
     )
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "missing.onnx" in bad.stderr
+
+
+def test_one_truncated_image_of_eight_is_its_own_error_and_logged(service, detector, digits_run, caplog):
+    """8 images, one truncated: 7 scores equal to the detector's and 1 error on that item; the access
+    log has the request's id, status, latency and image count (and no image data)."""
+    import logging
+
+    images = split_images(digits_run)[0][:8]
+    files = [("images", f"{i}.png", png_bytes(image)) for i, image in enumerate(images)]
+    files[5] = ("images", "cut.png", files[5][2][: len(files[5][2]) // 2])
+    with caplog.at_level(logging.INFO, logger="skipganomaly.access"):
+        status, body, headers = score(service, files)
+    assert status == 200, body
+    results = body["results"]
+    assert [("error" in r) for r in results] == [i == 5 for i in range(8)]
+    assert set(results[5]) == {"filename", "error"} and "cut.png" in results[5]["error"]
+    expected = detector.score([images[i] for i in range(8) if i != 5], with_maps=False)
+    got = [r["score"] for r in results if "score" in r]
+    assert got == pytest.approx([p.score for p in expected], abs=1e-6)
+    assert all(set(r["shares"]) == {"reconstruction", "latent"} for r in results if "score" in r)
+    request_id = headers["x-request-id"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "skipganomaly.access"]
+    line = next(line for line in lines if request_id in line)
+    assert "POST /v1/score status=200" in line and "images=8 image_errors=1" in line and "latency_ms=" in line
+    assert "cut.png" not in line
+
+
+def test_favicon_and_the_docs_example_use_this_service(service):
+    with urllib.request.urlopen(f"{service}/favicon.ico", timeout=30) as response:
+        assert response.status == 200 and response.read(8) == b"\x89PNG\r\n\x1a\n"
+    status, page, _ = request(f"{service}/docs")
+    assert status == 200 and f"{service}/v1/score" in page

@@ -28,6 +28,9 @@ VERBS = (train, test, predict, export, serve, reproduce, benchmark, configs)
 COMMANDS = {verb.NAME: verb.run for verb in VERBS}
 
 
+_TRAINING_MODULES = ("torch", "sklearn", "tqdm", "onnx")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="skipganomaly",
@@ -57,6 +60,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
+    except ModuleNotFoundError as exc:
+        # The scoring-only install has no PyTorch: the verbs that train or export need it.
+        if debug or exc.name not in _TRAINING_MODULES:
+            raise
+        print(
+            f"error: this command needs {exc.name} (not in the scoring-only install); "
+            "pip install 'skipganomaly[train]' (CPU-only PyTorch: see docs/deployment.md)",
+            file=sys.stderr,
+        )
+        return 2
     except (OSError, RuntimeError) as exc:
         # A write that failed where no caller named the file (a full disk, a read-only file
         # system): still one line. Anything else is a bug and keeps its traceback.

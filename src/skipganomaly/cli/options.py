@@ -132,11 +132,11 @@ def add_run_settings(parser: argparse.ArgumentParser, defaults: dict[str, str], 
         group.add_argument(flag.name, help=flag.help + (f" ({extra})" if extra else ""), **flag.options)
 
 
-def add_trained_run(parser: argparse.ArgumentParser) -> None:
+def add_trained_run(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """The flags of the verbs that use a trained run (``test``, ``predict``): which run, which of
     its checkpoints, which device."""
     parser.add_argument(
-        "--run", required=True, metavar="RUN_DIR", help="the --output folder of a training run"
+        "--run", required=required, metavar="RUN_DIR", help="the --output folder of a training run"
     )
     parser.add_argument(
         "--checkpoint", default="best", choices=["best", "last"], help="which checkpoint (default best)"

@@ -17,8 +17,10 @@ def add_parser(verbs) -> None:
         NAME,
         help="score image files and folders",
         description=(
-            "Score images with a trained run and write a CSV with columns path, score, is_anomalous "
-            "(and raw_score, reconstruction, latent, heatmap). Scores use the normalisation and "
+            "Score images with a trained run (--run RUN_DIR), or with an exported model alone "
+            "(predict MODEL.onnx PATH...: ONNX Runtime, no PyTorch needed), and write a CSV with columns "
+            "path, score, is_anomalous (and raw_score, reconstruction, latent, heatmap, out_of_domain, "
+            "domain_reason). Scores use the normalisation and "
             "threshold fixed at training time, so a file's score does not depend on the others. Rows "
             "appear in FILE.csv.partial as images are scored; it replaces FILE.csv when all are scored, "
             "so a run that fails leaves a previous FILE.csv as it was. Images skipped with "
@@ -26,9 +28,12 @@ def add_parser(verbs) -> None:
         ),
     )
     predict.add_argument(
-        "paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)"
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="image files or folders (searched recursively); without --run, the first is the exported MODEL.onnx",
     )
-    add_trained_run(predict)
+    add_trained_run(predict, required=False)
     predict.add_argument(
         "--output",
         default="predictions.csv",
@@ -66,7 +71,7 @@ def add_parser(verbs) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..deploy.predict import Predictor, predict_to_csv, skipped_list_path
+    from ..deploy.predict_csv import predict_to_csv, skipped_list_path
     from ..runtime.files import WriteError, check_output_file, check_output_folder, partial_path
 
     if args.batch_size < 1:
@@ -79,13 +84,26 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(output, "--output", "predictions.csv")
     if heatmaps is not None:
         check_output_folder(heatmaps, "--heatmaps")
-    if args.engine == "onnx":
+    if args.run is None:
+        from ..deploy.detector import Detector
+
+        model, *paths = args.paths
+        if not model.lower().endswith(".onnx") or not paths:
+            raise UserError(
+                "name the model: predict --run RUN_DIR PATH..., or predict MODEL.onnx PATH... "
+                "(an export written by 'skipganomaly export')"
+            )
+        args.paths = paths
+        predictor = Detector.from_onnx(model, max_image_pixels=args.max_image_pixels)
+    elif args.engine == "onnx":
         from ..deploy.detector import Detector
 
         predictor = Detector.from_run(
             args.run, args.checkpoint, engine="onnx", max_image_pixels=args.max_image_pixels
         )
     else:
+        from ..deploy.predict import Predictor
+
         predictor = Predictor.from_run(args.run, args.checkpoint, args.device, args.max_image_pixels)
     previous = output.exists()
     try:

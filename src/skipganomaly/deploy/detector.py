@@ -34,16 +34,17 @@ from ..data.images import (
     BadImageError,
     Preprocessing,
     collect_image_paths,
-    load_image_and_size,
     open_image,
 )
 from ..formats.onnx_file import ExportedModel, read_exported
+from ..scoring.domain import DomainStats, SourceFacts, source_facts
 from ..scoring.normalization import ScoreNormalization
 from ..specs.errors import UserError
+from .contract import is_term_output, leading_term, paper_composition, term_shares
 from .prediction import Prediction
 
-# Outputs of the exported graph that are per-image score terms ("raw parts"), besides these:
-_NOT_PARTS = ("score", "is_anomalous", "raw_score", "anomaly_map", "reconstructed")
+# What goes wrong with one image of many: it becomes that image's error (Prediction.error).
+IMAGE_ERRORS = (UserError, OSError, ValueError)
 
 
 # The exported model's normalisation (its metadata) is the checkpoint's, read into the same class;
@@ -133,6 +134,15 @@ class TorchEngine:
 
         self.predictor = Predictor.from_run(run_dir, which, device)
 
+    def composition(self) -> list[dict[str, Any]]:
+        """How the model's score is made of its terms (:mod:`.contract`), as an export declares it."""
+        from .export import score_composition
+
+        p = self.predictor
+        return score_composition(
+            p.model, p._scoring_options(1, False, 0, False).score_lambda, {"anomaly_map"}
+        )
+
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         from ..data.base import ImageSet
 
@@ -149,6 +159,19 @@ class TorchEngine:
             "anomaly_map": scored.anomaly_maps.astype(np.float32),
             "reconstructed": scored.reconstructed.astype(np.float32),
         }
+
+
+def _name(item: Any) -> str:
+    return str(item) if isinstance(item, (str, os.PathLike)) else ""
+
+
+def _item_error(item: Any, position: int, exc: BaseException) -> str:
+    """One line: why the image at ``position`` of a call could not be scored."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, UserError):
+        return message
+    what = str(item) if isinstance(item, (str, os.PathLike)) else f"image {position}"
+    return f"{what} cannot be decoded ({message[:200]}); it may be truncated or corrupt"
 
 
 def _available_cores() -> int:
@@ -171,6 +194,12 @@ class Detector:
         self.preprocessing = Preprocessing(self.image_size, self.channels)
         self.normalization = ScoreNormalization.from_dict(info["normalization"])
         self.threshold = self.normalization.threshold
+        # How the score is made of its terms (deploy.contract); an export written before the
+        # composition was declared scored with Eq. 5.
+        self.terms = info.get("score_terms") or paper_composition(float(info.get("score_lambda", 0.9)))
+        self.info["score_terms"] = self.terms
+        # The training images' domain, when the export carries it: the out-of-domain warning.
+        self.domain = DomainStats.from_dict(info["domain"]) if info.get("domain") else None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -229,29 +258,47 @@ class Detector:
                 "protocol": checkpoint.protocol,
                 "checkpoint": {"which": which, "epoch": checkpoint.epoch},
                 "engine": f"torch ({torch_engine.predictor.device})",
+                "score_terms": torch_engine.composition(),
             }
             return cls(torch_engine, info, max_image_pixels or checkpoint.config.data.max_image_pixels)
         raise UserError(f"engine {engine!r}: choose onnx or torch")
 
     # ------------------------------------------------------------------ preparing images
-    def prepare(self, image: Any) -> np.ndarray:
-        """One image (PIL, numpy array or file path) as the (size, size, channels) uint8 array the
-        model scores."""
+    def _source(self, image: Any) -> tuple[Image.Image, str, tuple[int, int] | None]:
+        """One image (PIL, numpy array or file path) as a PIL image, its name and its file size."""
         if isinstance(image, Image.Image):
-            return self.preprocessing.prepare(image)
+            return image, "", None
         if isinstance(image, np.ndarray):
-            return self.preprocessing.prepare(_pil_from_array(image))
+            return _pil_from_array(image), "", None
         if isinstance(image, (str, os.PathLike)):
-            return self.preprocessing.prepare(open_image(image))
+            opened = open_image(image, self.max_image_pixels)
+            return opened, str(image), opened.size
         raise UserError(
             f"cannot score a {type(image).__name__}; pass PIL images, numpy arrays or image file paths"
         )
 
+    def load(self, image: Any) -> tuple[np.ndarray, tuple[int, int] | None, SourceFacts]:
+        """One image as the (size, size, channels) uint8 array the model scores, the file's own
+        (width, height) (None for an image not read from a file) and its source's facts (for the
+        out-of-domain check). Raises a UserError (or the decoder's OSError) for a bad image."""
+        source, _, size = self._source(image)
+        return self.preprocessing.prepare(source), size, source_facts(source)
+
+    def prepare(self, image: Any) -> np.ndarray:
+        """One image (PIL, numpy array or file path) as the (size, size, channels) uint8 array the
+        model scores."""
+        return self.load(image)[0]
+
     # ------------------------------------------------------------------ scoring
     def score_prepared(
-        self, images: np.ndarray, with_maps: bool = True, paths: Sequence[str] | None = None
+        self,
+        images: np.ndarray,
+        with_maps: bool = True,
+        paths: Sequence[str] | None = None,
+        facts: Sequence[SourceFacts | None] | None = None,
     ) -> list[Prediction]:
-        """Score prepared uint8 (N, size, size, channels) images in one batch."""
+        """Score prepared uint8 (N, size, size, channels) images in one batch; ``facts``: each
+        image's source facts, for the out-of-domain check (None: not checked)."""
         if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, self.channels):
             raise UserError(
                 f"prepared images must be (N, {self.image_size}, {self.image_size}, {self.channels}) uint8; "
@@ -260,7 +307,9 @@ class Detector:
         if len(images) == 0:
             return []
         out = self.engine.run(images)
-        parts_names = [name for name in out if name not in _NOT_PARTS]
+        # Only the documented outputs become parts: each term of the score by its name.
+        parts_names = [name for name in out if is_term_output(name)]
+        map_outputs = {t["name"]: t["map"] for t in self.terms if t.get("map") and t["map"] in out}
         results = []
         for k in range(len(images)):
             parts = {name: float(out[name][k]) for name in parts_names}
@@ -272,18 +321,37 @@ class Detector:
                 reconstruction=parts.get("reconstruction", float("nan")),
                 latent=parts.get("latent", float("nan")),
                 parts=parts,
+                shares=term_shares(parts, self.terms),
             )
             if with_maps:
                 prediction.anomaly_map = np.asarray(out["anomaly_map"][k], dtype=np.float32)
                 prediction.reconstructed = to_uint8_image(out["reconstructed"][k])
+                prediction.term_maps = {
+                    term: np.asarray(out[name][k], dtype=np.float32) for term, name in map_outputs.items()
+                }
+            if self.domain is not None and facts is not None and facts[k] is not None:
+                prediction.domain_reason = self.domain.check(images[k], facts[k])
+                prediction.out_of_domain = bool(prediction.domain_reason)
             results.append(prediction)
         return results
+
+    def leading_term(self, prediction: Prediction) -> str | None:
+        """The term with the largest share of this prediction's score (the one that scores)."""
+        return leading_term(prediction.shares, self.terms)
 
     def score(self, images: Any, with_maps: bool = True, batch_size: int = 64) -> list[Prediction]:
         """Score one image or a list of images (PIL images, numpy arrays, file paths; a folder
         path stands for every image file below it). Returns one :class:`Prediction` per image,
-        in order."""
-        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        in order.
+
+        Of a list, an image that cannot be read or prepared (undecodable, truncated, too large, an
+        array of the wrong kind) comes back as a :class:`Prediction` whose ``error`` says why, and
+        the others are scored; a single image (not in a list) that cannot be scored raises its
+        UserError, as does a bad argument of the call itself."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"batch_size={batch_size!r}: use a positive whole number")
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
         expanded: list[Any] = []
         for item in items:
             if isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
@@ -291,23 +359,36 @@ class Detector:
             else:
                 expanded.append(item)
         results: list[Prediction] = []
-        for start in range(0, len(expanded), max(1, batch_size)):
+        for start in range(0, len(expanded), batch_size):
             chunk = expanded[start : start + batch_size]
-            prepared, names, sizes = [], [], []
-            for item in chunk:
-                if isinstance(item, (str, os.PathLike)):
-                    array, size = load_image_and_size(item, self.image_size, self.channels)
-                    prepared.append(array)
-                    names.append(str(item))
-                    sizes.append(size)
-                else:
-                    prepared.append(self.prepare(item))
-                    names.append("")
-                    sizes.append(None)
-            batch = self.score_prepared(np.stack(prepared), with_maps, names)
-            for prediction, size in zip(batch, sizes, strict=True):
-                prediction.size = size
-            results.extend(batch)
+            loaded: list[tuple[np.ndarray, tuple[int, int] | None, SourceFacts] | str] = []
+            for position, item in enumerate(chunk, start):
+                try:
+                    loaded.append(self.load(item))
+                except IMAGE_ERRORS as exc:
+                    if single and not isinstance(exc, UserError):
+                        raise UserError(_item_error(item, position, exc)) from None
+                    if single:
+                        raise
+                    loaded.append(_item_error(item, position, exc))
+            good = [(item, got) for item, got in zip(chunk, loaded, strict=True) if not isinstance(got, str)]
+            batch = iter(
+                self.score_prepared(
+                    np.stack([array for _, (array, _, _) in good]),
+                    with_maps,
+                    [_name(item) for item, _ in good],
+                    [facts for _, (_, _, facts) in good],
+                )
+                if good
+                else []
+            )
+            for item, got in zip(chunk, loaded, strict=True):
+                if isinstance(got, str):
+                    results.append(Prediction.failed(_name(item), got))
+                    continue
+                prediction = next(batch)
+                prediction.size = got[1]
+                results.append(prediction)
         return results
 
     def score_paths(
@@ -330,7 +411,7 @@ class Detector:
 
         def load(path: str):
             try:
-                return load_image_and_size(path, self.image_size, self.channels, self.max_image_pixels)
+                return self.load(path)
             except BadImageError as exc:
                 if skip_bad:
                     if counter is not None:
@@ -362,9 +443,11 @@ class Detector:
                 if not good:
                     yield [], skipped
                     continue
-                images = np.stack([array for _, (array, _) in good])
-                predictions = self.score_prepared(images, with_maps, [path for path, _ in good])
-                for prediction, (_, (_, size)) in zip(predictions, good, strict=True):
+                images = np.stack([array for _, (array, _, _) in good])
+                predictions = self.score_prepared(
+                    images, with_maps, [path for path, _ in good], [facts for _, (_, _, facts) in good]
+                )
+                for prediction, (_, (_, size, _)) in zip(predictions, good, strict=True):
                     prediction.size = size
                 yield predictions, skipped
         finally:

@@ -9,20 +9,19 @@ time here, so a change to how a model scores is exported as it is. The weights c
 checkpoint through :meth:`Checkpoint.build_model`.
 
 Before tracing, the model is rewritten for inference into the same function (:mod:`.rewrites`:
-BatchNorm folded, one-pixel and small-map layers as matrix products), checked on images before
-anything is written.
+BatchNorm folded, one-pixel and small-map layers as matrix products). The exported graph is then
+checked against the PyTorch model on the run's own validation images (:func:`check_parity`): the
+same verdict on every image and scores within 1e-4, or nothing is written.
 
 The graph's input is a batch of images as the model's batches hold them, (N, H, W, C) at the run's
 size, uint8 in [0, 255] (``--input-type float32``: float32 in [0, 255]); the batch size is free.
-Its outputs per image: ``score`` (normalised) and ``is_anomalous`` as ``predict`` reports them,
-``raw_score`` (A of Eq. 5), the score's parts (``reconstruction`` R, ``latent`` L, and any other
-per-image term the model's ``ScoreOutput`` carries), the ``anomaly_map`` (N, H, W) and the
-reconstruction ``reconstructed`` (N, C, H, W in [-1, 1]).
+Its outputs are named and ordered by :mod:`.contract` (score, verdict, raw score, each term of
+the score by name, R's anomaly map, the reconstruction, other terms' maps), each described in the
+metadata, with the score's composition (``score_terms``: each term's weight, mean, std and map).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import io
 import os
@@ -50,61 +49,89 @@ from ..formats.onnx_file import (
 from ..runtime.files import write_bytes
 from ..scoring.engine import ScoringOptions
 from ..specs.errors import UserError
-from ..specs.score_terms import SCORE_TERM_SPECS
+from .contract import (
+    composition,
+    describe_output,
+    output_names,
+    paper_composition,
+    term_map_output,
+)
 from .rewrites import inference_rewrites
 
 OPSET = 17
 INPUT_NAME = "images"
 INPUT_TYPES = ("uint8", "float32")
-# Parity of the rewritten, exported graph with the model it came from, checked at export on
-# random images: raw scores within this relative tolerance (fp32 summation orders differ).
+# Parity of the rewritten, exported graph with the model it came from, checked at export on the
+# run's validation images: every verdict the same, and raw and scaled scores within this tolerance,
+# relative above 1 and absolute below (fp32 summation orders differ between the engines).
 EXPORT_RTOL = 1e-4
-CHECK_IMAGES = 8
-# ScoreOutput fields that are not exported: the feature vectors (large; not a result).
-_NOT_EXPORTED = ("features",)
-# How each exported output is described in the metadata: the graph's own outputs, then every score
-# term's (an output named as a term holds that term per image; specs.score_terms says what each is).
-OUTPUT_DESCRIPTIONS = {
-    "score": "per image: the anomaly score scaled by the run's deployment normalisation "
-    "(normal validation images span 0 to 1)",
-    "is_anomalous": "per image: score >= threshold",
-    "raw_score": "per image: the model's anomaly score A before scaling (Eq. 5)",
-    **{name: f"per image: {spec.title}" for name, spec in SCORE_TERM_SPECS.items()},
-    "anomaly_map": "(N, H, W): per-pixel |x - G(x)| averaged over channels",
-    "reconstructed": "(N, C, H, W): the reconstruction G(x) in [-1, 1]",
-}
+CHECK_IMAGES = 8  # random images when the run's own cannot be read (and to choose the rewrites)
+MAX_CHECK_IMAGES = 2048
+CHECK_BATCH = 256
 
 
 # --------------------------------------------------------------------------- the traced graph
 class ScoringGraph(nn.Module):
     """Images (N, H, W, C) in [0, 255] -> the model's score and its parts, normalised and decided
-    as the run's stored normalisation says. ``output_names`` lists what ``forward`` returns."""
+    as the run's stored normalisation says. ``output_names`` lists what ``forward`` returns, named
+    and ordered as :mod:`.contract` says (nothing else leaves the graph)."""
 
-    def __init__(self, model: nn.Module, score_lambda: float, normalization, output_fields: list[str]):
+    def __init__(
+        self, model: nn.Module, score_lambda: float, normalization, mapped_terms: tuple[str, ...] = ()
+    ):
         super().__init__()
         self.model = model
         self.score_lambda = score_lambda
         self.normalization = normalization
-        self.output_fields = output_fields  # ScoreOutput fields after ``score``, in order
-        self.output_names = ["score", "is_anomalous", "raw_score", *output_fields]
+        self.score_terms = tuple(getattr(model, "score_terms", ()) or ())
+        self.mapped_terms = tuple(mapped_terms)
+        self.output_names = output_names(self.score_terms, self.mapped_terms)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = to_model_input(images.permute(0, 3, 1, 2).contiguous())
         out = self.model.score(x, self.score_lambda, details=True)
         score = self.normalization(out.score)
-        is_anomalous = score >= self.normalization.threshold
-        return (score, is_anomalous, out.score, *(getattr(out, name) for name in self.output_fields))
+        values = {
+            "score": score,
+            "is_anomalous": score >= self.normalization.threshold,
+            "raw_score": out.score,
+            "reconstruction": out.reconstruction,
+            "latent": out.latent,
+            "anomaly_map": out.anomaly_map,
+            "reconstructed": out.reconstructed,
+        }
+        for name, value in (out.terms or {}).items():
+            values.setdefault(name, value)
+        for name, value in (out.maps or {}).items():
+            values.setdefault(term_map_output(name), value)
+        return tuple(values[name] for name in self.output_names)
 
 
-def score_output_fields(model: nn.Module, x: torch.Tensor, score_lambda: float) -> list[str]:
-    """The per-image ScoreOutput fields (besides ``score``) that the model returns with details."""
+def mapped_terms_of(model: nn.Module, x: torch.Tensor, score_lambda: float) -> tuple[str, ...]:
+    """The terms (besides R) for which the model reports a per-pixel map when it scores."""
     with torch.no_grad():
         out = model.score(x, score_lambda, details=True)
-    return [
-        f.name
-        for f in dataclasses.fields(out)
-        if f.name != "score" and f.name not in _NOT_EXPORTED and getattr(out, f.name) is not None
-    ]
+    return tuple(out.maps or ())
+
+
+def score_output_fields(model: nn.Module, x: torch.Tensor, score_lambda: float) -> tuple[str, ...]:
+    """Former name of :func:`mapped_terms_of` (the graph's outputs now follow :mod:`.contract`)."""
+    return mapped_terms_of(model, x, score_lambda)
+
+
+def score_composition(model: nn.Module, score_lambda: float, maps: set[str]) -> list[dict[str, Any]]:
+    """The metadata's ``score_terms``: how ``raw_score`` is made of the terms (:mod:`.contract`)."""
+    names = tuple(getattr(model, "score_terms", ()) or ())
+    if not names:
+        return paper_composition(score_lambda)
+    weights = getattr(model, "term_weights", None)
+    return composition(
+        names,
+        [1.0] * len(names) if weights is None else weights.tolist(),
+        model.term_mean.tolist(),
+        model.term_std.tolist(),
+        maps,
+    )
 
 
 def sample_images(n: int, size: int, channels: int, seed: int = 0) -> np.ndarray:
@@ -207,14 +234,59 @@ def run_onnx(model_bytes: bytes, images: np.ndarray, threads: int = 0) -> dict[s
     return dict(zip(names, session.run(None, {INPUT_NAME: images}), strict=True))
 
 
+def score_difference(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """|got - want| relative to |want| above 1 and absolute below (the export check's measure)."""
+    want = np.asarray(want, np.float64)
+    return np.abs(np.asarray(got, np.float64) - want) / np.maximum(np.abs(want), 1.0)
+
+
+def check_parity(reference: ScoringGraph, model_bytes: bytes, images: torch.Tensor) -> dict[str, Any]:
+    """The exported graph against the PyTorch model on ``images``: raises (nothing is written) on
+    any verdict that differs or a score difference over :data:`EXPORT_RTOL`; else the figures."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    worst = {"raw_score": 0.0, "score": 0.0}
+    flipped = 0
+    for start in range(0, len(images), CHECK_BATCH):
+        batch = images[start : start + CHECK_BATCH]
+        with torch.no_grad():
+            want = dict(zip(reference.output_names, reference(batch), strict=True))
+        got = dict(zip(names, session.run(None, {INPUT_NAME: batch.numpy()}), strict=True))
+        for key in worst:
+            difference = score_difference(got[key], want[key].double().numpy())
+            worst[key] = max(worst[key], float(difference.max()))
+        flipped += int((got["is_anomalous"].astype(bool) != want["is_anomalous"].numpy()).sum())
+    largest = max(worst.values())
+    if flipped or not largest <= EXPORT_RTOL:
+        raise UserError(
+            f"the exported graph disagrees with the PyTorch model on {len(images)} check images: "
+            f"{flipped} verdicts differ, scores differ by up to {largest:.2e} (allowed {EXPORT_RTOL:g}); "
+            "nothing was written (please report this with the run's config)"
+        )
+    return {
+        "images": len(images),
+        "verdicts_differing": flipped,
+        "max_score_difference": worst["score"],
+        "max_raw_score_difference": worst["raw_score"],
+        "max_relative_difference": largest,
+    }
+
+
 def export_checkpoint(
     checkpoint: Checkpoint,
     *,
     which: str = "best",
     source: Path | None = None,
     input_type: str = "uint8",
+    check_images: np.ndarray | None = None,
+    domain: dict[str, Any] | None = None,
 ) -> ExportResult:
-    """Export one checkpoint to ONNX bytes with metadata, checked against the PyTorch model."""
+    """Export one checkpoint to ONNX bytes with metadata, checked against the PyTorch model on
+    ``check_images`` (uint8 (N, H, W, C) at the run's size: the run's validation images when
+    :func:`export_run` can read them; else random images); ``domain``: the training images' domain
+    (:mod:`skipganomaly.scoring.domain`) for the out-of-domain warning."""
     _require_onnx()
     if input_type not in INPUT_TYPES:
         raise UserError(f"--input-type {input_type!r}: choose {' or '.join(INPUT_TYPES)}")
@@ -230,31 +302,27 @@ def export_checkpoint(
     score_lambda = options.score_lambda
     normalization = checkpoint.normalization
 
-    images = sample_images(CHECK_IMAGES, size, channels)
-    tensor = torch.from_numpy(images)
+    if check_images is None:
+        check_images, check_source = sample_images(CHECK_IMAGES, size, channels), "random images"
+    else:
+        check_images, check_source = check_images[:MAX_CHECK_IMAGES], "the run's validation images"
+    tensor = torch.from_numpy(np.ascontiguousarray(check_images))
     if input_type == "float32":
         tensor = tensor.float()
-    fields = score_output_fields(model, to_model_input(tensor.permute(0, 3, 1, 2).contiguous()), score_lambda)
-    reference = ScoringGraph(model, score_lambda, normalization, fields).eval()
-    rewritten, rewrites = inference_rewrites(
-        model, lambda m: ScoringGraph(m, score_lambda, normalization, fields)(tensor)
+    trace_input = tensor[:2]
+    mapped = mapped_terms_of(
+        model, to_model_input(trace_input.permute(0, 3, 1, 2).contiguous()), score_lambda
     )
-    graph = ScoringGraph(rewritten, score_lambda, normalization, fields).eval()
-    bare = trace_to_onnx(graph, tensor[:2])
+    reference = ScoringGraph(model, score_lambda, normalization, mapped).eval()
+    rewritten, rewrites = inference_rewrites(
+        model, lambda m: ScoringGraph(m, score_lambda, normalization, mapped)(tensor[:CHECK_IMAGES])
+    )
+    graph = ScoringGraph(rewritten, score_lambda, normalization, mapped).eval()
+    bare = trace_to_onnx(graph, trace_input)
 
     # The exported graph must compute what the model computes, or nothing is written.
-    with torch.no_grad():
-        expected = dict(zip(reference.output_names, reference(tensor), strict=True))
-    got = run_onnx(bare, tensor.numpy())
-    want = expected["raw_score"].double().numpy()
-    difference = np.abs(got["raw_score"].astype(np.float64) - want) / np.maximum(np.abs(want), 1e-12)
-    worst = float(difference.max())
-    if not worst <= EXPORT_RTOL:
-        raise RuntimeError(
-            f"the exported graph's raw scores differ from the model's by up to {worst:.2e} (relative; "
-            f"allowed {EXPORT_RTOL:g}); nothing was written. Please report this with the run's config."
-        )
-
+    check = check_parity(reference, bare, tensor)
+    worst = check["max_relative_difference"]
     nodes = _graph_node_counts(bare) or {}
     metadata = {
         "format": FORMAT,
@@ -290,14 +358,14 @@ def export_checkpoint(
             "content_hash": checkpoint.content_hash,
             "package_version": checkpoint.package_version,
         },
-        "outputs": [
-            {"name": name, "description": OUTPUT_DESCRIPTIONS.get(name, f"per image: {name}")}
-            for name in graph.output_names
-        ],
+        "outputs": [{"name": name, "description": describe_output(name)} for name in graph.output_names],
+        "score_terms": score_composition(model, score_lambda, set(graph.output_names)),
         "graph_rewrites": [f"{name}: {count}" for name, count in rewrites.items() if count],
         "batchnorm_nodes_left": nodes.get("BatchNormalization", 0),
         "opset": OPSET,
-        "export_check": {"images": CHECK_IMAGES, "max_relative_difference": worst},
+        "export_check": check | {"source": check_source},
+        # The training images' domain (scoring.domain), for the out-of-domain warning; None: unknown.
+        "domain": domain,
         "exported_at": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
         "quantization": None,  # fp32; int8 was measured and not shipped (docs/deployment.md)
     }
@@ -313,6 +381,46 @@ def export_checkpoint(
     )
 
 
+def validation_images(checkpoint: Checkpoint, splits=None) -> np.ndarray | None:
+    """The run's validation images as its batches hold them (uint8 (N, H, W, C)), read as training
+    read them; None when its data cannot be read here (then the check uses random images and the
+    metadata's ``export_check.source`` says so)."""
+    splits = splits if splits is not None else run_splits(checkpoint)
+    if splits is None or splits.val.images is None:
+        return None
+    from ..data.images import prepare_array
+
+    size, channels = checkpoint.image_size, checkpoint.channels
+    return prepare_array(splits.val.images[:MAX_CHECK_IMAGES], size, channels)
+
+
+def run_splits(checkpoint: Checkpoint):
+    """The run's data split as training split it, or None when it cannot be read here."""
+    from ..data import prepare_data
+
+    try:
+        return prepare_data(checkpoint.config.data)
+    except (UserError, OSError):
+        return None
+
+
+def run_domain(run_dir: str | os.PathLike, checkpoint: Checkpoint, splits=None) -> dict[str, Any] | None:
+    """The run's training domain (:mod:`skipganomaly.scoring.domain`): as stored when it finished,
+    else described now from its training images; None when neither is possible."""
+    from ..scoring.domain import domain_of, read_domain
+
+    stored = read_domain(run_dir)
+    if stored is not None:
+        return stored.to_dict()
+    splits = splits if splits is not None else run_splits(checkpoint)
+    if splits is None:
+        return None
+    try:
+        return domain_of(splits.train, checkpoint.image_size, checkpoint.channels).to_dict()
+    except ValueError:
+        return None
+
+
 def export_run(
     run_dir: str | os.PathLike,
     which: str = "best",
@@ -321,8 +429,14 @@ def export_run(
 ) -> ExportResult:
     """Export a run's checkpoint and write it (atomically) to ``output`` or the default path."""
     checkpoint = load_run_checkpoint(run_dir, which)
+    splits = run_splits(checkpoint)
     result = export_checkpoint(
-        checkpoint, which=which, source=checkpoint_path(run_dir, which), input_type=input_type
+        checkpoint,
+        which=which,
+        source=checkpoint_path(run_dir, which),
+        input_type=input_type,
+        check_images=validation_images(checkpoint, splits),
+        domain=run_domain(run_dir, checkpoint, splits),
     )
     path = Path(output) if output is not None else default_export_path(run_dir, which)
     if path.suffix.lower() != ".onnx":

@@ -41,12 +41,19 @@ def exported_for_run(run_dir: str | os.PathLike, which: str = "best", log=None) 
             return existing
     from ..formats.checkpoint import load_run_checkpoint
     from ..runtime.files import write_bytes
-    from .export import export_checkpoint
+    from .export import export_checkpoint, run_domain, run_splits, validation_images
 
     checkpoint = load_run_checkpoint(run_dir, which)  # a clear error for a missing run or checkpoint
     if log is not None:
         log(f"exporting {source} to ONNX ...")
-    result = export_checkpoint(checkpoint, which=which, source=source)
+    splits = run_splits(checkpoint)
+    result = export_checkpoint(
+        checkpoint,
+        which=which,
+        source=source,
+        check_images=validation_images(checkpoint, splits),
+        domain=run_domain(run_dir, checkpoint, splits),
+    )
     try:
         write_bytes(path, result.model_bytes)
         where: Path | None = path

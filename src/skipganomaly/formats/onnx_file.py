@@ -169,6 +169,10 @@ class ExportedModel:
             "graph_rewrites": m.get("graph_rewrites", []),
             "quantization": m.get("quantization"),
             "outputs": m["outputs"],
+            # How raw_score is made of the terms, and the training domain (absent in older exports).
+            "score_terms": m.get("score_terms"),
+            "score_lambda": m.get("score_lambda"),
+            "domain": m.get("domain"),
             "content_sha256": self.content_sha256,
             "size_bytes": len(self.model_bytes),
             "file": None if self.path is None else str(self.path),

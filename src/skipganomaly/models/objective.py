@@ -47,6 +47,9 @@ class ScoreOutput:
     # The raw score terms by name when the model combines several (``model.score_terms``): what a
     # run standardises on its normal validation images (:func:`standardized_score`).
     terms: dict[str, torch.Tensor] | None = None
+    # Per-pixel maps (N, H, W) of terms other than R (whose map is ``anomaly_map``), by term name,
+    # for the terms that make one; the export names each ``<term>_map`` (deploy.contract).
+    maps: dict[str, torch.Tensor] | None = None
 
 
 def weighted_losses(

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..deploy.detector import Detector
+from .access import AccessLog
 from .endpoints import endpoints
 from .openapi import openapi_document
 from .uploads import BodyLimit, ServiceLimits
@@ -43,10 +44,26 @@ def create_app(detector: Detector, limits: ServiceLimits | None = None):
         lifespan=handlers.lifespan,
     )
     app.state.batcher = handlers.batcher
-    return BodyLimit(app, limits.max_upload_bytes)
+    return AccessLog(BodyLimit(app, limits.max_upload_bytes))
 
 
 # --------------------------------------------------------------------------- running it
+def _show_access_log(log_level: str) -> None:
+    """The access log (and the service's warnings) on stderr, one line each, unless the log level
+    is above info or the embedding application has configured these loggers itself."""
+    import logging
+
+    for name in ("skipganomaly.access", "skipganomaly.service"):
+        log = logging.getLogger(name)
+        if log.handlers:
+            continue
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO if log_level in ("debug", "trace", "info") else logging.WARNING)
+        log.propagate = False
+
+
 def serve(
     detector: Detector,
     host: str = "127.0.0.1",
@@ -62,6 +79,7 @@ def serve(
     import uvicorn
 
     app = create_app(detector, limits)
+    _show_access_log(log_level)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto=IPPROTO_TCP: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets that say
     # they are TCP; with it on, a response sent in two writes waits for the client's delayed ACK

@@ -78,6 +78,15 @@ def endpoints(limits: ServiceLimits) -> tuple[Endpoint, ...]:
                 "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
             },
         ),
+        Endpoint(
+            "/favicon.ico",
+            "GET",
+            "favicon",
+            {
+                "summary": "The page's icon",
+                "responses": {"200": {"description": "PNG", "content": {"image/png": {}}}},
+            },
+        ),
         # The page's script and style sheet: served, not described.
         Endpoint("/static/{name}", "GET", "static", include_in_schema=False),
     )

@@ -106,7 +106,30 @@ def _components() -> dict[str, Any]:
                     "parts": {
                         "type": "object",
                         "additionalProperties": {"type": "number"},
-                        "description": "the score's terms: reconstruction R, latent L, ...",
+                        "description": "the score's terms by name: reconstruction R, latent L, and any other "
+                        "term the score sums (knn, rotation, ...); only the export's documented outputs",
+                    },
+                    "shares": {
+                        "type": "object",
+                        "additionalProperties": {"type": "number"},
+                        "description": "each term's share of the score (|weight * (term - mean) / std| over "
+                        "the sum of those; the shares add to 1)",
+                    },
+                    "leading_term": {"type": "string", "description": "the term with the largest share"},
+                    "heatmap_term": {
+                        "type": "string",
+                        "description": "whose map heatmap_png shows: the leading term's when it has one, else R's",
+                    },
+                    "out_of_domain": {
+                        "type": "boolean",
+                        "description": "the image is unlike the training images (a warning; the score and "
+                        "the verdict are as computed)",
+                    },
+                    "domain_reason": {"type": "string", "description": "why it is out of domain"},
+                    "error": {
+                        "type": "string",
+                        "description": "why this image could not be scored (then only filename and error); "
+                        "the other images of the request are scored",
                     },
                     "width": {"type": "integer"},
                     "height": {"type": "integer"},
@@ -114,7 +137,7 @@ def _components() -> dict[str, Any]:
                     "input_png": {"type": "string", "contentEncoding": "base64"},
                     "reconstruction_png": {"type": "string", "contentEncoding": "base64"},
                 },
-                "required": ["filename", "score", "is_anomalous", "threshold", "raw_score", "parts"],
+                "required": ["filename"],
             },
             "ScoreResponse": {
                 "type": "object",
@@ -130,8 +153,9 @@ def _components() -> dict[str, Any]:
     }
 
 
-def docs_html(spec: dict[str, Any]) -> str:
-    """The OpenAPI description as a plain page (no scripts, nothing loaded from elsewhere)."""
+def docs_html(spec: dict[str, Any], base_url: str = "http://127.0.0.1:8000") -> str:
+    """The OpenAPI description as a plain page (no scripts, nothing loaded from elsewhere); its
+    example addresses the service at ``base_url`` (the address the page was asked for)."""
     from html import escape
 
     rows = []
@@ -152,7 +176,7 @@ def docs_html(spec: dict[str, Any]) -> str:
                 + f"<h3>Responses</h3><ul>{responses}</ul></section>"
             )
     example = (
-        "curl -s -F images=@part1.png -F images=@part2.jpg 'http://127.0.0.1:8000/v1/score?heatmap=true'"
+        f"curl -s -F images=@part1.png -F images=@part2.jpg '{base_url.rstrip('/')}/v1/score?heatmap=true'"
     )
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8><title>skipganomaly API</title>"

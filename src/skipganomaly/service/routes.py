@@ -64,6 +64,7 @@ class Handlers:
         self.started = time.time()
         self.web = {name: _web_file(name) for name in ("index.html", *STATIC_FILES)}
         self.model_name = str(detector.info.get("model", "model"))
+        self.icon = favicon_png()
 
     @asynccontextmanager
     async def lifespan(self, app):
@@ -82,13 +83,25 @@ class Handlers:
         want_reconstruction = _flag(request, "reconstruction")
         form = await self._read_form(request)
         names, decoded = await self._decode_form(form)
-        predictions = await self.batcher.score([array for array, _ in decoded])
+        request.state.images = len(decoded)
+        good = [item for item in decoded if not isinstance(item, ServiceError)]
+        scored = iter(await self.batcher.score([array for array, _, _ in good]) if good else [])
+        predictions = [None if isinstance(item, ServiceError) else next(scored) for item in decoded]
         args = (names, decoded, predictions, want_heatmap, want_reconstruction)
         results = (
             await asyncio.get_running_loop().run_in_executor(self.decoder, self._results, *args)
             if (want_heatmap or want_reconstruction)
             else self._results(*args)
         )
+        errors = sum(1 for item in results if "error" in item)
+        request.state.image_errors = errors
+        if errors:
+            logger.warning(
+                "%d of %d images could not be scored: %s",
+                errors,
+                len(results),
+                "; ".join(item["error"] for item in results if "error" in item)[:1000],
+            )
         return JSONResponse(
             {
                 "model": self.model_name,
@@ -156,22 +169,32 @@ class Handlers:
             )
         finally:
             await form.close()
+        # One bad image is that image's error and the others are scored; a request none of whose
+        # images can be scored is refused as a whole (its first image's status and message).
         for outcome in decoded:
-            if isinstance(outcome, BaseException):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, ServiceError):
                 raise outcome
+        if all(isinstance(outcome, ServiceError) for outcome in decoded):
+            raise decoded[0]
         return names, decoded
 
     def _results(
         self,
         names: list[str],
-        decoded: list[tuple[np.ndarray, tuple[int, int]]],
-        predictions: list[Prediction],
+        decoded: list,
+        predictions: list[Prediction | None],
         want_heatmap: bool,
         want_reconstruction: bool,
     ) -> list[dict[str, Any]]:
         detector = self.detector
         out = []
-        for name, (array, (width, height)), p in zip(names, decoded, predictions, strict=True):
+        for name, outcome, p in zip(names, decoded, predictions, strict=True):
+            if p is None:
+                out.append({"filename": name, "error": outcome.message})
+                continue
+            array, (width, height), facts = outcome
+            reason = detector.domain.check(array, facts) if detector.domain is not None else ""
+            leading = detector.leading_term(p)
             item: dict[str, Any] = {
                 "filename": name,
                 "score": p.score,
@@ -179,11 +202,17 @@ class Handlers:
                 "threshold": detector.threshold,
                 "raw_score": p.raw_score,
                 "parts": p.parts,
+                "shares": p.shares,
+                "leading_term": leading,
+                "out_of_domain": bool(reason),
+                "domain_reason": reason,
                 "width": width,
                 "height": height,
             }
             if want_heatmap:
-                item["heatmap_png"] = png_base64(colorize(p.anomaly_map, detector.normalization.map_high))
+                term, heatmap = shown_map(p, leading)
+                item["heatmap_term"] = term
+                item["heatmap_png"] = png_base64(colorize(heatmap, map_scale(detector, term, heatmap)))
             if want_reconstruction:
                 item["input_png"] = png_base64(array)
                 item["reconstruction_png"] = png_base64(p.reconstructed)
@@ -212,7 +241,10 @@ class Handlers:
         return JSONResponse(self.spec)
 
     async def docs(self, request: Request) -> Response:
-        return HTMLResponse(docs_html(self.spec), headers=SECURITY_HEADERS)
+        return HTMLResponse(docs_html(self.spec, str(request.base_url)), headers=SECURITY_HEADERS)
+
+    async def favicon(self, request: Request) -> Response:
+        return Response(self.icon, media_type="image/png", headers={"Cache-Control": "max-age=86400"})
 
     async def index(self, request: Request) -> Response:
         return Response(
@@ -228,6 +260,35 @@ class Handlers:
             media_type=STATIC_FILES[name],
             headers=SECURITY_HEADERS | {"Cache-Control": "no-cache"},
         )
+
+
+def shown_map(p: Prediction, leading: str | None) -> tuple[str, np.ndarray]:
+    """The map the heatmap shows: the leading term's own map when it has one, else R's."""
+    if leading is not None and leading in p.term_maps:
+        return leading, p.term_maps[leading]
+    return "reconstruction", p.anomaly_map
+
+
+def map_scale(detector: Detector, term: str, heatmap: np.ndarray) -> float:
+    """The colour scale's top: the run's fixed one for R's map; a term's own map is scaled by its
+    largest value (no stored scale for it)."""
+    if term == "reconstruction":
+        return detector.normalization.map_high
+    return 0.5 * float(max(np.max(heatmap), 1e-12))
+
+
+def favicon_png() -> bytes:
+    """A 32 x 32 icon drawn here (the page loads nothing from elsewhere): a heatmap-like square."""
+    import io
+
+    from PIL import Image
+
+    ramp = np.linspace(0.0, 1.0, 32, dtype=np.float32)
+    levels = np.clip(np.add.outer(ramp, ramp) / 2, 0, 1)
+    image = colorize(levels, 0.5)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _flag(request, name: str) -> bool:

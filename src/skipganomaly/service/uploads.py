@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..deploy.detector import Detector
+from ..scoring.domain import SourceFacts, source_facts
 
 FIELD = "images"  # the multipart field that carries the images
 
@@ -49,9 +50,9 @@ class BodyTooLarge(Exception):
 # --------------------------------------------------------------------------- images in, PNGs out
 def decode_upload(
     data: bytes | BinaryIO, filename: str, detector: Detector, max_pixels: int
-) -> tuple[np.ndarray, tuple[int, int]]:
+) -> tuple[np.ndarray, tuple[int, int], SourceFacts]:
     """An uploaded file (bytes, or a binary file object read from its start) as the model's uint8
-    input and its own (width, height), or a ServiceError: 413 for too many pixels (checked from
+    input, its own (width, height) and its facts for the out-of-domain check, or a ServiceError: 413 for too many pixels (checked from
     the header, before decoding), 400 for anything else Pillow cannot fully decode (not an
     image, truncated, corrupt). At most one decoded image per decoding thread is in memory."""
     name = filename or "upload"
@@ -70,6 +71,7 @@ def decode_upload(
                 )
             image.load()
             prepared = detector.preprocessing.prepare(image)
+            facts = source_facts(image)
     except ServiceError:
         raise
     except Image.DecompressionBombError as exc:
@@ -85,7 +87,7 @@ def decode_upload(
         raise ServiceError(
             400, f"{name} cannot be decoded ({reason}); it may be truncated or corrupt"
         ) from None
-    return prepared, (width, height)
+    return prepared, (width, height), facts
 
 
 def png_base64(array: np.ndarray) -> str:

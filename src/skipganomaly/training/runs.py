@@ -240,7 +240,13 @@ def train_run(
         trainer.callbacks.append(lambda _trainer, _epoch: on_epoch())
     if on_ready is not None:
         on_ready(trainer)
-    return TrainedRun(splits, trainer, trainer.fit())
+    history = trainer.fit()
+    if trainer.is_main:
+        # The training images' domain, for scoring's out-of-domain warning (scoring.domain).
+        from ..scoring.domain import domain_of, write_domain
+
+        write_domain(run_dir, domain_of(splits.train, config.data.image_size, splits.channels))
+    return TrainedRun(splits, trainer, history)
 
 
 def describe_training(trainer: Trainer, run_dir: str | os.PathLike) -> str:

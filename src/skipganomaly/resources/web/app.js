@@ -6,6 +6,7 @@ const state = { model: null, items: [], sort: { key: "score", dir: -1 }, filter:
 const CONCURRENT_UPLOADS = 4;
 let active = 0;
 const waiting = [];
+let modelTerms = []; // the score's terms (GET /v1/model: score_terms)
 
 const $ = (id) => document.getElementById(id);
 
@@ -19,6 +20,7 @@ async function loadModel() {
     const info = await response.json();
     state.model = info;
     $("m-name").textContent = info.model;
+    modelTerms = info.score_terms || [];
     $("m-input").textContent = `${info.image_size}×${info.image_size}, ${info.channels === 1 ? "gray" : "RGB"}`;
     $("m-threshold").textContent = fmt(info.threshold);
     $("m-protocol").textContent = info.protocol;
@@ -126,11 +128,38 @@ function image(src, className, alt) {
   return img;
 }
 
+// The terms of the score as the loaded model declares them (GET /v1/model: score_terms), each
+// with this image's value and share; nothing here names a term.
+function termList(item) {
+  const list = document.createElement("ul");
+  list.className = "terms";
+  for (const term of modelTerms) {
+    const li = document.createElement("li");
+    const share = (item.shares && item.shares[term.name]) || 0;
+    li.title = `${term.title}; weight ${fmt(term.weight, 3)}`;
+    if (term.name === item.leading_term) li.className = "leading";
+    const name = document.createElement("span");
+    name.className = "term-name";
+    name.textContent = term.name;
+    const bar = document.createElement("span");
+    bar.className = "share";
+    const fill = document.createElement("span");
+    fill.style.width = `${Math.round(share * 100)}%`;
+    bar.append(fill);
+    const value = document.createElement("span");
+    value.className = "term-value";
+    value.textContent = `${Math.round(share * 100)}% (${fmt(item.parts[term.name], 4)})`;
+    li.append(name, bar, value);
+    list.append(li);
+  }
+  return list;
+}
+
 function row(item) {
   const tr = document.createElement("tr");
   tr.dataset.state = item.state;
   tr.dataset.id = String(item.id);
-  const cells = Array.from({ length: 9 }, () => document.createElement("td"));
+  const cells = Array.from({ length: 8 }, () => document.createElement("td"));
   cells[0].className = "num";
   cells[0].textContent = String(item.id + 1);
   cells[1].className = "file";
@@ -162,11 +191,23 @@ function row(item) {
     cells[5].append(image(`data:image/png;base64,${item.reconstruction_png}`, "thumb reconstruction", "reconstruction"));
     const overlay = document.createElement("div");
     overlay.className = "overlay";
-    overlay.append(image(input, "base", "input"), image(`data:image/png;base64,${item.heatmap_png}`, "heat", "anomaly heatmap"));
-    cells[6].append(overlay);
-    cells[7].className = cells[8].className = "num";
-    cells[7].textContent = fmt(item.parts.reconstruction, 4);
-    cells[8].textContent = fmt(item.parts.latent, 4);
+    const mapName = item.heatmap_term || "reconstruction";
+    overlay.append(image(input, "base", "input"), image(`data:image/png;base64,${item.heatmap_png}`, "heat", `map of ${mapName}`));
+    const caption = document.createElement("small");
+    caption.className = "map-term";
+    caption.textContent = `map of ${mapName}`;
+    cells[6].append(overlay, caption);
+    cells[7].append(termList(item));
+    if (item.out_of_domain) {
+      const warning = document.createElement("span");
+      warning.className = "badge out-of-domain";
+      warning.textContent = "out of domain";
+      warning.title = item.domain_reason;
+      const reason = document.createElement("div");
+      reason.className = "domain-text";
+      reason.textContent = item.domain_reason;
+      cells[2].append(warning, reason);
+    }
   }
   cells[2].append(badge);
   tr.append(...cells);

@@ -1,0 +1,166 @@
+"""``predict``'s CSV: files and folders scored by a :class:`~skipganomaly.deploy.predict.Predictor`
+(PyTorch) or a :class:`~skipganomaly.deploy.detector.Detector` (ONNX Runtime) into rows, written as
+they finish. No PyTorch is imported here (the scoring-only install writes this CSV too)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from PIL import Image
+
+from ..data.images import collect_image_paths
+from ..runtime.files import streamed_file, write_error, write_text
+from ..scoring.heatmaps import write_heatmap
+from .prediction import Prediction
+
+# Threads encoding heatmap PNGs while the next batch is decoded and scored (PNG encoding releases
+# the GIL).
+HEATMAP_THREADS = 2
+
+CSV_COLUMNS = [
+    "path",
+    "score",
+    "is_anomalous",
+    "raw_score",
+    "reconstruction",
+    "latent",
+    "heatmap",
+    "out_of_domain",
+    "domain_reason",
+]
+
+
+class SkippedImages:
+    """The images skipped as unreadable: how many, and each one's (path, one-line reason)."""
+
+    def __init__(self) -> None:
+        self.skipped = 0
+        self.files: list[tuple[str, str]] = []
+
+
+def unique_heatmap_name(source: str, used: set[str]) -> str:
+    stem = Path(source).stem or "image"
+    name, n = f"{stem}.png", 1
+    while name in used:
+        name = f"{stem}_{n}.png"
+        n += 1
+    used.add(name)
+    return name
+
+
+def skipped_list_path(output: Path) -> Path:
+    """Where ``predict`` names the unreadable images it skipped: ``NAME.skipped.csv`` beside
+    ``NAME.csv``."""
+    return output.with_name(f"{output.stem}.skipped.csv")
+
+
+def predict_to_csv(
+    predictor,
+    inputs: list[str],
+    output: Path,
+    heatmaps: Path | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    skip_bad: bool = False,
+    log=print,
+) -> dict:
+    """Score files and folders into a CSV. Rows are written batch by batch as they finish into
+    ``OUTPUT.partial`` beside ``output``, which replaces ``output`` in one step once every image
+    is scored: a run that fails leaves a previous ``output`` as it was, and the finished file
+    never has a half-written row. A row is written once its heatmap is on disk; heatmaps of one
+    batch are encoded by a few threads while the next batch is decoded and scored. Images skipped
+    as unreadable (``skip_bad``) are named in ``NAME.skipped.csv`` (path, reason). Returns counts
+    (and ``skipped_files``) for the caller to report."""
+    paths = collect_image_paths(inputs)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if heatmaps is not None:
+            heatmaps.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(output.parent if heatmaps is None else heatmaps, exc) from None
+    used: set[str] = set()
+    counts: dict = {"scored": 0, "anomalous": 0, "skipped": 0}
+    bad = SkippedImages()
+    # out_of_domain: 1 or 0 where the scorer checks the domain (an export that carries it); else empty.
+    checks_domain = getattr(predictor, "domain", None) is not None
+    map_high = predictor.normalization.map_high
+
+    def heatmap_job(p: Prediction, target: Path) -> None:
+        size = p.size
+        if size is None:  # not read from a file by the scorer: ask the file itself
+            with Image.open(p.path) as original:
+                size = original.size
+        write_heatmap(target, p.anomaly_map, map_high, size)
+
+    def write_rows(handle, predictions: list[Prediction], jobs: list) -> None:
+        for job in jobs:
+            job.result()  # re-raises a failed write
+        rows = io.StringIO()
+        writer = csv.writer(rows)
+        for p in predictions:
+            writer.writerow(
+                [
+                    p.path,
+                    f"{p.score:.6f}",
+                    int(p.is_anomalous),
+                    f"{p.raw_score:.6f}",
+                    f"{p.reconstruction:.6f}",
+                    f"{p.latent:.6f}",
+                    p.heatmap,
+                    int(p.out_of_domain) if checks_domain else "",
+                    p.domain_reason,
+                ]
+            )
+        handle.write(rows.getvalue())  # one batch's whole rows at once
+        handle.flush()
+        for p in predictions:
+            counts["scored"] += 1
+            counts["anomalous"] += int(p.is_anomalous)
+
+    pool = ThreadPoolExecutor(max_workers=HEATMAP_THREADS) if heatmaps is not None else None
+    pending: tuple[list[Prediction], list] | None = None
+    with streamed_file(output) as handle:
+        csv.writer(handle).writerow(CSV_COLUMNS)
+        try:
+            for predictions, skipped in predictor.score_paths(
+                paths, batch_size, heatmaps is not None, workers, skip_bad, counter=bad
+            ):
+                counts["skipped"] += skipped
+                if pool is None:
+                    write_rows(handle, predictions, [])
+                    continue
+                jobs = []
+                for p in predictions:
+                    if p.anomaly_map is not None:
+                        target = heatmaps / unique_heatmap_name(p.path, used)
+                        jobs.append(pool.submit(heatmap_job, p, target))
+                        p.heatmap = str(target)
+                if pending is not None:
+                    write_rows(handle, *pending)
+                pending = (predictions, jobs)
+            if pending is not None:
+                write_rows(handle, *pending)
+                pending = None
+        except KeyboardInterrupt:
+            if pool is not None:
+                pool.shutdown(wait=True)
+            if pending is not None and all(job.done() and job.exception() is None for job in pending[1]):
+                write_rows(handle, *pending)  # keep the batch whose heatmaps are written
+            raise
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+    counts["skipped_files"] = list(bad.files)
+    listed = skipped_list_path(output)
+    if bad.files:
+        rows = io.StringIO()
+        writer = csv.writer(rows)
+        writer.writerow(["path", "reason"])
+        writer.writerows(bad.files)
+        write_text(listed, rows.getvalue())
+    elif listed.is_file():
+        listed.unlink()  # a previous run's list: this output has no skipped images
+    return counts
