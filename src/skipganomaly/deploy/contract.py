@@ -39,7 +39,9 @@ _FIXED_DESCRIPTIONS = {
     "is_anomalous": "per image: score >= threshold",
     "raw_score": "per image: the model's anomaly score A before scaling (Eq. 5, or the sum of the "
     "standardised terms listed under score_terms)",
-    "anomaly_map": "(N, H, W): per-pixel |x - G(x)| averaged over channels (the map of R)",
+    "anomaly_map": "(N, H, W): the run's anomaly map: per-pixel |x - G(x)| averaged over channels "
+    "(the map of R), or, for a model with a segmentation head, the map its validation chose "
+    "(metadata map_source)",
     "reconstructed": "(N, C, H, W): the reconstruction G(x) in [-1, 1]",
 }
 

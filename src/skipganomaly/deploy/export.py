@@ -107,6 +107,15 @@ class ScoringGraph(nn.Module):
         return tuple(values[name] for name in self.output_names)
 
 
+def map_source(model: nn.Module) -> str:
+    """The map ``anomaly_map`` holds: ``reconstruction`` (|x - G(x)|), or ``segmentation`` for a
+    model with a segmentation head whose validation chose its map (``map_weights``)."""
+    weights = getattr(model, "map_weights", None)
+    if weights is None or float(weights[1]) == 0.0:
+        return "reconstruction"
+    return "segmentation" if float(weights[0]) == 0.0 else "mixed"
+
+
 def mapped_terms_of(model: nn.Module, x: torch.Tensor, score_lambda: float) -> tuple[str, ...]:
     """The terms (besides R) for which the model reports a per-pixel map when it scores."""
     with torch.no_grad():
@@ -360,6 +369,8 @@ def export_checkpoint(
         },
         "outputs": [{"name": name, "description": describe_output(name)} for name in graph.output_names],
         "score_terms": score_composition(model, score_lambda, set(graph.output_names)),
+        # What anomaly_map holds: R's map, or the segmentation head's where validation chose it.
+        "map_source": map_source(model),
         "graph_rewrites": [f"{name}: {count}" for name, count in rewrites.items() if count],
         "batchnorm_nodes_left": nodes.get("BatchNormalization", 0),
         "opset": OPSET,

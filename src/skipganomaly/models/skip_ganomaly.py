@@ -380,9 +380,10 @@ class SkipGANomaly(AdversarialAnomalyModel):
         segmentation_map = None
         if self.segmentation is not None:
             segmentation_map = torch.sigmoid(self.segmentation(x, x_hat).float())
-            if details:
+            if details:  # the run's map is the one validation chose (set_map_weights)
                 weights = self.map_weights
                 output.anomaly_map = weights[0] * output.anomaly_map + weights[1] * segmentation_map[:, 0]
+                output.maps = {"segmentation": segmentation_map[:, 0]}
         if self.score_terms:
             inputs = TermInputs(
                 self, x, x_hat, features_real, features_fake, reconstruction, latent, segmentation_map

@@ -175,7 +175,7 @@ def scored_batches(
                     **{
                         name: None if value is None else value.float().cpu()
                         for name, value in vars(out).items()
-                        if name != "terms"
+                        if name not in ("terms", "maps")
                     }
                 )
                 if out.terms is not None:
