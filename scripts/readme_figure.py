@@ -81,7 +81,15 @@ def reconstruct(predictor, images: list[np.ndarray]) -> np.ndarray:
     return ((x_hat.clamp(-1, 1) + 1.0) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def render(images, reconstructions, predictions, labels, map_high: float, title: str, args) -> None:
+def map_source(predictor) -> str:
+    """What the run's anomaly map is: |x - G(x)|, or its segmentation head's map (chosen on the
+    synthetic validation; skipganomaly.deploy.export.map_source)."""
+    from skipganomaly.deploy.export import map_source as source
+
+    return source(predictor.model)
+
+
+def render(images, reconstructions, predictions, labels, map_high: float, title: str, args, source: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,10 +121,11 @@ def render(images, reconstructions, predictions, labels, map_high: float, title:
         for row in range(3):
             axes[row, col].set_xticks([])
             axes[row, col].set_yticks([])
-    for row, name in enumerate(("input x", "reconstruction\nG(x)", "anomaly map\n|x - G(x)|")):
+    map_name = "anomaly map\n|x - G(x)|" if source == "reconstruction" else f"anomaly map\n({source} head)"
+    for row, name in enumerate(("input x", "reconstruction\nG(x)", map_name)):
         axes[row, 0].set_ylabel(name, fontsize=10)
     bar = fig.colorbar(mappable, ax=axes[2, :].tolist(), shrink=0.9, pad=0.01)
-    bar.set_label("pixel error", fontsize=9)
+    bar.set_label("pixel error" if source == "reconstruction" else "anomaly probability", fontsize=9)
     fig.suptitle(title, fontsize=11)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.output, dpi=args.dpi)
@@ -134,25 +143,31 @@ def main(argv: list[str] | None = None) -> int:
         [image[:, :, 0] if image.shape[2] == 1 else image for image in images], with_maps=True
     )
     reconstructions = reconstruct(predictor, images)
+    source = map_source(predictor)
     # The map the scorer returned must be the one this script's reconstruction gives, or the
-    # picture would show something other than what the model scored.
+    # picture would show something other than what the model scored (|x - G(x)| maps).
     for image, rebuilt, prediction in zip(images, reconstructions, predictions, strict=True):
+        if source != "reconstruction":
+            break
         own_map = np.abs(image.astype(np.float32) - rebuilt.astype(np.float32)).mean(axis=2) / 127.5
         gap = float(np.abs(own_map - prediction.anomaly_map).max())
         if gap > 0.02:
             raise SystemExit(f"reconstruction and scored anomaly map differ by {gap:.3f}")
     data = predictor.config.data
-    setting = (
-        f"class {data.abnormal_class} abnormal"
-        if data.abnormal_class
-        else f"class {data.normal_class} normal"
-    )
+    if data.abnormal_class:
+        setting = f"class {data.abnormal_class} abnormal"
+    elif data.normal_class:
+        setting = f"class {data.normal_class} normal"
+    else:  # a set with its own normal and abnormal folders (MVTec, the reference layout): name it
+        setting = Path(data.root).name.removesuffix(".tar.gz") if data.root else "its own split"
+    setting += f", protocol {data.protocol}"
     title = (
         f"{data.dataset}, {setting} (run {args.run.name}, epoch {predictor.epoch}): {args.per_class} random "
         f"normal and {args.per_class} random abnormal test images\nflagged = score >= the run's stored "
         f"threshold {predictor.normalization.threshold:.2f}"
     )
-    render(images, reconstructions, predictions, labels, predictor.normalization.map_high, title, args)
+    map_high = predictor.normalization.map_high if source == "reconstruction" else 1.0
+    render(images, reconstructions, predictions, labels, map_high, title, args, source)
     print(f"wrote {args.output}")
     return 0
 

@@ -43,8 +43,10 @@ def test_pixel_auroc_against_masks(tmp_path):
     splits = prepare_data(config.data)
     options = ScoringOptions.for_run(config, splits.channels, torch.device("cpu"), None, splits.protocol)
     bright = pixel_metrics(BrightnessModel(1.0), splits.test, options)
-    assert bright == {"pixel_auroc": 1.0, "pixel_images": len(splits.test)}
-    assert pixel_metrics(BrightnessModel(-1.0), splits.test, options)["pixel_auroc"] == 0.0
+    assert bright == {"pixel_auroc": 1.0, "aupro": 1.0, "pixel_images": len(splits.test)}
+    reversed_maps = pixel_metrics(BrightnessModel(-1.0), splits.test, options)
+    assert reversed_maps["pixel_auroc"] == 0.0
+    assert reversed_maps["aupro"] < 0.05, reversed_maps  # no region found below FPR 0.3
     # Abnormal images without a mask file are left out; normal ones count with an all-normal mask.
     splits.test.masks = [None] * len(splits.test)
     assert pixel_metrics(BrightnessModel(1.0), splits.test, options) is None

@@ -250,6 +250,11 @@ def test_synthetic_anomalies_are_the_same_set_every_time():
     assert np.array_equal(a.images.images, b.images.images) and np.array_equal(a.masks, b.masks)
     assert len(a.images) == 10 and (a.images.labels == 1).all()
     assert {i.split(":")[1] for i in a.images.ids} == {"stain", "shuffle"}
+    # A small validation set gives each image up to four differently damaged copies.
+    few = normal.subset(np.arange(5))
+    copies = synthetic_anomalies(few, ("stain",), 100, 0, image_size=16, channels=1)
+    assert len(copies.images) == 20
+    assert len({image.tobytes() for image in copies.images.images}) == 20
 
 
 # ------------------------------------------------------------------ training

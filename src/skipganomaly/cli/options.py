@@ -36,8 +36,9 @@ RUN_SETTING_FLAGS = (
         "--preset",
         "train.preset",
         "training preset: improved (Skip-GANomaly's default: weight average, rotation task, score terms "
-        "chosen on validation), reference (the official code) or paper (Sec. IV-B); each model with "
-        "its own values",
+        "chosen on validation), restoring (improved, and G learns to remove synthetic anomalies while a "
+        "segmentation head finds them; threshold at eval.target_fpr), reference (the official code) or "
+        "paper (Sec. IV-B); each model with its own values",
         {"choices": preset_names()},
     ),
     Flag(

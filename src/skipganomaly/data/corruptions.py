@@ -27,10 +27,12 @@ def _rand(shape, x: torch.Tensor, generator: torch.Generator | None) -> torch.Te
     return torch.rand(shape, generator=generator, device=x.device, dtype=torch.float32)
 
 
-def smooth_blobs(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def smooth_blobs(
+    x: torch.Tensor, generator: torch.Generator | None = None, coverage_range: tuple[float, float] = BLOB_COVERAGE
+) -> torch.Tensor:
     """A binary mask (N, 1, H, W) per image: low-resolution noise upsampled smoothly (a one-octave
     Perlin-like field) and cut at the quantile that gives a coverage drawn from
-    :data:`BLOB_COVERAGE`, so every mask is one or a few smooth blobs and never empty."""
+    ``coverage_range``, so every mask is one or a few smooth blobs and never empty."""
     n, _, h, w = x.shape
     masks = torch.empty(n, 1, h, w, device=x.device)
     for cells in (4, 8):  # coarse and finer blobs, half the images each
@@ -42,7 +44,8 @@ def smooth_blobs(x: torch.Tensor, generator: torch.Generator | None = None) -> t
         field = F.interpolate(
             _rand((k, 1, *grid), x, generator), size=(h, w), mode="bicubic", align_corners=False
         )
-        coverage = BLOB_COVERAGE[0] + (BLOB_COVERAGE[1] - BLOB_COVERAGE[0]) * _rand((k,), x, generator)
+        low, high = coverage_range
+        coverage = low + (high - low) * _rand((k,), x, generator)
         flat = field.flatten(1)
         cut = flat.sort(dim=1, descending=True).values
         index = (coverage * flat.shape[1]).long().clamp(1, flat.shape[1]) - 1
@@ -129,13 +132,14 @@ def intensity(x: torch.Tensor, generator: torch.Generator | None = None) -> tupl
 
 
 def stain(x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inside a blob, one random colour with fine noise, at an opacity of 0.6 to 1: a stain, a
-    hole, a foreign body."""
+    """Inside a small blob (0.5% to 8% of the image), one random colour with fine noise, at an
+    opacity of 0.3 to 1: a stain, a hole, a foreign body, from faint to plain. Smaller and fainter
+    than the training families, so that the synthetic validation does not saturate at 1."""
     n, c = x.shape[:2]
-    mask = smooth_blobs(x, generator)
+    mask = smooth_blobs(x, generator, (0.005, 0.08))
     colour = 2 * _rand((n, c, 1, 1), x, generator) - 1
     grain = 0.1 * (2 * _rand(x.shape, x, generator) - 1)
-    opacity = (0.6 + 0.4 * _rand((n, 1, 1, 1), x, generator)) * mask
+    opacity = (0.3 + 0.7 * _rand((n, 1, 1, 1), x, generator)) * mask
     out = x * (1 - opacity) + (colour + grain).clamp(-1, 1) * opacity
     return out, mask * ((out - x).abs().amax(1, keepdim=True) > 1e-3).float()
 

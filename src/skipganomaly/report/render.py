@@ -22,7 +22,7 @@ from ..specs.models import display_name
 from ..specs.protocols import HONEST_PROTOCOLS, PAPER, PROTOCOL_SPECS
 from . import published
 from .figure_set import Figure, build_figures
-from .results import collect_rows, results_csv, summarize
+from .results import collect_rows, control_cell, results_csv, summarize
 from .run_files import read_runs
 from .runner import Plan
 from .summary_types import Summary, TableEntry
@@ -248,12 +248,7 @@ def _row_for_csv(row: dict[str, Any]) -> list[str]:
         str(row["epoch_best"]),
         f"{row['wall_time_s']:.0f}" if not math.isnan(row["wall_time_s"]) else "n/a",
         fmt(row.get("auroc_std_last")) + (" †" if row.get("std_curve") == "test" else ""),
-        (
-            f"{TITLES.get(row['shortcut_statistic'], row['shortcut_statistic'])} "
-            f"{row['shortcut_separability']:.3f}"
-            if row.get("shortcut_statistic")
-            else ""
-        ),
+        control_cell(row, TITLES),
     ]
 
 
@@ -268,7 +263,7 @@ RUN_HEADER = [
     "best epoch",
     "wall time (s)",
     "AUROC std, last epochs",
-    "strongest trivial statistic (separability)",
+    "trivial detectors: strongest statistic (separability), pixel kNN (AUROC); (model's margin)",
 ]
 
 

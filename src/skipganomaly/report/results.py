@@ -51,6 +51,7 @@ COLUMNS = [
     "std_curve",
     "shortcut_separability",
     "shortcut_statistic",
+    "pixel_knn_auroc",
 ]
 
 
@@ -84,6 +85,27 @@ def strongest_shortcut(metrics: dict[str, Any]) -> tuple[float, str]:
     return _finite(table[name]["separability"]), name
 
 
+def pixel_knn_of(metrics: dict[str, Any]) -> float:
+    """The pixel-kNN control's test AUROC (``controls``; scoring/controls.py), NaN without it."""
+    control = ((metrics.get("controls") or {}).get("test") or {}).get("pixel_knn") or {}
+    return _finite(control.get("auroc"))
+
+
+def control_cell(row: dict[str, Any], titles: dict[str, str]) -> str:
+    """The report's cell of trivial detectors for one row: the strongest statistic's
+    separability and the pixel kNN's AUROC, each with the model's margin over it (negative:
+    the trivial detector does better)."""
+    parts = []
+    if row.get("shortcut_statistic"):
+        sep = row["shortcut_separability"]
+        name = titles.get(row["shortcut_statistic"], row["shortcut_statistic"])
+        parts.append(f"{name} {sep:.3f} ({row['auroc'] - sep:+.3f})")
+    knn = row.get("pixel_knn_auroc", math.nan)
+    if knn == knn:
+        parts.append(f"pixel kNN {knn:.3f} ({row['auroc'] - knn:+.3f})")
+    return "; ".join(parts)
+
+
 def rows_of_run(plan: Plan, spec: RunSpec, metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """The result rows one training gives: its own protocol, and ``paper`` when it scored that."""
     base = {
@@ -109,6 +131,7 @@ def rows_of_run(plan: Plan, spec: RunSpec, metrics: dict[str, Any]) -> list[dict
                 "std_curve": curve,
                 "shortcut_separability": separability,
                 "shortcut_statistic": statistic,
+                "pixel_knn_auroc": pixel_knn_of(metrics),
                 "protocol": spec.protocol,
                 "optimistic": int(PROTOCOL_SPECS[spec.protocol].optimistic),
                 "auroc": _finite(test["auroc"]),
@@ -129,6 +152,7 @@ def rows_of_run(plan: Plan, spec: RunSpec, metrics: dict[str, Any]) -> list[dict
                 "std_curve": curve,
                 "shortcut_separability": math.nan,  # the paper's set is the whole pool, not test
                 "shortcut_statistic": "",
+                "pixel_knn_auroc": math.nan,
                 "protocol": PAPER.name,
                 "optimistic": 1,
                 "auroc": _finite(paper["auroc"]),

@@ -294,7 +294,14 @@ class Trainer:
             epoch + 1, lr, losses, val, test, selection, seconds, paper, self.score_terms_used,
             self.validation.synthetic_record,
         )  # fmt: skip
-        improved = self.best is None or selection[1] > self.best.value
+        # Ties keep the earlier epoch, except on the synthetic validation, which can saturate at 1
+        # on easy data: there the later (longer-trained) epoch wins a tie.
+        later_wins = selection[0] == "synthetic_val.auroc"
+        improved = (
+            self.best is None
+            or selection[1] > self.best.value
+            or (later_wins and selection[1] == self.best.value)
+        )
         if improved:
             self.best = Selection(epoch=epoch + 1, metric=selection[0], value=selection[1])
             self.best_scores = (val, test)
