@@ -65,6 +65,9 @@ def add_parser(verbs) -> None:
         help="what each busy process does: spin one core, or train the model on one thread (default spin)",
     )
     bench.add_argument("--json", metavar="FILE.json", help="also write the figures as JSON")
+    bench.add_argument(
+        "--overwrite", action="store_true", help="replace a file at --json that is not an earlier benchmark's"
+    )
     add_common(bench)
 
 
@@ -84,7 +87,14 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 2:
         raise UserError("--batch-size must be at least 2 (BatchNorm needs a batch)")
     from ..benchmark import BenchmarkSettings, run_benchmark
-    from ..runtime.files import write_json
+    from ..runtime.files import check_output_file, write_json
+    from ..runtime.outputs import check_replaceable, json_with_keys
+
+    if args.json:  # before minutes of measuring
+        check_output_file(Path(args.json), "--json", "benchmark.json")
+        check_replaceable(
+            args.json, "--json", json_with_keys("machine", "results"), "a benchmark's JSON", args.overwrite
+        )
 
     settings = BenchmarkSettings(
         sizes=sizes,

@@ -40,13 +40,14 @@ def exported_for_run(run_dir: str | os.PathLike, which: str = "best", log=None) 
         ):
             return existing
     from ..formats.checkpoint import load_run_checkpoint
-    from ..runtime.files import write_bytes
+    from ..runtime.files import remove_orphan_temporaries, write_bytes
     from .export import export_checkpoint
 
     checkpoint = load_run_checkpoint(run_dir, which)  # a clear error for a missing run or checkpoint
     if log is not None:
         log(f"exporting {source} to ONNX ...")
     result = export_checkpoint(checkpoint, which=which, source=source)
+    remove_orphan_temporaries(path.parent, path.name)  # a killed export's litter
     try:
         write_bytes(path, result.model_bytes)
         where: Path | None = path

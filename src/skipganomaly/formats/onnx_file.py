@@ -226,6 +226,18 @@ def parse_exported(model_bytes: bytes, path: Path | None = None) -> ExportedMode
     return ExportedModel(path=path, model_bytes=model_bytes, metadata=metadata, content_sha256=actual)
 
 
+def is_exported_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a skipganomaly export (its format key), intact or not: the file an
+    export may replace (runtime/outputs.py)."""
+    path = Path(path)
+    if path.stat().st_size > 4 << 30:
+        return False
+    try:
+        return read_metadata_props(path.read_bytes()).get("format") == FORMAT
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
 def read_exported(path: str | os.PathLike) -> ExportedModel:
     """Read and check an exported ``.onnx`` file."""
     path = Path(path)
