@@ -141,7 +141,7 @@ def _graph_node_counts(model_bytes: bytes) -> dict[str, int] | None:
 
 def _with_metadata(model_bytes: bytes, metadata: dict[str, Any]) -> tuple[bytes, str]:
     """The model with its producer and metadata set, and its content hash (computed on the model
-    as written, metadata aside)."""
+    as written, metadata aside, and on the metadata's decision fields)."""
     import onnx
 
     proto = onnx.load_from_string(model_bytes)
@@ -152,7 +152,7 @@ def _with_metadata(model_bytes: bytes, metadata: dict[str, Any]) -> tuple[bytes,
         "describes inputs, outputs, preprocessing and the threshold."
     )
     del proto.metadata_props[:]
-    content_hash = content_sha256(proto.SerializeToString())
+    content_hash = content_sha256(proto.SerializeToString(), metadata)
     for key, value in metadata_props(metadata, content_hash).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
