@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from ..data.arrays import as_image, check_batch_size
 from ..data.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     BadImageError,
@@ -58,38 +58,6 @@ def to_uint8_image(reconstructed: np.ndarray) -> np.ndarray:
         .astype(np.uint8)
         .transpose(1, 2, 0)
     )
-
-
-def _pil_from_array(array: np.ndarray) -> Image.Image:
-    """A numpy image (H x W, H x W x 1, H x W x 3, H x W x 4) as the PIL image a file of that kind
-    would open as, so that it is prepared the same way: 8-bit as is; one channel of 16-bit,
-    integers or floats in the modes Pillow gives such files (scaled to 8 bits by their range when
-    prepared); colour arrays that are not 8-bit scaled here (floats in [0, 1] or [0, 255], uint16
-    in [0, 65535])."""
-    array = np.asarray(array)
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    shape_ok = array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))
-    if not shape_ok or min(array.shape[:2]) < 1:
-        raise UserError(
-            f"an image array of shape {array.shape} cannot be scored; pass H x W, H x W x 1, H x W x 3 or H x W x 4"
-        )
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8) * 255
-    if array.dtype == np.uint8:
-        return Image.fromarray(np.ascontiguousarray(array))
-    if array.ndim == 2:
-        if array.dtype == np.uint16:
-            return Image.fromarray(np.ascontiguousarray(array), mode="I;16")
-        if np.issubdtype(array.dtype, np.integer):
-            return Image.fromarray(np.ascontiguousarray(array.astype(np.int32)), mode="I")
-        return Image.fromarray(np.ascontiguousarray(np.nan_to_num(array).astype(np.float32)), mode="F")
-    values = np.nan_to_num(array.astype(np.float64))
-    if array.dtype == np.uint16:
-        values = values / 257.0
-    elif np.issubdtype(array.dtype, np.floating) and values.size and values.max() <= 1.0:
-        values = values * 255.0
-    return Image.fromarray(np.clip(values + 0.5, 0, 255).astype(np.uint8))
 
 
 class OnnxEngine:
@@ -234,18 +202,13 @@ class Detector:
         raise UserError(f"engine {engine!r}: choose onnx or torch")
 
     # ------------------------------------------------------------------ preparing images
-    def prepare(self, image: Any) -> np.ndarray:
+    def prepare(self, image: Any, where: str = "the image") -> np.ndarray:
         """One image (PIL, numpy array or file path) as the (size, size, channels) uint8 array the
-        model scores."""
-        if isinstance(image, Image.Image):
-            return self.preprocessing.prepare(image)
-        if isinstance(image, np.ndarray):
-            return self.preprocessing.prepare(_pil_from_array(image))
+        model scores; checked by the rules of :mod:`skipganomaly.data.arrays` (accepted dtypes and
+        values, ``max_image_pixels``), a BadImageError naming ``where`` otherwise."""
         if isinstance(image, (str, os.PathLike)):
-            return self.preprocessing.prepare(open_image(image))
-        raise UserError(
-            f"cannot score a {type(image).__name__}; pass PIL images, numpy arrays or image file paths"
-        )
+            return self.preprocessing.prepare(open_image(image, self.max_image_pixels))
+        return self.preprocessing.prepare(as_image(image, where, self.max_image_pixels))
 
     # ------------------------------------------------------------------ scoring
     def score_prepared(
@@ -283,6 +246,7 @@ class Detector:
         """Score one image or a list of images (PIL images, numpy arrays, file paths; a folder
         path stands for every image file below it). Returns one :class:`Prediction` per image,
         in order."""
+        batch_size = check_batch_size(batch_size)
         items = list(images) if isinstance(images, (list, tuple)) else [images]
         expanded: list[Any] = []
         for item in items:
@@ -291,17 +255,19 @@ class Detector:
             else:
                 expanded.append(item)
         results: list[Prediction] = []
-        for start in range(0, len(expanded), max(1, batch_size)):
+        for start in range(0, len(expanded), batch_size):
             chunk = expanded[start : start + batch_size]
             prepared, names, sizes = [], [], []
-            for item in chunk:
+            for position, item in enumerate(chunk, start):
                 if isinstance(item, (str, os.PathLike)):
-                    array, size = load_image_and_size(item, self.image_size, self.channels)
+                    array, size = load_image_and_size(
+                        item, self.image_size, self.channels, self.max_image_pixels
+                    )
                     prepared.append(array)
                     names.append(str(item))
                     sizes.append(size)
                 else:
-                    prepared.append(self.prepare(item))
+                    prepared.append(self.prepare(item, f"image {position}"))
                     names.append("")
                     sizes.append(None)
             batch = self.score_prepared(np.stack(prepared), with_maps, names)
@@ -326,7 +292,7 @@ class Detector:
         scored (decoding and ONNX Runtime both release the GIL); memory stays bounded by two batches
         however many files there are. Files over :attr:`max_image_pixels` pixels are bad images."""
         names = [str(p) for p in paths]
-        batch_size = max(1, batch_size)
+        batch_size = check_batch_size(batch_size)
 
         def load(path: str):
             try:
