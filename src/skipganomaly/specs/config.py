@@ -122,7 +122,10 @@ class TrainConfig:
     precision: str = "fp32"
     channels_last: bool = True  # measured faster for scoring on CPUs (oneDNN) and usual on GPUs
     compile: str = "off"
-    threads: int = 0
+    # 0: fixed from the machine (cores, cgroup quota, OMP_NUM_THREADS), recorded in the run and
+    # kept on resume; N: N threads; "auto": follows the machine's load (faster when shared, not
+    # reproducible). runtime/threads.py.
+    threads: int | str = 0
     sync_batchnorm: bool = False
     log_every: int = 10
 
@@ -168,9 +171,16 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if type(None) in typing.get_args(annotation) and (
+            value is None or (isinstance(value, str) and value.lower() in ("none", "null", ""))
+        ):
             return None
-        return _coerce(value, args[0], key)
+        for arg in args[:-1]:  # the first type the value converts to (int | str: 4, then "auto")
+            try:
+                return _coerce(value, arg, key)
+            except UserError:
+                pass
+        return _coerce(value, args[-1], key)
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -334,8 +344,11 @@ def validate(config: Config) -> None:
         raise UserError(f"train.precision={t.precision!r}: choose fp32, bf16 or auto")
     if t.compile not in ("off", "default", "reduce-overhead", "max-autotune"):
         raise UserError(f"train.compile={t.compile!r}: choose off, default, reduce-overhead or max-autotune")
-    if t.threads < 0:
-        raise UserError(f"train.threads={t.threads}: use 0 (automatic) or a positive number")
+    if isinstance(t.threads, str) and t.threads != "auto" or isinstance(t.threads, int) and t.threads < 0:
+        raise UserError(
+            f"train.threads={t.threads!r}: use 0 (fixed from the machine), a positive number, or auto "
+            "(follows the load; not reproducible)"
+        )
     if not 0.0 <= t.ema_decay < 1.0:
         raise UserError(f"train.ema_decay={t.ema_decay}: use 0 (off) or a decay in (0, 1), e.g. 0.999")
     if t.w_rot < 0:
