@@ -100,7 +100,7 @@ def test_foreign_files_at_output_names_are_refused_own_ones_replaced(images, tmp
         plan_outputs(paths, tmp_path / "o.csv", None)
 
 
-def test_predict_cli_refuses_before_loading_and_says_overwrite(digits_run, images, tmp_path):
+def test_predict_cli_refuses_before_scoring(digits_run, images, tmp_path):
     target = images / "img_0.png"
     before = target.read_bytes()
     result = run_cli("predict", images, "--run", digits_run, "--output", target, "--device", "cpu")

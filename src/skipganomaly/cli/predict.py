@@ -86,8 +86,6 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(output, "--output", "predictions.csv")
     if heatmaps is not None:
         check_output_folder(heatmaps, "--heatmaps")
-    # No output replaces an input or a file predict did not write (docs/failure-behaviour.md).
-    plan_outputs(collect_image_paths(args.paths), output, heatmaps, args.overwrite)
     if args.engine == "onnx":
         from ..deploy.detector import Detector
 
@@ -96,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         predictor = Predictor.from_run(args.run, args.checkpoint, args.device, args.max_image_pixels)
+    # No output replaces an input or a file predict did not write (docs/failure-behaviour.md);
+    # checked before any image is scored (after the run, whose errors come first).
+    plan_outputs(collect_image_paths(args.paths), output, heatmaps, args.overwrite)
     previous = output.exists()
     try:
         counts = predict_to_csv(
