@@ -89,7 +89,9 @@ def map_source(predictor) -> str:
     return source(predictor.model)
 
 
-def render(images, reconstructions, predictions, labels, map_high: float, title: str, args, source: str) -> None:
+def render(
+    images, reconstructions, predictions, labels, map_high: float, title: str, args, source: str
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -75,11 +75,13 @@ def test_the_file_describes_itself_and_refuses_damage(digits_run, digits_onnx, t
         props["threshold"] == repr(m["normalization"]["threshold"])
         and props["content_sha256"] == exported.content_sha256
     )
-    # Metadata may be edited (the hash covers the rest); one changed weight byte is refused.
+    # A metadata note may be added (the hash covers the graph and the decision fields); one
+    # changed weight byte is refused.
     proto = onnx.load(digits_onnx)
     proto.metadata_props.add(key="note", value="inspected")
     edited = proto.SerializeToString()
-    assert content_sha256(edited) == exported.content_sha256
+    assert content_sha256(edited, exported.metadata) == exported.content_sha256
+    assert read_exported(digits_onnx).content_sha256 == exported.content_sha256
     weights = next(t for t in proto.graph.initializer if len(t.raw_data) > 16)
     raw = bytearray(weights.raw_data)
     raw[8] ^= 0x01

@@ -155,6 +155,8 @@ def two_free_cores(tmp_path, monkeypatch):
 
 
 def _chooser(two_free_cores, machine, **kwargs):
+    """A chooser on the fake machine; following the load (train.threads=auto) unless told."""
+    kwargs.setdefault("requested", "auto")
     proc, cgroup = two_free_cores
     return ThreadChooser(
         proc=proc, cgroup=cgroup, sampler=machine.sample, sleep=machine.advance, clock=lambda: machine.clock,

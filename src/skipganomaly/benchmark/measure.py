@@ -185,7 +185,8 @@ _DEFAULT_THREADS = torch.get_num_threads()  # PyTorch's own choice, before anyth
 
 def plain_thread_count(settings: BenchmarkSettings) -> int:
     """The plain mode's threads: ``--threads`` if given, else PyTorch's default (one per core)."""
-    return settings.threads if settings.threads > 0 else _DEFAULT_THREADS
+    fixed = isinstance(settings.threads, int) and settings.threads > 0
+    return settings.threads if fixed else _DEFAULT_THREADS
 
 
 def run_benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = print) -> dict[str, Any]:

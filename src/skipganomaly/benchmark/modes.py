@@ -36,7 +36,7 @@ class BenchmarkSettings:
     device: str = "auto"
     precision: str = "auto"
     channels_last: bool = True
-    threads: int = 0
+    threads: int | str = 0  # train.threads of the optimised mode: 0, N or "auto"
     channels: int = 3
     ngf: int = 64
     ndf: int = 64

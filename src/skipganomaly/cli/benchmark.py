@@ -46,7 +46,11 @@ def add_parser(verbs) -> None:
         help="optimised mode in the default memory format instead of channels_last",
     )
     bench.add_argument(
-        "--threads", type=int, default=0, metavar="N", help="intra-op threads (default: all cores)"
+        "--threads",
+        default="0",
+        metavar="N|auto",
+        help="the optimised mode's intra-op threads: 0 (default) fixed from the machine as train "
+        "chooses them; N; or auto, which follows the load as train.threads=auto does (not reproducible)",
     )
     bench.add_argument("--ngf", type=int, default=64, metavar="N", help="generator width (default 64)")
     bench.add_argument("--ndf", type=int, default=64, metavar="N", help="discriminator width (default 64)")
@@ -65,6 +69,9 @@ def add_parser(verbs) -> None:
         help="what each busy process does: spin one core, or train the model on one thread (default spin)",
     )
     bench.add_argument("--json", metavar="FILE.json", help="also write the figures as JSON")
+    bench.add_argument(
+        "--overwrite", action="store_true", help="replace a file at --json that is not an earlier benchmark's"
+    )
     add_common(bench)
 
 
@@ -76,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
     for size in sizes:
         if size < 16 or size > 256 or size & (size - 1):
             raise UserError(f"--sizes: {size} is not a power of two from 16 to 256")
+    threads: int | str = args.threads.strip().lower()
+    if threads != "auto":
+        if not threads.isdigit():
+            raise UserError(f"--threads {args.threads!r}: use 0, a positive number, or auto")
+        threads = int(threads)
     if not 0 <= args.busy <= 64:
         raise UserError(f"--busy {args.busy}: use 0 to 64 busy processes")
     for name in ("batch_size", "score_batch_size", "steps", "score_images", "repeats", "ngf", "ndf"):
@@ -84,7 +96,14 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 2:
         raise UserError("--batch-size must be at least 2 (BatchNorm needs a batch)")
     from ..benchmark import BenchmarkSettings, run_benchmark
-    from ..runtime.files import write_json
+    from ..runtime.files import check_output_file, write_json
+    from ..runtime.outputs import check_replaceable, json_with_keys
+
+    if args.json:  # before minutes of measuring
+        check_output_file(Path(args.json), "--json", "benchmark.json")
+        check_replaceable(
+            args.json, "--json", json_with_keys("machine", "results"), "a benchmark's JSON", args.overwrite
+        )
 
     settings = BenchmarkSettings(
         sizes=sizes,
@@ -97,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         channels_last=not args.no_channels_last,
-        threads=max(args.threads, 0),
+        threads=threads,
         ngf=args.ngf,
         ndf=args.ndf,
         memory=not args.no_memory,

@@ -37,13 +37,18 @@ def add_parser(verbs) -> None:
         choices=["uint8", "float32"],
         help="the graph's input: (N, H, W, C) uint8 (default) or float32, both in [0, 255]",
     )
+    export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing file at --output that is not an earlier export (never the checkpoint)",
+    )
     add_common(export)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..deploy.export import export_run
 
-    result = export_run(args.run, args.checkpoint, args.output, args.input_type)
+    result = export_run(args.run, args.checkpoint, args.output, args.input_type, args.overwrite)
     m = result.metadata
     print(
         f"wrote {result.path} ({len(result.model_bytes) / 2**20:.1f} MiB): {m['model']['name']}, "

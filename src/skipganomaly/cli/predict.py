@@ -24,7 +24,8 @@ def add_parser(verbs) -> None:
             "threshold fixed at training time, so a file's score does not depend on the others. Rows "
             "appear in FILE.csv.partial as images are scored; it replaces FILE.csv when all are scored, "
             "so a run that fails leaves a previous FILE.csv as it was. Images skipped with "
-            "--skip-bad-images are listed in FILE.skipped.csv (path, reason)."
+            "--skip-bad-images are listed in FILE.skipped.csv (path, reason). No output replaces an "
+            "input, or an existing file predict did not write unless you pass --overwrite."
         ),
     )
     predict.add_argument(
@@ -67,11 +68,17 @@ def add_parser(verbs) -> None:
         help="torch (default): the PyTorch model; onnx: the run's ONNX export on ONNX Runtime (exported to "
         "RUN_DIR/exports/ first when needed; --workers threads decode ahead)",
     )
+    predict.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing files at the output paths that predict did not write (never an input)",
+    )
     add_common(predict)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..deploy.predict_csv import predict_to_csv, skipped_list_path
+    from ..data.images import collect_image_paths
+    from ..deploy.predict_csv import plan_outputs, predict_to_csv, skipped_list_path
     from ..runtime.files import WriteError, check_output_file, check_output_folder, partial_path
 
     if args.batch_size < 1:
@@ -105,10 +112,20 @@ def run(args: argparse.Namespace) -> int:
         from ..deploy.predict import Predictor
 
         predictor = Predictor.from_run(args.run, args.checkpoint, args.device, args.max_image_pixels)
+    # No output replaces an input or a file predict did not write (docs/failure-behaviour.md);
+    # checked before any image is scored (after the run, whose errors come first).
+    plan_outputs(collect_image_paths(args.paths), output, heatmaps, args.overwrite)
     previous = output.exists()
     try:
         counts = predict_to_csv(
-            predictor, args.paths, output, heatmaps, args.batch_size, args.workers, args.skip_bad_images
+            predictor,
+            args.paths,
+            output,
+            heatmaps,
+            args.batch_size,
+            args.workers,
+            args.skip_bad_images,
+            overwrite=args.overwrite,
         )
     except WriteError as exc:
         kept = f"{output} is unchanged" if previous else f"{output} was not written"

@@ -30,6 +30,11 @@ def add_parser(verbs) -> None:
         metavar="FILE.json",
         help="where to write the metrics (default RUN_DIR/test-<checkpoint>.json)",
     )
+    test.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a file at --output that is not an earlier test's metrics (never the run's files)",
+    )
     add_common(test)
 
 
@@ -43,9 +48,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import prepare_data
     from ..evaluation.record import evaluate_run
-    from ..formats.checkpoint import load_run_checkpoint
+    from ..formats.checkpoint import checkpoint_path, load_run_checkpoint
     from ..runtime.device import resolve_device
     from ..runtime.files import check_output_file, write_json
+    from ..runtime.outputs import InputSet, check_replaceable, json_with_keys, refuse_input
     from ..runtime.precision import resolve_precision
 
     run_dir = Path(args.run)
@@ -60,6 +66,15 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(
                 f"--output {output} is the run's training record, which test never rewrites; choose another file"
             )
+        # The checkpoint it reads and every file it does not own stay as they are.
+        refuse_input(output, InputSet([checkpoint_path(run_dir, args.checkpoint)]), "--output")
+        check_replaceable(
+            output,
+            "--output",
+            json_with_keys("checkpoint", "content_hash"),
+            "a test's metrics JSON",
+            args.overwrite,
+        )
     else:
         output = test_results_path(run_dir, args.checkpoint)
         if run_dir.is_dir() and not os.access(run_dir, os.W_OK | os.X_OK):

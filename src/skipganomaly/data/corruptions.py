@@ -28,7 +28,9 @@ def _rand(shape, x: torch.Tensor, generator: torch.Generator | None) -> torch.Te
 
 
 def smooth_blobs(
-    x: torch.Tensor, generator: torch.Generator | None = None, coverage_range: tuple[float, float] = BLOB_COVERAGE
+    x: torch.Tensor,
+    generator: torch.Generator | None = None,
+    coverage_range: tuple[float, float] = BLOB_COVERAGE,
 ) -> torch.Tensor:
     """A binary mask (N, 1, H, W) per image: low-resolution noise upsampled smoothly (a one-octave
     Perlin-like field) and cut at the quantile that gives a coverage drawn from

@@ -141,6 +141,19 @@ class Preprocessing:
         }
 
 
+def check_pixel_values(image: Image.Image, where: str) -> None:
+    """A decoded image's values must be numbers the scaling to 8 bits can use: a float or 32-bit
+    image (TIFF modes F and I) with NaN, infinite or negative pixels is a :class:`BadImageError`
+    (its range scaling would turn one such pixel into a black or meaningless image)."""
+    if image.mode not in ("F", "I"):
+        return
+    values = np.asarray(image)
+    if values.size and not np.isfinite(values).all():
+        raise BadImageError(f"{where} holds NaN or infinite pixel values; only finite values can be scored")
+    if values.size and values.min() < 0:
+        raise BadImageError(f"{where} holds negative pixel values; use values from 0 up")
+
+
 def open_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """Open and fully decode an image, raising :class:`BadImageError` naming the file (unreadable,
     or more than ``max_pixels`` pixels)."""
@@ -158,9 +171,12 @@ def open_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_IMAGE_PIXE
                 if width * height > max_pixels:
                     raise BadImageError(_too_large(path, width, height, max_pixels))
                 image.load()
+                check_pixel_values(image, f"image {path}")
                 return image.copy() if image.mode != "P" else image.convert("RGBA")
     except Image.DecompressionBombError:  # over twice Pillow's limit: refused by Pillow itself
         raise BadImageError(_too_large(path, None, None, max_pixels)) from None
+    except BadImageError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, MemoryError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BadImageError(

@@ -192,8 +192,14 @@ def random_horizontal_flip(x: torch.Tensor) -> torch.Tensor:
 def to_model_input(
     images: torch.Tensor, device: torch.device | str = "cpu", channels_last: bool = False
 ) -> torch.Tensor:
-    """uint8 (N, C, H, W) in [0, 255] -> float32 in [-1, 1] on ``device``."""
-    x = images.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+    """uint8 (N, C, H, W) in [0, 255] -> float32 in [-1, 1] on ``device``. A float32 input in
+    [0, 255] is scaled the same way, into a new tensor: the caller's is never changed."""
+    x = images.to(device, non_blocking=True).float()
+    if x.data_ptr() == images.data_ptr():
+        # .float() of a float32 tensor is the tensor itself: scaling it in place would change the
+        # caller's images (the float32 export's check compared the graph on altered inputs).
+        x = x.clone()
+    x = x.div_(127.5).sub_(1.0)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..data.arrays import as_image, check_batch_size
 from ..data.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     BadImageError,
@@ -59,38 +60,6 @@ def to_uint8_image(reconstructed: np.ndarray) -> np.ndarray:
         .astype(np.uint8)
         .transpose(1, 2, 0)
     )
-
-
-def _pil_from_array(array: np.ndarray) -> Image.Image:
-    """A numpy image (H x W, H x W x 1, H x W x 3, H x W x 4) as the PIL image a file of that kind
-    would open as, so that it is prepared the same way: 8-bit as is; one channel of 16-bit,
-    integers or floats in the modes Pillow gives such files (scaled to 8 bits by their range when
-    prepared); colour arrays that are not 8-bit scaled here (floats in [0, 1] or [0, 255], uint16
-    in [0, 65535])."""
-    array = np.asarray(array)
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    shape_ok = array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))
-    if not shape_ok or min(array.shape[:2]) < 1:
-        raise UserError(
-            f"an image array of shape {array.shape} cannot be scored; pass H x W, H x W x 1, H x W x 3 or H x W x 4"
-        )
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8) * 255
-    if array.dtype == np.uint8:
-        return Image.fromarray(np.ascontiguousarray(array))
-    if array.ndim == 2:
-        if array.dtype == np.uint16:
-            return Image.fromarray(np.ascontiguousarray(array), mode="I;16")
-        if np.issubdtype(array.dtype, np.integer):
-            return Image.fromarray(np.ascontiguousarray(array.astype(np.int32)), mode="I")
-        return Image.fromarray(np.ascontiguousarray(np.nan_to_num(array).astype(np.float32)), mode="F")
-    values = np.nan_to_num(array.astype(np.float64))
-    if array.dtype == np.uint16:
-        values = values / 257.0
-    elif np.issubdtype(array.dtype, np.floating) and values.size and values.max() <= 1.0:
-        values = values * 255.0
-    return Image.fromarray(np.clip(values + 0.5, 0, 255).astype(np.uint8))
 
 
 class OnnxEngine:
@@ -264,30 +233,30 @@ class Detector:
         raise UserError(f"engine {engine!r}: choose onnx or torch")
 
     # ------------------------------------------------------------------ preparing images
-    def _source(self, image: Any) -> tuple[Image.Image, str, tuple[int, int] | None]:
-        """One image (PIL, numpy array or file path) as a PIL image, its name and its file size."""
-        if isinstance(image, Image.Image):
-            return image, "", None
-        if isinstance(image, np.ndarray):
-            return _pil_from_array(image), "", None
+    def _source(
+        self, image: Any, where: str = "the image"
+    ) -> tuple[Image.Image, str, tuple[int, int] | None]:
+        """One image (PIL, numpy array or file path) as a PIL image, its name and its file size;
+        in-memory images checked by the rules of :mod:`skipganomaly.data.arrays` (accepted dtypes
+        and values, ``max_image_pixels``), a BadImageError naming ``where`` otherwise."""
         if isinstance(image, (str, os.PathLike)):
             opened = open_image(image, self.max_image_pixels)
             return opened, str(image), opened.size
-        raise UserError(
-            f"cannot score a {type(image).__name__}; pass PIL images, numpy arrays or image file paths"
-        )
+        return as_image(image, where, self.max_image_pixels), "", None
 
-    def load(self, image: Any) -> tuple[np.ndarray, tuple[int, int] | None, SourceFacts]:
+    def load(
+        self, image: Any, where: str = "the image"
+    ) -> tuple[np.ndarray, tuple[int, int] | None, SourceFacts]:
         """One image as the (size, size, channels) uint8 array the model scores, the file's own
         (width, height) (None for an image not read from a file) and its source's facts (for the
         out-of-domain check). Raises a UserError (or the decoder's OSError) for a bad image."""
-        source, _, size = self._source(image)
+        source, _, size = self._source(image, where)
         return self.preprocessing.prepare(source), size, source_facts(source)
 
-    def prepare(self, image: Any) -> np.ndarray:
+    def prepare(self, image: Any, where: str = "the image") -> np.ndarray:
         """One image (PIL, numpy array or file path) as the (size, size, channels) uint8 array the
         model scores."""
-        return self.load(image)[0]
+        return self.load(image, where)[0]
 
     # ------------------------------------------------------------------ scoring
     def score_prepared(
@@ -348,8 +317,7 @@ class Detector:
         array of the wrong kind) comes back as a :class:`Prediction` whose ``error`` says why, and
         the others are scored; a single image (not in a list) that cannot be scored raises its
         UserError, as does a bad argument of the call itself."""
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise UserError(f"batch_size={batch_size!r}: use a positive whole number")
+        batch_size = check_batch_size(batch_size)
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         expanded: list[Any] = []
@@ -364,7 +332,7 @@ class Detector:
             loaded: list[tuple[np.ndarray, tuple[int, int] | None, SourceFacts] | str] = []
             for position, item in enumerate(chunk, start):
                 try:
-                    loaded.append(self.load(item))
+                    loaded.append(self.load(item, f"image {position}"))
                 except IMAGE_ERRORS as exc:
                     if single and not isinstance(exc, UserError):
                         raise UserError(_item_error(item, position, exc)) from None
@@ -407,7 +375,7 @@ class Detector:
         scored (decoding and ONNX Runtime both release the GIL); memory stays bounded by two batches
         however many files there are. Files over :attr:`max_image_pixels` pixels are bad images."""
         names = [str(p) for p in paths]
-        batch_size = max(1, batch_size)
+        batch_size = check_batch_size(batch_size)
 
         def load(path: str):
             try:

@@ -43,10 +43,12 @@ from ..formats.onnx_file import (
     content_sha256,
     default_export_path,
     file_sha256,
+    is_exported_file,
     metadata_props,
     parse_exported,
 )
-from ..runtime.files import write_bytes
+from ..runtime.files import check_output_file, remove_orphan_temporaries, write_bytes
+from ..runtime.outputs import InputSet, check_replaceable, refuse_input
 from ..scoring.engine import ScoringOptions
 from ..specs.errors import UserError
 from .contract import (
@@ -175,7 +177,7 @@ def _graph_node_counts(model_bytes: bytes) -> dict[str, int] | None:
 
 def _with_metadata(model_bytes: bytes, metadata: dict[str, Any]) -> tuple[bytes, str]:
     """The model with its producer and metadata set, and its content hash (computed on the model
-    as written, metadata aside)."""
+    as written, metadata aside, and on the metadata's decision fields)."""
     import onnx
 
     proto = onnx.load_from_string(model_bytes)
@@ -186,7 +188,7 @@ def _with_metadata(model_bytes: bytes, metadata: dict[str, Any]) -> tuple[bytes,
         "describes inputs, outputs, preprocessing and the threshold."
     )
     del proto.metadata_props[:]
-    content_hash = content_sha256(proto.SerializeToString())
+    content_hash = content_sha256(proto.SerializeToString(), metadata)
     for key, value in metadata_props(metadata, content_hash).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -437,21 +439,30 @@ def export_run(
     which: str = "best",
     output: str | os.PathLike | None = None,
     input_type: str = "uint8",
+    overwrite: bool = False,
 ) -> ExportResult:
-    """Export a run's checkpoint and write it (atomically) to ``output`` or the default path."""
+    """Export a run's checkpoint and write it (atomically) to ``output`` or the default path.
+    The path is checked before any work: a ``*.onnx`` name, creatable, not the checkpoint, and
+    either new or an earlier export (any other file only with ``overwrite``). Temporaries that a
+    killed export to the same path left are removed."""
+    path = Path(output) if output is not None else default_export_path(run_dir, which)
+    if path.suffix.lower() != ".onnx":
+        raise UserError(f"--output {path}: name the file *.onnx")
+    check_output_file(path, "--output", "model.onnx")
+    source = checkpoint_path(run_dir, which)
+    refuse_input(path, InputSet([source]), "--output")
+    check_replaceable(path, "--output", is_exported_file, "an ONNX export", overwrite)
     checkpoint = load_run_checkpoint(run_dir, which)
     splits = run_splits(checkpoint)
     result = export_checkpoint(
         checkpoint,
         which=which,
-        source=checkpoint_path(run_dir, which),
+        source=source,
         input_type=input_type,
         check_images=validation_images(checkpoint, splits),
         domain=run_domain(run_dir, checkpoint, splits),
     )
-    path = Path(output) if output is not None else default_export_path(run_dir, which)
-    if path.suffix.lower() != ".onnx":
-        raise UserError(f"--output {path}: name the file *.onnx")
+    remove_orphan_temporaries(path.parent, path.name)
     write_bytes(path, result.model_bytes)
     result.path = path
     return result

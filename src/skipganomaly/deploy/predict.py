@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data.arrays import as_image, check_batch_size
 from ..data.base import ImageSet
 from ..data.images import collect_image_paths, is_image_file
 from ..data.loading import BadImageCounter
@@ -25,7 +26,13 @@ from ..runtime.precision import resolve_precision
 from ..scoring.engine import ScoredSet, ScoringOptions, score_set, scored_batches
 
 # predict's CSV (no PyTorch there, for the scoring-only install), re-exported here for outside code.
-from .predict_csv import CSV_COLUMNS, predict_to_csv, skipped_list_path, unique_heatmap_name  # noqa: E402,F401
+from .predict_csv import (  # noqa: E402,F401
+    CSV_COLUMNS,
+    plan_outputs,
+    predict_to_csv,
+    skipped_list_path,
+    unique_heatmap_name,
+)
 from .prediction import Prediction
 
 
@@ -78,12 +85,14 @@ class Predictor:
     def score_arrays(
         self, images: list[np.ndarray] | list[Image.Image], with_maps: bool = False
     ) -> list[Prediction]:
-        """Score in-memory images (PIL images or HxW[xC] uint8 arrays) of any size."""
-        prepared = []
-        for image in images:
-            if isinstance(image, np.ndarray):
-                image = Image.fromarray(image)
-            prepared.append(self.preprocessing.prepare(image))
+        """Score in-memory images (PIL images or numpy arrays of any size, checked and converted by
+        the rules of :mod:`skipganomaly.data.arrays`, as ``Detector.score`` does)."""
+        prepared = [
+            self.preprocessing.prepare(as_image(image, f"image {k}", self.max_image_pixels))
+            for k, image in enumerate(images)
+        ]
+        if not prepared:
+            return []
         image_set = ImageSet(class_ids=np.zeros(len(prepared), np.int64), images=np.stack(prepared))
         scored = self._score(image_set, max(1, len(prepared)), with_maps, 0, False)
         return self._predictions(scored, [""] * len(prepared))
@@ -102,6 +111,7 @@ class Predictor:
         ``workers`` decode ahead of the model without being restarted, and memory stays bounded
         by the few batches in flight, however many files there are. ``counter``, if given,
         collects the path and reason of each file skipped (``skip_bad``)."""
+        batch_size = check_batch_size(batch_size)
         names = [str(p) for p in paths]
         image_set = ImageSet(class_ids=np.zeros(len(names), np.int64), paths=names)
         counter = counter if counter is not None else BadImageCounter()
@@ -153,4 +163,5 @@ __all__ = [
     "is_image_file",
     "partial_path",
     "skipped_list_path",
+    "plan_outputs",
 ]

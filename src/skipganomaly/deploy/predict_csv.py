@@ -12,8 +12,9 @@ from pathlib import Path
 from PIL import Image
 
 from ..data.images import collect_image_paths
-from ..runtime.files import streamed_file, write_error, write_text
-from ..scoring.heatmaps import write_heatmap
+from ..runtime.files import partial_path, streamed_file, write_error, write_text
+from ..runtime.outputs import InputSet, check_replaceable, csv_with_header, refuse_input
+from ..scoring.heatmaps import is_heatmap_file, write_heatmap
 from .prediction import Prediction
 
 # Threads encoding heatmap PNGs while the next batch is decoded and scored (PNG encoding releases
@@ -57,6 +58,47 @@ def skipped_list_path(output: Path) -> Path:
     return output.with_name(f"{output.stem}.skipped.csv")
 
 
+_HEADER = ",".join(CSV_COLUMNS[:3])  # what every predictions CSV starts with
+_SKIPPED_HEADER = "path,reason"
+
+
+def plan_outputs(
+    paths: list[Path], output: Path, heatmaps: Path | None, overwrite: bool = False
+) -> dict[str, Path]:
+    """Check every file ``predict_to_csv`` will write before any work (runtime/outputs.py): none
+    is an input; an existing one is this verb's own earlier file of that kind (predictions CSV,
+    its ``.partial``, the skipped list, an anomaly map) unless ``overwrite``. Returns each input's
+    heatmap path (empty without ``heatmaps``): its stem, numbered past names already taken, so a
+    heatmap never lands on an input or on another image's map."""
+    inputs = InputSet(paths)
+    files = [
+        (output, "--output", csv_with_header(_HEADER), "a predictions CSV"),
+        (
+            partial_path(output),
+            "--output",
+            csv_with_header(_HEADER, allow_empty=True),
+            "a partial predictions CSV",
+        ),
+        (skipped_list_path(output), "--output", csv_with_header(_SKIPPED_HEADER), "a skipped-images list"),
+    ]
+    for path, option, own, kind in files:
+        refuse_input(path, inputs, option)
+        check_replaceable(path, option, own, kind, overwrite)
+    if heatmaps is None:
+        return {}
+    taken = InputSet([*paths, *(path for path, *_ in files)])
+    used: set[str] = set()
+    names: dict[str, Path] = {}
+    for source in paths:
+        while True:
+            target = heatmaps / unique_heatmap_name(str(source), used)
+            if target not in taken:  # an input or one of the CSVs: never a heatmap's name
+                break
+        check_replaceable(target, "--heatmaps", is_heatmap_file, "an anomaly map", overwrite)
+        names[str(source)] = target
+    return names
+
+
 def predict_to_csv(
     predictor,
     inputs: list[str],
@@ -66,6 +108,7 @@ def predict_to_csv(
     workers: int = 0,
     skip_bad: bool = False,
     log=print,
+    overwrite: bool = False,
 ) -> dict:
     """Score files and folders into a CSV. Rows are written batch by batch as they finish into
     ``OUTPUT.partial`` beside ``output``, which replaces ``output`` in one step once every image
@@ -73,15 +116,17 @@ def predict_to_csv(
     never has a half-written row. A row is written once its heatmap is on disk; heatmaps of one
     batch are encoded by a few threads while the next batch is decoded and scored. Images skipped
     as unreadable (``skip_bad``) are named in ``NAME.skipped.csv`` (path, reason). Returns counts
-    (and ``skipped_files``) for the caller to report."""
+    (and ``skipped_files``) for the caller to report. No file it writes replaces an input, or
+    an existing file that is not its own earlier output of that kind unless ``overwrite``
+    (:func:`plan_outputs`)."""
     paths = collect_image_paths(inputs)
+    heatmap_paths = plan_outputs(paths, output, heatmaps, overwrite)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         if heatmaps is not None:
             heatmaps.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise write_error(output.parent if heatmaps is None else heatmaps, exc) from None
-    used: set[str] = set()
     counts: dict = {"scored": 0, "anomalous": 0, "skipped": 0}
     bad = SkippedImages()
     # out_of_domain: 1 or 0 where the scorer checks the domain (an export that carries it); else empty.
@@ -135,7 +180,7 @@ def predict_to_csv(
                 jobs = []
                 for p in predictions:
                     if p.anomaly_map is not None:
-                        target = heatmaps / unique_heatmap_name(p.path, used)
+                        target = heatmap_paths[p.path]
                         jobs.append(pool.submit(heatmap_job, p, target))
                         p.heatmap = str(target)
                 if pending is not None:
@@ -161,6 +206,6 @@ def predict_to_csv(
         writer.writerow(["path", "reason"])
         writer.writerows(bad.files)
         write_text(listed, rows.getvalue())
-    elif listed.is_file():
+    elif listed.is_file() and csv_with_header(_SKIPPED_HEADER)(listed):
         listed.unlink()  # a previous run's list: this output has no skipped images
     return counts

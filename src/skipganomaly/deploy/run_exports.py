@@ -40,7 +40,7 @@ def exported_for_run(run_dir: str | os.PathLike, which: str = "best", log=None) 
         ):
             return existing
     from ..formats.checkpoint import load_run_checkpoint
-    from ..runtime.files import write_bytes
+    from ..runtime.files import remove_orphan_temporaries, write_bytes
     from .export import export_checkpoint, run_domain, run_splits, validation_images
 
     checkpoint = load_run_checkpoint(run_dir, which)  # a clear error for a missing run or checkpoint
@@ -54,6 +54,7 @@ def exported_for_run(run_dir: str | os.PathLike, which: str = "best", log=None) 
         check_images=validation_images(checkpoint, splits),
         domain=run_domain(run_dir, checkpoint, splits),
     )
+    remove_orphan_temporaries(path.parent, path.name)  # a killed export's litter
     try:
         write_bytes(path, result.model_bytes)
         where: Path | None = path

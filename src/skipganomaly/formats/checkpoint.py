@@ -414,6 +414,17 @@ def checkpoint_path(run_dir: str | os.PathLike, which: str = "best") -> Path:
 def load_run_checkpoint(run_dir: str | os.PathLike, which: str = "best") -> Checkpoint:
     """The ``best`` or ``last`` checkpoint of a run folder, or a UserError naming the folder."""
     run_dir = Path(run_dir)
+    if run_dir.is_file():
+        if run_dir.suffix.lower() == ".onnx":
+            raise UserError(
+                f"--run {run_dir} is an exported model file, not a run folder; pass the run folder it "
+                "was exported from, or score the file with 'skipganomaly serve --onnx FILE' or "
+                "Detector.from_onnx(FILE)"
+            )
+        raise UserError(
+            f"--run {run_dir} is a file, not a run folder; pass the --output folder of a training run "
+            f"(the folder that holds checkpoints/{which}.pt)"
+        )
     if not run_dir.is_dir():
         raise UserError(f"run folder {run_dir} does not exist; pass the --output folder of a training run")
     path = checkpoint_path(run_dir, which)

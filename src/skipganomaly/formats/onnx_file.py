@@ -10,8 +10,13 @@ Everything needed to score without this package's training code sits in the mode
   exported it, the checkpoint (``best``/``last``, epoch, SHA-256 of the file), the outputs and what
   each holds, and which graph rewrites were applied (BatchNorm folding, ...).
 * ``content_sha256``: the SHA-256 of every byte of the model except its metadata (the graph, its
-  weights, the opsets). A reader recomputes it and refuses a file that does not match, so a
-  truncated or altered graph is caught before it scores anything.
+  weights, the opsets) **and of the metadata fields that change a decision** (:data:`DECISION_FIELDS`:
+  the model, image size, channels, input, preprocessing, normalisation with its threshold, the
+  score's lambda), through their per-field hashes (``decision_sha256``, one per field). A reader
+  recomputes it and refuses a file that does not match, naming the edited field, so a truncated
+  or altered graph, or a threshold edited to disagree with the graph, is caught before it scores
+  anything. Other metadata (notes, dates, the export check's figures) may be edited freely; its
+  structure is still checked (:func:`check_metadata`).
 * a few flat keys (``image_size``, ``threshold``, ``protocol``, ...) so that a model viewer such
   as Netron shows the essentials without parsing JSON.
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +38,21 @@ from typing import Any
 from ..specs.errors import UserError
 
 FORMAT = "skipganomaly.onnx"
-FORMAT_VERSION = 1
+# 2: the content hash covers the decision fields of the metadata (1 covered the graph only).
+FORMAT_VERSION = 2
 METADATA_KEY = "skipganomaly"
 HASH_KEY = "content_sha256"
+FIELD_HASHES_KEY = "decision_sha256"
+# The metadata that changes what a score or a decision is: covered by the content hash.
+DECISION_FIELDS = (
+    "model",
+    "image_size",
+    "channels",
+    "input",
+    "preprocessing",
+    "normalization",
+    "score_lambda",
+)
 # ModelProto field numbers (onnx.proto): metadata_props is a repeated StringStringEntryProto.
 _METADATA_FIELD = 14
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
@@ -82,16 +100,28 @@ def _fields(data: bytes | memoryview):
         pos = end
 
 
-def content_sha256(model_bytes: bytes) -> str:
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def field_hashes(metadata: dict[str, Any]) -> dict[str, str]:
+    """SHA-256 of each decision field's canonical JSON (a missing field hashes as null)."""
+    return {key: hashlib.sha256(_canonical(metadata.get(key))).hexdigest() for key in DECISION_FIELDS}
+
+
+def content_sha256(model_bytes: bytes, metadata: dict[str, Any] | None = None) -> str:
     """SHA-256 over every top-level field of the serialised ModelProto except its metadata
     (field 14), tags and lengths included: the graph with its weights, the opsets, the IR version
-    and the producer. Adding or editing metadata keeps the hash; any change to what computes the
-    scores changes it."""
+    and the producer; then, given ``metadata``, over the hashes of its decision fields
+    (:func:`field_hashes`). Adding a metadata key or editing a note keeps the hash; any change to
+    what computes the scores or decides on them changes it."""
     digest = hashlib.sha256()
     view = memoryview(model_bytes)
     for number, _, field_start, _, end in _fields(view):
         if number != _METADATA_FIELD:
             digest.update(view[field_start:end])
+    if metadata is not None:
+        digest.update(b"\0decisions\0" + _canonical(field_hashes(metadata)))
     return digest.hexdigest()
 
 
@@ -184,6 +214,7 @@ def metadata_props(metadata: dict[str, Any], content_hash: str) -> dict[str, str
     props = {
         METADATA_KEY: json.dumps(metadata, sort_keys=True),
         HASH_KEY: content_hash,
+        FIELD_HASHES_KEY: json.dumps(field_hashes(metadata), sort_keys=True),
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "model": metadata["model"]["name"],
@@ -197,11 +228,12 @@ def metadata_props(metadata: dict[str, Any], content_hash: str) -> dict[str, str
 
 
 def parse_exported(model_bytes: bytes, path: Path | None = None) -> ExportedModel:
-    """Check and describe an exported model's bytes, or raise a UserError naming the file."""
+    """Check and describe an exported model's bytes, or raise a UserError naming the file (and the
+    field, for metadata that is malformed, edited, or disagrees with its flat copy)."""
     where = str(path) if path is not None else "the model"
     try:
         props = read_metadata_props(model_bytes)
-        actual = content_sha256(model_bytes)
+        content_sha256(model_bytes)  # a malformed protobuf fails here, before anything else
     except (ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"{where} is not a readable ONNX file ({exc}); it may be truncated") from None
     if props.get("format") != FORMAT or METADATA_KEY not in props:
@@ -211,28 +243,125 @@ def parse_exported(model_bytes: bytes, path: Path | None = None) -> ExportedMode
         )
     try:
         metadata = json.loads(props[METADATA_KEY])
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise UserError(
             f"{where}: its '{METADATA_KEY}' metadata is not valid JSON; export it again"
         ) from None
-    version = int(metadata.get("format_version", 0))
+    check_metadata(metadata, where)
+    version = metadata["format_version"]
     if version > FORMAT_VERSION:
         raise UserError(
             f"{where} is format version {version}, from a newer skipganomaly "
             f"({metadata.get('package_version')}); upgrade"
         )
+    if version < FORMAT_VERSION:
+        raise UserError(
+            f"{where} is format version {version}, whose content hash does not cover its threshold "
+            "and preprocessing; export it again with this version ('skipganomaly export --run RUN_DIR')"
+        )
     expected = props.get(HASH_KEY, "")
+    actual = content_sha256(model_bytes, metadata)
     if expected != actual:
+        edited = _edited_fields(props.get(FIELD_HASHES_KEY), metadata)
+        if edited:
+            raise UserError(
+                f"{where}: its metadata field {', '.join(repr(f) for f in edited)} was changed after "
+                "export and no longer matches the graph (content check failed); export it again"
+            )
         raise UserError(
             f"{where} fails its content check (SHA-256 {actual[:12]}... != recorded {expected[:12]}...); "
             "the file is damaged or was altered: export it again"
         )
+    _check_flat_copies(props, metadata, where)  # outside the hash: they must say the same
     return ExportedModel(path=path, model_bytes=model_bytes, metadata=metadata, content_sha256=actual)
+
+
+def _edited_fields(recorded: str | None, metadata: dict[str, Any]) -> list[str]:
+    """The decision fields whose hash differs from the one recorded at export ([] if unknown)."""
+    try:
+        stored = json.loads(recorded or "{}")
+    except json.JSONDecodeError:
+        return []
+    if not isinstance(stored, dict):
+        return []
+    now = field_hashes(metadata)
+    return [key for key in DECISION_FIELDS if key in stored and stored[key] != now[key]]
+
+
+def _check_flat_copies(props: dict[str, str], metadata: dict[str, Any], where: str) -> None:
+    """The flat keys a model viewer shows must say what the JSON says."""
+    copies = {
+        "image_size": str(metadata["image_size"]),
+        "channels": str(metadata["channels"]),
+        "threshold": repr(float(metadata["normalization"]["threshold"])),
+    }
+    for key, value in copies.items():
+        if key in props and props[key] != value:
+            raise UserError(
+                f"{where}: its metadata field '{key}' says {props[key]} but the '{METADATA_KEY}' "
+                f"metadata says {value}; the file was altered: export it again"
+            )
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_metadata(metadata: Any, where: str) -> None:
+    """The structure every reader relies on, checked before anything uses it: one UserError naming
+    the file and the first field that is missing or of the wrong kind."""
+
+    def bad(field: str, what: str) -> UserError:
+        return UserError(f"{where}: its metadata field '{field}' {what}; export it again")
+
+    if not isinstance(metadata, dict):
+        raise bad(METADATA_KEY, f"is a JSON {type(metadata).__name__}, not an object")
+    version = metadata.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise bad("format_version", "is missing or not a positive integer")
+    for key, kind in (
+        ("model", dict),
+        ("input", dict),
+        ("preprocessing", dict),
+        ("normalization", dict),
+        ("checkpoint", dict),
+        ("outputs", list),
+        ("protocol", str),
+        ("package_version", str),
+    ):
+        if not isinstance(metadata.get(key), kind):
+            raise bad(key, f"is missing or not a JSON {'object' if kind is dict else kind.__name__}")
+    if not isinstance(metadata["model"].get("name"), str) or not isinstance(
+        metadata["model"].get("args"), dict
+    ):
+        raise bad("model", "needs a name and args")
+    size = metadata.get("image_size")
+    if not isinstance(size, int) or isinstance(size, bool) or not 16 <= size <= 256 or size & (size - 1):
+        raise bad("image_size", f"is {size!r}, not a power of two from 16 to 256")
+    if metadata.get("channels") not in (1, 3) or isinstance(metadata.get("channels"), bool):
+        raise bad("channels", f"is {metadata.get('channels')!r}, not 1 or 3")
+    if metadata["input"].get("dtype") not in ("uint8", "float32"):
+        raise bad("input.dtype", f"is {metadata['input'].get('dtype')!r}, not uint8 or float32")
+    if not isinstance(metadata["input"].get("name"), str):
+        raise bad("input.name", "is missing")
+    norm = metadata["normalization"]
+    for key in ("low", "high", "threshold", "map_high"):
+        if not _finite(norm.get(key)):
+            raise bad(f"normalization.{key}", f"is {norm.get(key)!r}, not a finite number")
+    if not norm["high"] > norm["low"]:
+        raise bad("normalization.high", "is not above normalization.low")
+    if "score_lambda" in metadata and not _finite(metadata["score_lambda"]):
+        raise bad("score_lambda", "is not a finite number")
+    for k, output in enumerate(metadata["outputs"]):
+        if not isinstance(output, dict) or not isinstance(output.get("name"), str):
+            raise bad(f"outputs[{k}]", "has no name")
 
 
 def read_exported(path: str | os.PathLike) -> ExportedModel:
     """Read and check an exported ``.onnx`` file."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; pass an exported .onnx file")
     if not path.is_file():
         raise UserError(f"{path} does not exist; export a run with 'skipganomaly export --run RUN_DIR'")
     return parse_exported(path.read_bytes(), path)
@@ -246,6 +375,18 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def is_exported_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a skipganomaly export (its format key), intact or not: the file an
+    export may replace (runtime/outputs.py)."""
+    path = Path(path)
+    if path.stat().st_size > 4 << 30:
+        return False
+    try:
+        return read_metadata_props(path.read_bytes()).get("format") == FORMAT
+    except (ValueError, UnicodeDecodeError):
+        return False
 
 
 def default_export_path(run_dir: str | os.PathLike, which: str = "best") -> Path:

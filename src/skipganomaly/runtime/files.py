@@ -195,9 +195,10 @@ def is_temporary_name(name: str) -> bool:
     return bool(_TEMP_NAME.match(name))
 
 
-def remove_orphan_temporaries(folder: str | os.PathLike) -> list[Path]:
+def remove_orphan_temporaries(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
     """Delete the temporary files (``.NAME.XXXXXXXX.tmp``) that atomic writes killed before their
-    rename left in ``folder``; only that pattern, only files. Returns what was removed."""
+    rename left in ``folder``; only that pattern, only files; with ``name``, only the temporaries
+    of that one file. Returns what was removed."""
     folder = Path(folder)
     removed = []
     try:
@@ -205,6 +206,8 @@ def remove_orphan_temporaries(folder: str | os.PathLike) -> list[Path]:
     except OSError:
         return removed
     for entry in entries:
+        if name is not None and not entry.name.startswith(f".{name}."):
+            continue
         if is_temporary_name(entry.name) and entry.is_file() and not entry.is_symlink():
             with contextlib.suppress(OSError):
                 entry.unlink()

@@ -1,10 +1,13 @@
-"""PyTorch's intra-op thread count: :class:`ThreadChooser` sets it from the available cores
-(:mod:`.cores`) and, on a machine shared with other work, compares the free cores with all cores
-by step time while training runs; and how OpenMP threads wait (``OMP_WAIT_POLICY``)."""
+"""PyTorch's intra-op thread count: :class:`ThreadChooser` sets it from the machine (the available
+cores of :mod:`.cores`, ``OMP_NUM_THREADS``), never from the current load, so that one seed gives
+one result on one machine; with ``train.threads=auto`` (an opt-in, not reproducible) it instead
+compares the free cores with all cores by step time on a machine shared with other work; and how
+OpenMP threads wait (``OMP_WAIT_POLICY``)."""
 
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -45,6 +48,32 @@ def openmp_wait_policy() -> tuple[str, str]:
             "machine import skipganomaly first or set OMP_WAIT_POLICY=PASSIVE"
         )
     return "PASSIVE", ""
+
+
+# train.threads: 0 fixes the count from the machine (the default), N fixes it to N, and this
+# follows the load (faster on a shared machine, but the count, and so the result, varies).
+FOLLOW_LOAD = "auto"
+
+
+def omp_thread_limit(environ: dict[str, str] | None = None) -> int | None:
+    """``OMP_NUM_THREADS`` as a positive whole number (its first value, as OpenMP reads a list),
+    or None when unset or not one."""
+    text = (environ if environ is not None else os.environ).get("OMP_NUM_THREADS", "")
+    first = text.split(",")[0].strip()
+    return int(first) if first.isdigit() and int(first) > 0 else None
+
+
+def machine_thread_count(
+    available: int, processes_per_machine: int = 1, environ: dict[str, str] | None = None
+) -> int:
+    """The default count, from the machine alone: the available cores (affinity mask, cgroup
+    quota), capped by ``OMP_NUM_THREADS``, shared out among the processes on this machine. It
+    does not depend on what else the machine is doing, so two runs with one seed agree."""
+    count = available
+    limit = omp_thread_limit(environ)
+    if limit is not None:
+        count = min(count, limit)
+    return max(1, count // max(1, processes_per_machine))
 
 
 # A core is free when other work leaves at least FREE_SHARE of it idle.
@@ -109,7 +138,7 @@ class ThreadChooser:
 
     def __init__(
         self,
-        requested: int = 0,
+        requested: int | str = 0,
         processes_per_machine: int = 1,
         *,
         interval_s: float = 10.0,
@@ -122,7 +151,10 @@ class ThreadChooser:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.requested = requested
+        if requested != FOLLOW_LOAD and (not isinstance(requested, int) or requested < 0):
+            raise ValueError(f"threads={requested!r}: 0, a positive number or {FOLLOW_LOAD!r}")
+        self.follow_load = requested == FOLLOW_LOAD
+        self.requested = 0 if self.follow_load else int(requested)
         self.available = available_cores(proc, cgroup)
         self.interval_s, self.retrial_s, self.trial_steps, self.probe_s = (
             interval_s,
@@ -133,13 +165,14 @@ class ThreadChooser:
         self.sampler = sampler or (_default_sampler if proc == PROC else (lambda: sample_cpu(proc)))
         self.sleep = sleep
         self.clock = clock
-        self.adaptive = requested <= 0 and processes_per_machine <= 1
-        if requested > 0:
-            self.threads = requested
-        elif processes_per_machine > 1:
-            self.threads = max(1, self.available // processes_per_machine)
-        else:
+        self.processes_per_machine = processes_per_machine
+        self.adaptive = self.follow_load and processes_per_machine <= 1
+        if self.requested > 0:
+            self.threads = self.requested
+        elif self.adaptive:
             self.threads = self.available
+        else:
+            self.threads = machine_thread_count(self.available, processes_per_machine)
         self.others: float | None = None
         self.decisions: list[dict[str, Any]] = []  # each comparison's outcome and each change
         self.trial: dict[int, list[float]] | None = None  # step times per count while comparing
@@ -231,8 +264,15 @@ class ThreadChooser:
         plural = "" if self.threads == 1 else "s"
         if self.requested > 0:
             return f"{self.threads} thread{plural} (as set)"
-        if not self.adaptive:
+        if self.processes_per_machine > 1:
             return f"{self.threads} thread{plural} ({self.available} cores shared among the processes)"
+        if not self.adaptive:
+            omp = omp_thread_limit()
+            capped = f", OMP_NUM_THREADS={omp}" if omp is not None and omp < self.available else ""
+            return (
+                f"{self.threads} thread{plural} (fixed from the machine: {self.available} cores available{capped}; "
+                f"train.threads={FOLLOW_LOAD} follows the load instead, not reproducibly)"
+            )
         busy = f", {self.others:.1f} busy with other work" if self.others is not None else ""
         _, note = openmp_wait_policy()
         note = f"; {note}" if note else ""
@@ -248,7 +288,7 @@ class ThreadChooser:
         )
 
 
-def configure_threads(threads: int = 0, processes_per_machine: int = 1) -> int:
+def configure_threads(threads: int | str = 0, processes_per_machine: int = 1) -> int:
     """Set PyTorch's intra-op threads once (no re-checking) and return the number in use; see
     :class:`ThreadChooser`."""
     return ThreadChooser(threads, processes_per_machine).start()

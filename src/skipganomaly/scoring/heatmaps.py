@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from ..runtime.files import write_atomic
 
@@ -47,6 +47,20 @@ def colorize(anomaly_map: np.ndarray, map_high: float) -> np.ndarray:
     return _TABLE[(value * (_LEVELS - 1) + 0.5).astype(np.intp)]
 
 
+# A PNG text chunk marks each map this package writes, so that a later ``predict`` recognises its
+# own earlier map at a name and replaces only that (runtime/outputs.py), never a user's picture.
+HEATMAP_MARK = ("Software", "skipganomaly anomaly map")
+
+
+def is_heatmap_file(path: Path) -> bool:
+    """Whether ``path`` is an anomaly-map PNG written by :func:`write_heatmap`."""
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.text.get(HEATMAP_MARK[0]) == HEATMAP_MARK[1]
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
 def write_heatmap(
     path: Path, anomaly_map: np.ndarray, map_high: float, size: tuple[int, int] | None = None
 ) -> None:
@@ -54,4 +68,8 @@ def write_heatmap(
     if size is not None and image.size != size:
         image = image.resize(size, Image.BILINEAR)
     # Complete or absent (a full disk leaves no half PNG): smooth maps, fast zlib level, small files.
-    write_atomic(path, lambda handle: image.save(handle, format="PNG", compress_level=1), sync=False)
+    info = PngImagePlugin.PngInfo()
+    info.add_text(*HEATMAP_MARK)
+    write_atomic(
+        path, lambda handle: image.save(handle, format="PNG", compress_level=1, pnginfo=info), sync=False
+    )

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from .. import __version__
@@ -135,6 +135,12 @@ class Handlers:
             raise ServiceError(
                 413, f"the upload is over the limit of {limits.max_upload_bytes:,} bytes"
             ) from None
+        except ClientDisconnect:
+            # A client hanging up mid-upload is normal traffic, not a fault: one line at INFO,
+            # and an answer nobody reads instead of a traceback at ERROR.
+            client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+            logger.info("%s disconnected during its upload to %s", client, request.url.path)
+            raise ServiceError(400, "the client disconnected during the upload") from None
         except (HTTPException, ValueError, KeyError, AssertionError) as exc:
             detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
             raise ServiceError(400, f"malformed multipart body ({detail})") from None

@@ -14,6 +14,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
+from ..data.images import BadImageError, check_pixel_values
 from ..deploy.detector import Detector
 from ..scoring.domain import SourceFacts, source_facts
 
@@ -70,10 +71,14 @@ def decode_upload(
                     f"{name} is {width}x{height} pixels, over the limit of {max_pixels:,} pixels per image",
                 )
             image.load()
+            # The same values rule as files and arrays (data/arrays.py): a float TIFF with NaN is refused.
+            check_pixel_values(image, name)
             prepared = detector.preprocessing.prepare(image)
             facts = source_facts(image)
     except ServiceError:
         raise
+    except BadImageError as exc:
+        raise ServiceError(400, str(exc)) from None
     except Image.DecompressionBombError as exc:
         raise ServiceError(413, f"{name} is too large to decode safely ({exc})") from None
     except MemoryError:

@@ -50,6 +50,8 @@ def find_config(value: str | os.PathLike) -> Path | Traversable:
     path = Path(value).expanduser()
     if path.is_file():
         return path
+    if path.is_dir():
+        raise UserError(f"config file {value} is a folder; pass a YAML file to --config")
     name = path.name[: -len(SUFFIX)] if path.name.endswith(SUFFIX) else path.name
     bundled = bundled_configs()
     if name in bundled and path.suffix in ("", SUFFIX):

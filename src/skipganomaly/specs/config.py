@@ -9,6 +9,7 @@ every run (``config.yaml``) and stored inside every checkpoint, so a run can be 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -31,6 +32,7 @@ from .models import (
     preset_names,
 )
 from .protocols import PROTOCOLS
+from .yaml_files import read_config_text, strict_load
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -126,7 +128,10 @@ class TrainConfig:
     precision: str = "fp32"
     channels_last: bool = True  # measured faster for scoring on CPUs (oneDNN) and usual on GPUs
     compile: str = "off"
-    threads: int = 0
+    # 0: fixed from the machine (cores, cgroup quota, OMP_NUM_THREADS), recorded in the run and
+    # kept on resume; N: N threads; "auto": follows the machine's load (faster when shared, not
+    # reproducible). runtime/threads.py.
+    threads: int | str = 0
     sync_batchnorm: bool = False
     log_every: int = 10
 
@@ -183,9 +188,16 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if type(None) in typing.get_args(annotation) and (
+            value is None or (isinstance(value, str) and value.lower() in ("none", "null", ""))
+        ):
             return None
-        return _coerce(value, args[0], key)
+        for arg in args[:-1]:  # the first type the value converts to (int | str: 4, then "auto")
+            try:
+                return _coerce(value, arg, key)
+            except UserError:
+                pass
+        return _coerce(value, args[-1], key)
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -208,9 +220,13 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, bool):
             raise UserError(f"{key}: expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise UserError(f"{key}: expected a number, got {value!r}") from None
+        # NaN passes every comparison a check makes (lr <= 0 is False) and fails later in torch.
+        if not math.isfinite(number):
+            raise UserError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if annotation is str:
         return str(value)
     return value
@@ -233,10 +249,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise UserError(f"--set {text!r}: expected section.key=value, e.g. train.lr=0.0002")
     key, raw = text.split("=", 1)
     key = key.strip()
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
+    value = strict_load(raw, f"--set {key}", invalid_as_text=True) if raw.strip() else None
     return key, value
 
 
@@ -244,12 +257,16 @@ def load_yaml(path: str | os.PathLike | Traversable) -> dict[str, Any]:
     """A YAML config file's sections; ``path`` may also be a bundled config (a package resource)."""
     if isinstance(path, (str, os.PathLike)):
         path = Path(path)
+    if isinstance(path, Path) and path.is_dir():
+        raise UserError(f"config file {path} is a folder; pass a YAML file to --config")
     if not path.is_file():
         raise UserError(f"config file {path} does not exist; pass an existing YAML file to --config")
+    where = f"config file {path}"
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{where} cannot be read ({exc.strerror or exc}); check its permissions") from None
+    loaded = strict_load(read_config_text(data, where), where) or {}
     if not isinstance(loaded, dict):
         raise UserError(f"config file {path} must hold a mapping of sections (data, model, train, eval)")
     return loaded
@@ -344,8 +361,11 @@ def validate(config: Config) -> None:
         raise UserError(f"train.precision={t.precision!r}: choose fp32, bf16 or auto")
     if t.compile not in ("off", "default", "reduce-overhead", "max-autotune"):
         raise UserError(f"train.compile={t.compile!r}: choose off, default, reduce-overhead or max-autotune")
-    if t.threads < 0:
-        raise UserError(f"train.threads={t.threads}: use 0 (automatic) or a positive number")
+    if isinstance(t.threads, str) and t.threads != "auto" or isinstance(t.threads, int) and t.threads < 0:
+        raise UserError(
+            f"train.threads={t.threads!r}: use 0 (fixed from the machine), a positive number, or auto "
+            "(follows the load; not reproducible)"
+        )
     if not 0.0 <= t.ema_decay < 1.0:
         raise UserError(f"train.ema_decay={t.ema_decay}: use 0 (off) or a decay in (0, 1), e.g. 0.999")
     if t.w_rot < 0:
@@ -372,5 +392,11 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
     return build_config(tree)
 
 
+class _PlainDumper(yaml.SafeDumper):
+    # config.yaml is read back by the strict loader, which refuses aliases: never write one.
+    def ignore_aliases(self, data):
+        return True
+
+
 def dump_yaml(config: Config) -> str:
-    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+    return yaml.dump(config.to_dict(), Dumper=_PlainDumper, sort_keys=False)

@@ -17,6 +17,7 @@ of an epoch that did not finish) before training goes on.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Callable
@@ -230,6 +231,14 @@ def train_run(
     ``log`` receives the trainer's per-epoch lines; ``on_ready(trainer)`` runs once the trainer is
     ready (restored), before the first epoch, so a caller can say what is about to happen;
     ``on_epoch()`` after every epoch (progress bars)."""
+    if resume is not None and config.train.threads == 0 and not (context is not None and context.enabled):
+        # The count this run started with (fixed from the machine then): the same threads, the
+        # same sums, so the resumed run equals an uninterrupted one even if OMP_NUM_THREADS or
+        # the cores changed in between.
+        recorded = recorded_threads(run_dir)
+        if recorded is not None:
+            config = copy.deepcopy(config)
+            config.train.threads = recorded
     splits = prepare_data(config.data)
     trainer = Trainer(config, splits, Path(run_dir), log=log, progress=progress, context=context)
     if resume is not None:
@@ -247,6 +256,23 @@ def train_run(
 
         write_domain(run_dir, domain_of(splits.train, config.data.image_size, splits.channels))
     return TrainedRun(splits, trainer, history)
+
+
+def recorded_threads(run_dir: str | os.PathLike) -> int | None:
+    """The thread count a run's first start recorded in its ``log.jsonl``, or None."""
+    try:
+        with open(Path(run_dir) / "log.jsonl", encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and record.get("event") == "start":
+                    threads = record.get("threads")
+                    return threads if isinstance(threads, int) and threads > 0 else None
+    except OSError:
+        return None
+    return None
 
 
 def describe_training(trainer: Trainer, run_dir: str | os.PathLike) -> str:
