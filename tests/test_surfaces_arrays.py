@@ -3,9 +3,8 @@ is one rule (data/arrays.py); the rest is one line naming the image's position."
 
 from __future__ import annotations
 
-import re
-
 import io
+import re
 
 import numpy as np
 import pytest
