@@ -101,7 +101,10 @@ def print_summary(metrics: dict, written: Path, seconds: float | None = None) ->
     for line in by_type_lines(test):
         print(line)
     if "pixel_auroc" in test:
-        print(f"test pixel AUROC {test['pixel_auroc']:.4f} over {test['pixel_images']} images with masks")
+        aupro = f", AUPRO {test['aupro']:.4f}" if test.get("aupro") is not None else ""
+        print(
+            f"test pixel AUROC {test['pixel_auroc']:.4f}{aupro} over {test['pixel_images']} images with masks"
+        )
     steadiness = (metrics.get("steadiness") or {}).get("val_auroc")
     if steadiness and steadiness["epochs"] > 1:
         print(
