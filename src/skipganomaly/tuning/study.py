@@ -116,14 +116,16 @@ def open_study(options: TuneOptions):
         else optuna.pruners.NopPruner()
     )
     try:
-        return optuna.create_study(
-            storage=options.storage_url,
-            study_name=options.study_name,
-            direction="maximize",
-            sampler=optuna.samplers.TPESampler(seed=options.seed),
-            pruner=pruner,
-            load_if_exists=True,
-        )
+        # Two processes creating one SQLite file's tables at once collide: one at a time.
+        with claim_lock(options.storage_url):
+            return optuna.create_study(
+                storage=options.storage_url,
+                study_name=options.study_name,
+                direction="maximize",
+                sampler=optuna.samplers.TPESampler(seed=options.seed),
+                pruner=pruner,
+                load_if_exists=True,
+            )
     except (ImportError, ValueError) as exc:
         raise UserError(f"--storage {options.storage_url}: {exc}".splitlines()[0]) from None
 
