@@ -155,3 +155,39 @@ def test_missing_optuna_is_one_line(tmp_path, monkeypatch, capsys):
 def test_the_command_line_imports_without_optuna():
     code = "import sys, skipganomaly.cli; skipganomaly.cli.build_parser(); assert 'optuna' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_a_selection_that_is_no_auroc_is_refused_before_training(tmp_path):
+    result = run_cli(
+        "tune",
+        "--trials",
+        "1",
+        "--protocol",
+        "normal-only",
+        "--set",
+        "eval.selection_metric=loss",
+        *TINY,
+        "--output",
+        tmp_path / "t",
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "normal-only tuning needs the synthetic validation" in result.stderr
+    assert not (tmp_path / "t" / "trials").exists()  # nothing trained
+
+
+def test_a_killed_process_s_trial_is_run_again(tmp_path):
+    """A trial left running by a process that died is marked failed, and another takes its place."""
+    import socket
+
+    from skipganomaly.tuning.study import open_study
+
+    user = {**TINY_USER, "data.abnormal_class": "1", "data.normal_class": None}
+    space = search_space(build_config(user), user, ["train.w_con=1:100:log"])
+    options = TuneOptions(output=tmp_path, user=user, space=space, trials=1, log=lambda _line: None)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = open_study(options).ask()
+    orphan.set_user_attr("host", socket.gethostname())
+    orphan.set_user_attr("pid", dead.pid)
+    states = {t.number: t.state.name for t in tune(options).get_trials()}
+    assert states == {0: "FAIL", 1: "COMPLETE"}
