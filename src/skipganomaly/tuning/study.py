@@ -110,8 +110,10 @@ def open_study(options: TuneOptions):
     path = sqlite_path(options.storage_url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+    # Epochs are reported from 1: a trial below the median of the earlier ones may stop after its
+    # first epoch, once 3 trials have finished.
     pruner = (
-        optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+        optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
         if options.prune
         else optuna.pruners.NopPruner()
     )
