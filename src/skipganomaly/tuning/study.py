@@ -187,7 +187,8 @@ def run_trial(study, trial, options: TuneOptions) -> None:
         check_selection_metric(metric, config.data.protocol)
         trial.report(value, record["epoch"])
         trial.set_user_attr("epochs_run", record["epoch"])
-        if trial.should_prune():
+        # After the last epoch there is nothing left to save: the trial completes with its value.
+        if record["epoch"] < config.train.epochs and trial.should_prune():
             raise Pruned(record["epoch"])
 
     started = time.perf_counter()
