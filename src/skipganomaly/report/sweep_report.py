@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import html
 import io
 import json
@@ -109,50 +110,20 @@ def collect_sweep_rows(plan: SweepPlan) -> list[dict[str, Any]]:
     rows = []
     for point in plan.points:
         for spec in point.runs:
-            if point.axis.rescored:
-                if spec.protocol in plan.options.protocols and spec.protocol != PAPER.name:
-                    test, val = rescored(spec, float(point.value))
-                    rows.append(
-                        _row(
-                            plan,
-                            point.axis,
-                            point.value,
-                            spec,
-                            spec.protocol,
-                            auroc=test,
-                            val_auroc=val,
-                            epoch=json.loads((spec.run_dir / "metrics.json").read_text())["epoch_best"],
-                        )
-                    )
-                continue
             metrics = json.loads((spec.run_dir / "metrics.json").read_text())
-            if spec.protocol in plan.options.protocols:
-                rows.append(
-                    _row(
-                        plan,
-                        point.axis,
-                        point.value,
-                        spec,
-                        spec.protocol,
-                        auroc=metrics["test"]["auroc"],
-                        val_auroc=metrics["val"]["auroc"],
-                        epoch=metrics["epoch_best"],
-                    )
-                )
+            row = functools.partial(_row, plan, point.axis, point.value, spec)
+            own = spec.protocol in plan.options.protocols
+            if point.axis.rescored:
+                if own and spec.protocol != PAPER.name:
+                    test, val = rescored(spec, float(point.value))
+                    rows.append(row(spec.protocol, auroc=test, val_auroc=val, epoch=metrics["epoch_best"]))
+                continue
+            if own:
+                test, val = metrics["test"]["auroc"], metrics["val"]["auroc"]
+                rows.append(row(spec.protocol, auroc=test, val_auroc=val, epoch=metrics["epoch_best"]))
             paper = metrics.get("paper_protocol")
             if spec.paper_each_epoch and paper:
-                rows.append(
-                    _row(
-                        plan,
-                        point.axis,
-                        point.value,
-                        spec,
-                        PAPER.name,
-                        auroc=paper["auroc"],
-                        val_auroc=math.nan,
-                        epoch=paper["epoch"],
-                    )
-                )
+                rows.append(row(PAPER.name, auroc=paper["auroc"], val_auroc=math.nan, epoch=paper["epoch"]))
     return rows
 
 
