@@ -131,7 +131,9 @@ def _stats(values: list[float]) -> dict[str, float | int]:
     finite = [v for v in values if not math.isnan(v)]
     if not finite:
         return {"mean": math.nan, "std": math.nan, "n": 0}
-    return {"mean": float(np.mean(finite)), "std": float(np.std(finite)), "n": len(finite)}
+    # The sample standard deviation over seeds, as reproduce's tables give it.
+    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
+    return {"mean": float(np.mean(finite)), "std": std, "n": len(finite)}
 
 
 def summarize_sweep(plan: SweepPlan, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -190,7 +192,7 @@ def summarize_sweep(plan: SweepPlan, rows: list[dict[str, Any]]) -> dict[str, An
 
 def sweep_figure(axis: dict[str, Any]) -> bytes:
     """Fig. 9's form: AUROC against the swept value (evenly spaced ticks), one line per class with
-    its mean over seeds and the spread (± one standard deviation) as a band, the mean over classes
+    its mean over seeds and the spread (± one sample standard deviation) as a band, the mean over classes
     in black; one panel per protocol, the paper's value marked."""
     protocols = list(axis["protocols"].items())
     fig = _figure(3.6 * max(len(protocols), 1), 3.0)
@@ -272,7 +274,7 @@ def sweep_markdown(summary: dict[str, Any], command: str) -> str:
         f"{summary['trainings']} trainings. {summary['profile_note']}.",
         "",
         "Each axis varies one setting; every other setting keeps its value. Cells: test AUROC, mean ± "
-        "standard deviation over seeds.",
+        "sample standard deviation over seeds.",
     ]
     for axis in summary["axes"]:
         how = (
