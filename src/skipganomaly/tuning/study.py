@@ -171,28 +171,28 @@ def run_trial(study, trial, options: TuneOptions) -> None:
     optuna = require_optuna()
     params = {d.key: d.suggest(trial) for d in options.space}
     overrides = trial_overrides(options, params)
-    config = build_config(overrides)
     run_dir = options.output / "trials" / f"trial-{trial.number:04d}"
     trial.set_user_attr("run_dir", str(run_dir))
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", os.getpid())
-    trial.set_user_attr("overrides", {k: v for k, v in overrides.items()})
-    if run_dir.exists():  # a trial number this study gave before (its storage was replaced)
-        raise UserError(
-            f"{run_dir} exists already; use a new --output for a new study, or the same --storage"
-        )
-
-    def after_epoch(record: dict[str, Any]) -> None:
-        metric, value = record["selection"]["metric"], record["selection"]["value"]
-        check_selection_metric(metric, config.data.protocol)
-        trial.report(value, record["epoch"])
-        trial.set_user_attr("epochs_run", record["epoch"])
-        # After the last epoch there is nothing left to save: the trial completes with its value.
-        if record["epoch"] < config.train.epochs and trial.should_prune():
-            raise Pruned(record["epoch"])
-
+    trial.set_user_attr("overrides", dict(overrides))
     started = time.perf_counter()
-    try:
+    try:  # whatever stops the trial, the study learns it (a failed trial is not counted)
+        config = build_config(overrides)
+        if run_dir.exists():  # a trial number this study gave before (its storage was replaced)
+            raise UserError(
+                f"{run_dir} exists already; use a new --output for a new study, or the same --storage"
+            )
+
+        def after_epoch(record: dict[str, Any]) -> None:
+            metric, value = record["selection"]["metric"], record["selection"]["value"]
+            check_selection_metric(metric, config.data.protocol)
+            trial.report(value, record["epoch"])
+            trial.set_user_attr("epochs_run", record["epoch"])
+            # After the last epoch there is nothing left to save: the trial completes with its value.
+            if record["epoch"] < config.train.epochs and trial.should_prune():
+                raise Pruned(record["epoch"])
+
         trained = train_run(config, run_dir, log=lambda _line: None, progress=False, on_record=after_epoch)
     except Pruned as pruned:
         trial.set_user_attr("seconds", time.perf_counter() - started)
