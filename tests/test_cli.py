@@ -133,7 +133,7 @@ def test_debug_shows_the_traceback(tmp_path):
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
-@pytest.mark.parametrize("verb", ["train", "test", "predict", "reproduce", "configs"])
+@pytest.mark.parametrize("verb", ["train", "test", "predict", "reproduce", "tune", "configs"])
 def test_help(verb):
     result = run_cli(verb, "--help")
     assert result.returncode == 0 and "usage:" in result.stdout

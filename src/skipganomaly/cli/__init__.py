@@ -1,5 +1,5 @@
-"""Command line: ``skipganomaly train | test | predict | export | serve | reproduce | benchmark |
-configs``. Each verb is a thin wrapper over the library; ``main(argv)`` returns the exit code.
+"""Command line: ``skipganomaly train | test | predict | export | serve | reproduce | tune |
+benchmark | configs``. Each verb is a thin wrapper over the library; ``main(argv)`` returns the exit code.
 User errors print one line and exit with 2 (``--debug`` shows the traceback).
 
 Importing this module stays light (no torch): each verb imports what it needs when it runs.
@@ -17,14 +17,14 @@ from pathlib import Path
 
 from .. import __version__
 from ..specs.errors import UserError
-from . import benchmark, configs, export, predict, reproduce, serve, test, train
+from . import benchmark, configs, export, predict, reproduce, serve, test, train, tune
 from .options import Parser, add_common, one_line, write_failure
 from .train import resolve_train_config
 
 __all__ = ["VERBS", "build_parser", "entry_point", "main", "resolve_train_config"]
 
 # The verbs, in the order the top-level help lists them.
-VERBS = (train, test, predict, export, serve, reproduce, benchmark, configs)
+VERBS = (train, test, predict, export, serve, reproduce, tune, benchmark, configs)
 COMMANDS = {verb.NAME: verb.run for verb in VERBS}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -71,6 +72,15 @@ def add_parser(verbs) -> None:
         help="auto (default): the data set's default profile, light for digits, faithful otherwise; "
         "light: reduced settings to run on a small CPU; faithful: the paper's settings",
     )
+    what.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="the weight study of the paper's Fig. 9: vary one setting over these values, one training per "
+        "value, class and seed (eval.score_lambda is scored from the same trainings, no retraining); "
+        "repeatable, each setting varied on its own; writes a figure of AUROC against the value",
+    )
     reproduce.add_argument(
         "--output", metavar="DIR", help="output folder (default runs/reproduce-<dataset>); rerun to resume"
     )
@@ -96,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         user=user,
     )
     started = time.perf_counter()
+    if args.sweep:
+        return _sweep(args, options, started)
     try:
         plan, counts, report = reproduce(
             options, progress=False if args.quiet else None, verbose=args.verbose
@@ -115,4 +127,34 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"wrote {output / 'results.csv'}, {output / 'summary.json'}, {output / 'report.md'}, {output / 'report.html'}"
     )
+    return 0
+
+
+def _sweep(args: argparse.Namespace, options, started: float) -> int:
+    from ..report.sweep import parse_sweeps
+    from ..report.sweep_runner import sweep
+
+    axes = parse_sweeps(args.sweep)
+    command = "skipganomaly " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        plan, counts, summary = sweep(
+            options, axes, command=command, progress=False if args.quiet else None, verbose=args.verbose
+        )
+    except KeyboardInterrupt:
+        print(
+            f"interrupted; run the same command again to continue (finished runs in {options.output} are kept)",
+            file=sys.stderr,
+        )
+        return 130
+    from ..report.sweep_report import axis_finding
+
+    print(plan.base.profile_note)
+    for axis in summary["axes"]:
+        for line in axis_finding(axis):
+            print(line)
+    print(
+        f"{len(plan.runs)} trainings: {counts['trained']} trained, {counts['resumed']} resumed, "
+        f"{counts['skipped']} already finished; {time.perf_counter() - started:.0f} s"
+    )
+    print(f"wrote {options.output / 'results.csv'}, summary.json, report.md, report.html and figures/")
     return 0

@@ -70,11 +70,12 @@ class RunSpec:
     paper_each_epoch: bool
     config: Config
     run_dir: Path
+    tag: str = ""  # what else tells it apart (a --sweep value), shown in its label
 
     @property
     def label(self) -> str:
         which = "" if self.class_name is None else f" class {self.class_name}"
-        return f"{self.model}{which} seed {self.seed} ({self.protocol})"
+        return f"{self.model}{which} seed {self.seed} ({self.protocol}{', ' + self.tag if self.tag else ''})"
 
 
 _UNSET = object()

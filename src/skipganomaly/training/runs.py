@@ -224,13 +224,16 @@ def train_run(
     context: DistributedContext | None = None,
     on_ready: Callable[[Trainer], None] | None = None,
     on_epoch: Callable[[], None] | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainedRun:
     """Read the data, build the trainer, continue from ``resume`` (a ``last`` checkpoint of this
     run) if given, and train to the end; the trainer writes the run folder.
 
     ``log`` receives the trainer's per-epoch lines; ``on_ready(trainer)`` runs once the trainer is
     ready (restored), before the first epoch, so a caller can say what is about to happen;
-    ``on_epoch()`` after every epoch (progress bars)."""
+    ``on_epoch()`` after every epoch (progress bars); ``on_record(record)`` after every epoch with
+    its history record (``epoch_record``: ``selection``, ``val`` ...; ``tune`` prunes on it), once
+    its checkpoints are written, so an exception it raises stops the run where it can resume."""
     if resume is not None and config.train.threads == 0 and not (context is not None and context.enabled):
         # The count this run started with (fixed from the machine then): the same threads, the
         # same sums, so the resumed run equals an uninterrupted one even if OMP_NUM_THREADS or
@@ -247,6 +250,8 @@ def train_run(
         prepare_run_folder(run_dir, trainer.start_epoch)
     if on_epoch is not None:
         trainer.callbacks.append(lambda _trainer, _epoch: on_epoch())
+    if on_record is not None:
+        trainer.callbacks.append(lambda done, _epoch: on_record(done.history[-1]))
     if on_ready is not None:
         on_ready(trainer)
     history = trainer.fit()
