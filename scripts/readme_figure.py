@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         setting = Path(data.root).name.removesuffix(".tar.gz") if data.root else "its own split"
     setting += f", protocol {data.protocol}"
     title = (
-        f"{data.dataset}, {setting} (run {args.run.name}, epoch {predictor.epoch}): {args.per_class} random "
-        f"normal and {args.per_class} random abnormal test images\nflagged = score >= the run's stored "
+        f"{data.dataset}, {setting} (run {args.run.name}, epoch {predictor.epoch})\n{args.per_class} random "
+        f"normal and {args.per_class} random abnormal test images; flagged = score >= the run's stored "
         f"threshold {predictor.normalization.threshold:.2f}"
     )
     map_high = predictor.normalization.map_high if source == "reconstruction" else 1.0
