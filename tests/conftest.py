@@ -221,3 +221,29 @@ def digits_onnx(digits_run, tmp_path_factory):
     from skipganomaly.deploy.export import export_run
 
     return export_run(digits_run, output=tmp_path_factory.mktemp("export") / "model.onnx").path
+
+
+class Interrupt(Exception):
+    """Raised by :func:`train_killed_then_resumed`'s callback: a kill at the end of an epoch."""
+
+
+def train_killed_then_resumed(config, splits, folder, stop_after: int = 2):
+    """Train into ``folder``, stopped at the end of epoch ``stop_after`` (as a kill would leave
+    it), then resume from its ``last`` checkpoint to the end; returns (the cut trainer, the
+    resumed one). What every resume-exactness test does."""
+    from skipganomaly.formats.checkpoint import checkpoint_path, load_checkpoint
+    from skipganomaly.training.trainer import Trainer
+
+    cut = Trainer(config, splits, folder, log=lambda s: None, progress=False)
+
+    def stop(trainer, epoch):
+        if epoch == stop_after:
+            raise Interrupt
+
+    cut.callbacks.append(stop)
+    with pytest.raises(Interrupt):
+        cut.fit()
+    resumed = Trainer(config, splits, folder, log=lambda s: None, progress=False)
+    resumed.restore(load_checkpoint(checkpoint_path(folder, "last")))
+    resumed.fit()
+    return cut, resumed

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_splits, tiny_config
+from conftest import synthetic_splits, tiny_config, train_killed_then_resumed
 
 from skipganomaly.formats.checkpoint import checkpoint_path, load_checkpoint
 from skipganomaly.models import SkipGANomaly
@@ -175,10 +175,6 @@ def test_improved_run_scores_with_its_averaged_weights_and_fitted_terms(tmp_path
         assert abs(float(z.mean())) < 1e-3, (term, float(z.mean()))
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_averaged_weights_resume_exactly(tmp_path):
     splits = synthetic_splits(n_train=64, n_eval=16)
     # A fixed thread count: the automatic one follows the machine's load, and another count sums
@@ -187,18 +183,7 @@ def test_averaged_weights_resume_exactly(tmp_path):
     straight = Trainer(config, splits, tmp_path / "a", log=lambda s: None, progress=False)
     straight.fit()
 
-    cut = Trainer(config, splits, tmp_path / "b", log=lambda s: None, progress=False)
-
-    def stop_after_two(trainer, epoch):
-        if epoch == 2:
-            raise Interrupt
-
-    cut.callbacks.append(stop_after_two)
-    with pytest.raises(Interrupt):
-        cut.fit()
-    resumed = Trainer(config, splits, tmp_path / "b", log=lambda s: None, progress=False)
-    resumed.restore(load_checkpoint(checkpoint_path(tmp_path / "b", "last")))
-    resumed.fit()
+    train_killed_then_resumed(config, splits, tmp_path / "b")
     a = load_checkpoint(checkpoint_path(tmp_path / "a", "last"))
     b = load_checkpoint(checkpoint_path(tmp_path / "b", "last"))
     assert a.ema_updates == b.ema_updates > 0

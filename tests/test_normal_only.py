@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_splits, tiny_config
+from conftest import synthetic_splits, tiny_config, train_killed_then_resumed
 
 from skipganomaly.data.base import ImageSet
 from skipganomaly.data.corruptions import CORRUPTION_FUNCTIONS, corrupt, smooth_blobs
@@ -276,20 +276,7 @@ def test_normal_only_training_selects_on_the_synthetic_validation_and_resumes_ex
     assert all("synthetic val AUROC" in line for line in lines if line.startswith("epoch"))
     assert metrics["test"]["fpr_target"] == 0.05
 
-    class Interrupt(Exception):
-        pass
-
-    def stop(trainer, epoch):
-        if epoch == 2:
-            raise Interrupt
-
-    cut = Trainer(config, splits, tmp_path / "b", log=lambda s: None, progress=False)
-    cut.callbacks.append(stop)
-    with pytest.raises(Interrupt):
-        cut.fit()
-    resumed = Trainer(config, splits, tmp_path / "b", log=lambda s: None, progress=False)
-    resumed.restore(load_checkpoint(checkpoint_path(tmp_path / "b", "last")))
-    resumed.fit()
+    train_killed_then_resumed(config, splits, tmp_path / "b")
     a = load_checkpoint(checkpoint_path(tmp_path / "a", "last"))
     b = load_checkpoint(checkpoint_path(tmp_path / "b", "last"))
     for key, value in a.scoring_state_dict.items():  # corruptions drawn from the restored stream

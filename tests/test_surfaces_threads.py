@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import tiny_config, train_killed_then_resumed
 
 from skipganomaly.benchmark.busy import BusyProcesses
 from skipganomaly.runtime.threads import ThreadChooser, machine_thread_count, omp_thread_limit
@@ -16,10 +16,6 @@ from skipganomaly.specs.errors import UserError
 from skipganomaly.training.runs import recorded_threads, resume_point, train_run
 
 # The fixture `splits` (conftest) is the synthetic data set the training tests share.
-
-
-class Interrupt(Exception):
-    pass
 
 
 def _weights(trained):
@@ -68,7 +64,6 @@ def test_train_threads_takes_a_number_or_auto():
 def test_two_default_runs_one_beside_a_busy_core_and_a_kill_and_resume_agree_bit_for_bit(
     tmp_path, splits, keep_threads
 ):
-    from skipganomaly.formats.checkpoint import checkpoint_path, load_checkpoint
     from skipganomaly.training.trainer import Trainer
 
     config = tiny_config(**{"train.epochs": 3, "train.input_noise_std": 0.05})  # threads: the default
@@ -77,18 +72,7 @@ def test_two_default_runs_one_beside_a_busy_core_and_a_kill_and_resume_agree_bit
     with BusyProcesses(1, "spin"):  # the old default would take the free cores only
         busy = Trainer(config, splits, tmp_path / "busy", log=lambda s: None, progress=False)
         busy.fit()
-        cut = Trainer(config, splits, tmp_path / "cut", log=lambda s: None, progress=False)
-
-        def stop_after_two(trainer, epoch):
-            if epoch == 2:
-                raise Interrupt
-
-        cut.callbacks.append(stop_after_two)
-        with pytest.raises(Interrupt):
-            cut.fit()
-    resumed = Trainer(config, splits, tmp_path / "cut", log=lambda s: None, progress=False)
-    resumed.restore(load_checkpoint(checkpoint_path(tmp_path / "cut", "last")))
-    resumed.fit()
+        cut, resumed = train_killed_then_resumed(config, splits, tmp_path / "cut")
     assert (
         quiet.threads == busy.threads == cut.threads == resumed.threads == recorded_threads(tmp_path / "busy")
     )
