@@ -80,8 +80,8 @@ def format_table(report: dict[str, Any]) -> str:
     for result in report["results"]:
         if result.get("corruption_share") is not None:
             rows.append(
-                f"{result['size']:>5}  synthetic anomalies (train.corruptions, three families, half of each batch): "
-                f"{100 * result['corruption_share']:.1f}% of an optimised training step (median of paired rounds)"
+                f"synthetic anomalies at {result['size']} px (train.corruptions, three families, half of each "
+                f"batch): {100 * result['corruption_share']:.1f}% of an optimised training step (median of paired rounds)"
             )
     loads = [report["machine"].get(k) for k in ("load_average", "load_average_end")]
     if all(loads):

@@ -305,8 +305,8 @@ def build_metrics(
                 metrics[key].update(value)
             else:
                 metrics[key] = value
-    if controls_section in sections:
-        metrics["margins"] = derived_margins(metrics)
+        if section is controls_section:  # derived from the figures so far, placed after them
+            metrics["margins"] = derived_margins(metrics)
     return metrics
 
 
