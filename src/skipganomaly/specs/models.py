@@ -143,6 +143,26 @@ def _check_skipganomaly(config: Any) -> None:
 # EGBAD and AnoGAN train on the adversarial loss alone, with DCGAN's settings under both names.
 _DCGAN = _dotted("train", {"lr": 2e-4, "w_adv": 1.0, "w_con": 0.0, "w_lat": 0.0})
 
+# Skip-GANomaly's presets, each built on the one before. ``reference``: the official code's default.
+_REFERENCE = _dotted("train", {"lr": 2e-4, "w_adv": 1.0, "w_con": 50.0, "w_lat": 1.0})
+# The improved recipe (docs/accuracy.md): the faithful networks and losses, plus what the diagnosis
+# and the validation ablation supported.
+_IMPROVED = {
+    **_REFERENCE,
+    **_dotted("train", {"ema_decay": 0.999, "w_rot": 1.0}),
+    **_dotted("model", {"rotation_head": True, "score_terms": "reconstruction,latent,knn,rotation"}),
+}
+# The improved recipe taught to restore (docs/normal-only.md): G reads images with synthetic
+# anomalies and outputs the clean ones, a segmentation head on (x, G(x)) finds them, and the
+# threshold is set for a false-positive rate.
+_RESTORING = {
+    **_IMPROVED,
+    "train.corruptions": "blend,cutpaste,intensity",
+    "model.segmentation_head": True,
+    "model.score_terms": "reconstruction,latent,knn,rotation,segmentation",
+    "eval.threshold": "fpr",
+}
+
 SKIPGANOMALY = ModelSpec(
     name="skipganomaly",
     display_name="Skip-GANomaly",
@@ -151,30 +171,9 @@ SKIPGANOMALY = ModelSpec(
     # the official code's default (lr 2e-4, w_con 50).
     presets={
         "paper": _dotted("train", {"lr": 2e-3, "w_adv": 1.0, "w_con": 40.0, "w_lat": 1.0}),
-        "reference": _dotted("train", {"lr": 2e-4, "w_adv": 1.0, "w_con": 50.0, "w_lat": 1.0}),
-        # The improved recipe (docs/accuracy.md): the faithful networks and losses, plus what the
-        # diagnosis and the validation ablation supported.
-        "improved": {
-            **_dotted("train", {"lr": 2e-4, "w_adv": 1.0, "w_con": 50.0, "w_lat": 1.0}),
-            **_dotted("train", {"ema_decay": 0.999, "w_rot": 1.0}),
-            **_dotted("model", {"rotation_head": True, "score_terms": "reconstruction,latent,knn,rotation"}),
-        },
-        # The improved recipe taught to restore (docs/accuracy.md): G reads images with
-        # synthetic anomalies and outputs the clean ones, a segmentation head on (x, G(x)) finds
-        # them, and the threshold is set for a false-positive rate.
-        "restoring": {
-            **_dotted("train", {"lr": 2e-4, "w_adv": 1.0, "w_con": 50.0, "w_lat": 1.0}),
-            **_dotted("train", {"ema_decay": 0.999, "w_rot": 1.0, "corruptions": "blend,cutpaste,intensity"}),
-            **_dotted(
-                "model",
-                {
-                    "rotation_head": True,
-                    "segmentation_head": True,
-                    "score_terms": "reconstruction,latent,knn,rotation,segmentation",
-                },
-            ),
-            "eval.threshold": "fpr",
-        },
+        "reference": _REFERENCE,
+        "improved": _IMPROVED,
+        "restoring": _RESTORING,
     },
     loss_weights=("w_adv", "w_con", "w_lat", "w_rot"),
     feature_name="f(x), the last convolutional features of the discriminator (Eq. 3),",
