@@ -10,7 +10,8 @@ one can be trusted under ``normal-only``; the comparison is what docs/accuracy.m
     python benchmarks/synthetic_validation.py --config paper-cifar10 --data-root ../shared/data/cifar10-jpeg75.tar.gz \
         --set train.preset=restoring model.ngf=16 model.ndf=16 --epochs 8
 
-Every subset of the score's terms is scored each epoch (``--json`` keeps them all); the rules
+Every subset of the score's terms is scored each epoch (``--json`` keeps them all, with each
+family's AUROC, so that any set of families can be judged afterwards from one run); the rules
 printed are ``chosen`` (the subset with the best synthetic AUROC, what training does), ``all``
 (every term, standardised and summed), each term alone, and ``chosen+knn``.
 """
@@ -84,10 +85,18 @@ def main() -> int:
         for mask in range(1, 2 ** len(names)):
             weights = np.array([(mask >> i) & 1 for i in range(len(names))], float)
             key = "+".join(n for n, w in zip(names, weights, strict=True) if w)
+            scores = standardize_terms(synthetic, mean, std, weights)
+            normal = synthetic.labels == 0
+            by_family = {
+                family: auroc(
+                    synthetic.labels[normal | (synthetic.groups == family)],
+                    scores[normal | (synthetic.groups == family)],
+                )
+                for family in sorted(set(synthetic.groups[~normal].tolist()))
+            }
             row["subsets"][key] = {
-                "synthetic": worst_group_auroc(
-                    synthetic.labels, standardize_terms(synthetic, mean, std, weights), synthetic.groups
-                ),
+                "synthetic": worst_group_auroc(synthetic.labels, scores, synthetic.groups),
+                "by_family": by_family,
                 "labelled_val": auroc(
                     val.labels[labelled], standardize_terms(val, mean, std, weights)[labelled]
                 ),

@@ -27,7 +27,7 @@ from skipganomaly.specs.corruptions import CORRUPTIONS, parse_corruptions
 from skipganomaly.specs.errors import UserError
 from skipganomaly.training.trainer import Trainer
 
-LOCAL = ("blend", "cutpaste", "intensity", "stain")
+LOCAL = ("blend", "cutpaste", "intensity", "stain", "chimera")
 RESTORING = {
     "train.preset": "restoring",
     "train.ema_decay": 0.9,
@@ -62,6 +62,18 @@ def test_each_family_damages_its_mask_and_only_its_mask(family):
     else:  # shuffle: a layout anomaly, the whole image
         assert (covered == 1).all()
         assert changed.flatten(1).any(1).all()
+
+
+def test_a_chimera_is_one_side_of_another_image():
+    x = images(n=6)
+    damaged, mask = CORRUPTION_FUNCTIONS["chimera"](x, torch.Generator().manual_seed(2))
+    other = x.roll(3, dims=0)  # half the batch away
+    inside = mask.expand_as(x) == 1
+    assert torch.equal(damaged[inside], other[inside]) and torch.equal(damaged[~inside], x[~inside])
+    for m in mask[:, 0]:  # a straight cut: every row (or every column) is all in or all out
+        rows_whole = ((m == 1).all(1) | (m == 0).all(1)).all()
+        columns_whole = ((m == 1).all(0) | (m == 0).all(0)).all()
+        assert rows_whole or columns_whole
 
 
 def test_blobs_cover_the_drawn_share_and_are_reproducible():
@@ -205,8 +217,8 @@ def test_selection_on_the_synthetic_validation_and_the_map_choice():
     assert selection_value(val, "auto", synthetic=synthetic) == ("synthetic_val.auroc", pytest.approx(5 / 6))
     assert selection_value(val, "auto")[0] == "val.mean_normal_score"  # the faithful rule stays
     assert choose_map({"reconstruction": 0.6, "segmentation": 0.9})[0] == "segmentation"
-    name, weights = choose_map({"reconstruction": 0.7, "segmentation": 0.7})
-    assert name == "reconstruction" and weights.tolist() == [1.0, 0.0]
+    name, weights, smoothing = choose_map({"reconstruction": 0.7, "segmentation": 0.7})
+    assert name == "reconstruction" and weights.tolist() == [1.0, 0.0] and smoothing == 0.0
 
 
 def test_aupro_against_hand_computed_curves():

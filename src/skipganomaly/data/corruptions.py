@@ -162,12 +162,32 @@ def shuffle(x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[
     return torch.cat([top, bottom], 2), torch.ones(n, 1, h, w, device=x.device)
 
 
+def chimera(x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One side of a straight cut (at 35% to 65% of the image, across rows or columns) taken
+    from another image of the batch: each side is normal, the whole is two things at once (a
+    semantic anomaly made of normal parts). The mask is the pasted side where it changed."""
+    n, _, h, w = x.shape
+    # Half the batch away, so that the damaged copies of one image, which sit side by side in
+    # the synthetic validation's batches, do not paste into each other.
+    source = x.roll(max(1, n // 2), dims=0) if n > 1 else x.flip(2).flip(3)
+    across_columns = (_rand((n, 1, 1, 1), x, generator) < 0.5).float()
+    cut = 0.35 + 0.3 * _rand((n, 1, 1, 1), x, generator)
+    first_side = _rand((n, 1, 1, 1), x, generator) < 0.5
+    rows = (torch.arange(h, device=x.device, dtype=torch.float32) + 0.5).view(1, 1, h, 1) / h
+    columns = (torch.arange(w, device=x.device, dtype=torch.float32) + 0.5).view(1, 1, 1, w) / w
+    position = across_columns * columns + (1 - across_columns) * rows
+    mask = ((position < cut) == first_side).float()
+    out = x * (1 - mask) + source * mask
+    return out, mask * ((out - x).abs().amax(1, keepdim=True) > 1e-3).float()
+
+
 CORRUPTION_FUNCTIONS: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
     "blend": blend,
     "cutpaste": cutpaste,
     "intensity": intensity,
     "stain": stain,
     "shuffle": shuffle,
+    "chimera": chimera,
 }
 if tuple(CORRUPTION_FUNCTIONS) != CORRUPTIONS:  # one function per spec, in the specs' order
     raise ImportError(f"corruptions {tuple(CORRUPTION_FUNCTIONS)} differ from the specs {CORRUPTIONS}")

@@ -373,6 +373,8 @@ def export_checkpoint(
         "score_terms": score_composition(model, score_lambda, set(graph.output_names)),
         # What anomaly_map holds: R's map, or the segmentation head's where validation chose it.
         "map_source": map_source(model),
+        # The Gaussian smoothing validation chose for the maps, a fraction of the image side.
+        "map_smoothing": float(getattr(model, "map_smoothing", 0.0)),
         "graph_rewrites": [f"{name}: {count}" for name, count in rewrites.items() if count],
         "batchnorm_nodes_left": nodes.get("BatchNormalization", 0),
         "opset": OPSET,

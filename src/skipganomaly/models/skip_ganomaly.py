@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from types import SimpleNamespace
 
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..specs.models import SKIPGANOMALY
+from ..specs.models import SKIPGANOMALY, parse_map_smoothing
 from ..specs.score_terms import feature_bank_key, missing_switches, parse_score_terms
 from .base import AdversarialAnomalyModel
 from .blocks import (
@@ -35,6 +36,7 @@ from .objective import (
     contextual_loss,
     discriminator_loss,
     focal_loss,
+    gaussian_smoothing,
     generator_adversarial_loss,
     latent_loss,
     latent_score,
@@ -196,6 +198,9 @@ class SkipGANomaly(AdversarialAnomalyModel):
       anomalies' masks; its smoothed peak is the ``segmentation`` term. The anomaly map is then
       a mix of |x - G(x)| and its probability map with weights validation fixes
       (``map_weights``, :meth:`set_map_weights`; the reconstruction error until then).
+    * ``map_smoothing``: candidates for the Gaussian smoothing of the maps (a fraction of the
+      image side); validation chooses one on the pixel AUROC of its masks
+      (:meth:`set_map_smoothing`). The score terms do not change with it.
     """
 
     name = "skipganomaly"
@@ -214,6 +219,7 @@ class SkipGANomaly(AdversarialAnomalyModel):
         knn_k: int = 5,
         select_terms: bool = True,
         segmentation_head: bool = False,
+        map_smoothing: str = "0",
     ):
         super().__init__()
         self.args = {"image_size": image_size, "channels": channels, "ngf": ngf, "ndf": ndf, "nz": nz}
@@ -225,6 +231,7 @@ class SkipGANomaly(AdversarialAnomalyModel):
             "knn_k": knn_k,
             "select_terms": select_terms,
             "segmentation_head": segmentation_head,
+            "map_smoothing": map_smoothing,
         }
         # Only the values off their default (the spec's, which the signature repeats: tested) are
         # stored, so a faithful model's arguments and checkpoints stay as they were.
@@ -244,6 +251,13 @@ class SkipGANomaly(AdversarialAnomalyModel):
         self.segmentation = SegmentationHead(channels) if segmentation_head else None
         if self.segmentation is not None:  # [reconstruction error, segmentation] in the map
             self.register_buffer("map_weights", torch.tensor([1.0, 0.0]))
+        # The maps' Gaussian smoothing (a fraction of the image side): the first candidate until
+        # validation chooses (set_map_smoothing). Without candidates no buffer, as before.
+        self.map_smoothing_candidates = parse_map_smoothing(map_smoothing)
+        self.map_radius = 0
+        if any(self.map_smoothing_candidates):
+            self.register_buffer("map_smoothing", torch.tensor(self.map_smoothing_candidates[0]))
+            self.map_radius = min(image_size, math.ceil(3 * max(self.map_smoothing_candidates) * image_size))
         if self.score_terms:
             n = len(self.score_terms)
             self.register_buffer("term_mean", torch.zeros(n))
@@ -358,6 +372,17 @@ class SkipGANomaly(AdversarialAnomalyModel):
         if weights is not None:
             self.term_weights.copy_(weights)
 
+    @torch.no_grad()
+    def set_map_smoothing(self, fraction: float) -> None:
+        """Fix the maps' smoothing (one of ``model.map_smoothing``'s candidates)."""
+        self.map_smoothing.fill_(fraction)
+
+    def smooth_map(self, maps: torch.Tensor) -> torch.Tensor:
+        """``maps`` (N, H, W) smoothed as validation chose (unchanged without candidates)."""
+        if not self.map_radius:
+            return maps
+        return gaussian_smoothing(maps, self.map_smoothing * maps.shape[-1], self.map_radius)
+
     def score(self, x: torch.Tensor, score_lambda: float = 0.9, details: bool = False) -> ScoreOutput:
         """Anomaly score of Eq. 5 for each image of ``x``; call in eval mode for honest scores.
 
@@ -377,13 +402,15 @@ class SkipGANomaly(AdversarialAnomalyModel):
         output = score_output(
             x, x_hat, reconstruction, latent, score_lambda, details=details, features=features_real
         )
+        if details:
+            output.anomaly_map = self.smooth_map(output.anomaly_map)
         segmentation_map = None
         if self.segmentation is not None:
             segmentation_map = torch.sigmoid(self.segmentation(x, x_hat).float())
             if details:  # the run's map is the one validation chose (set_map_weights)
-                weights = self.map_weights
-                output.anomaly_map = weights[0] * output.anomaly_map + weights[1] * segmentation_map[:, 0]
-                output.maps = {"segmentation": segmentation_map[:, 0]}
+                weights, head_map = self.map_weights, self.smooth_map(segmentation_map[:, 0])
+                output.anomaly_map = weights[0] * output.anomaly_map + weights[1] * head_map
+                output.maps = {"segmentation": head_map}
         if self.score_terms:
             inputs = TermInputs(
                 self, x, x_hat, features_real, features_fake, reconstruction, latent, segmentation_map

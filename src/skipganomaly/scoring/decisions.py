@@ -148,11 +148,23 @@ def worst_group_auroc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray
 MAP_SOURCES = ("reconstruction", "segmentation")
 
 
-def choose_map(pixel_aurocs: dict[str, float]) -> tuple[str, np.ndarray]:
-    """The map with the higher pixel AUROC on the synthetic anomalies, and its one-hot weights
-    over :data:`MAP_SOURCES` (the reconstruction error on ties: the paper's map)."""
-    best = max(MAP_SOURCES, key=lambda name: (pixel_aurocs.get(name, -1.0), name == "reconstruction"))
-    return best, np.array([float(name == best) for name in MAP_SOURCES])
+def choose_map(pixel_aurocs: dict) -> tuple[str, np.ndarray, float]:
+    """The map with the highest pixel AUROC on validation masks: ``(source, weights over
+    MAP_SOURCES (one-hot), smoothing)``. Keys are a source of :data:`MAP_SOURCES`, or
+    ``(source, smoothing)`` pairs where the model has several smoothings to choose among. Ties go
+    to the reconstruction error (the paper's map), then to the first smoothing given."""
+
+    def key(item):
+        name, value = item
+        source, smoothing = (name, 0.0) if isinstance(name, str) else name
+        return (value, source == "reconstruction")
+
+    best = None
+    for item in pixel_aurocs.items():  # strictly better only: the first of equals stays
+        if best is None or key(item) > key(best):
+            best = item
+    source, smoothing = (best[0], 0.0) if isinstance(best[0], str) else best[0]
+    return source, np.array([float(name == source) for name in MAP_SOURCES]), float(smoothing)
 
 
 def selection_value(

@@ -49,6 +49,12 @@ CORRUPTION_SPECS: dict[str, CorruptionSpec] = {
             "the image's four quadrants swapped around: every local patch is normal, the whole is "
             "not (an anomaly of layout, not of texture)",
         ),
+        CorruptionSpec(
+            "chimera",
+            "one side of a straight cut taken from another image: two normal parts that do not "
+            "belong together (a semantic anomaly; measured as a held-out family in "
+            "docs/normal-only.md, not a default)",
+        ),
     )
 }
 CORRUPTIONS = tuple(CORRUPTION_SPECS)

@@ -138,6 +138,34 @@ def _check_skipganomaly(config: Any) -> None:
         raise UserError(f"model.map_pooling={model.map_pooling}: a fraction of the pixels in (0, 1]")
     if model.knn_bank < 1 or model.knn_k < 1:
         raise UserError("model.knn_bank and model.knn_k must be positive")
+    parse_map_smoothing(model.map_smoothing)
+
+
+# The widest smoothing: a standard deviation of a quarter of the image blurs any map to its mean.
+MAX_MAP_SMOOTHING = 0.25
+
+
+def parse_map_smoothing(text: str) -> tuple[float, ...]:
+    """``model.map_smoothing``: "0" (no smoothing) or comma-separated candidates, each the
+    standard deviation of a Gaussian as a fraction of the image's side, e.g. "0,0.02,0.06"
+    (validation chooses among them); raises a one-line UserError."""
+    values = []
+    for part in str(text).split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            raise UserError(
+                f"model.map_smoothing={text!r}: give numbers separated by commas, e.g. 0,0.02,0.06"
+            ) from None
+        if not 0.0 <= value <= MAX_MAP_SMOOTHING:  # also refuses nan
+            raise UserError(
+                f"model.map_smoothing: {part.strip()} is not a fraction of the image side in "
+                f"[0, {MAX_MAP_SMOOTHING}]"
+            )
+        if value in values:
+            raise UserError(f"model.map_smoothing={text!r} names {value} twice")
+        values.append(value)
+    return tuple(values)
 
 
 # EGBAD and AnoGAN train on the adversarial loss alone, with DCGAN's settings under both names.
@@ -197,6 +225,14 @@ SKIPGANOMALY = ModelSpec(
             False,
             "a light network on (x, G(x)) predicts the synthetic anomalies' masks (DRAEM's "
             "discriminative half); its map is the segmentation score term and map",
+        ),
+        ModelKey(
+            "map_smoothing",
+            str,
+            "0",
+            "Gaussian smoothing of the anomaly map, its standard deviation as a fraction of the "
+            "image side; several, comma-separated, are candidates that validation chooses among "
+            "on the pixel AUROC of its masks (labelled, or the synthetic anomalies')",
         ),
         ModelKey(
             "select_terms",

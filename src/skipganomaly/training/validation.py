@@ -15,12 +15,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.base import Splits
+from ..data.base import ImageSet, Splits
+from ..data.images import load_mask
 from ..data.synthetic import SyntheticAnomalies, synthetic_anomalies
+from ..models.objective import gaussian_smoothing
 from ..runtime import distributed
 from ..runtime.distributed import DistributedContext
 from ..runtime.threads import ThreadChooser
 from ..scoring.decisions import (
+    MAP_SOURCES,
     choose_map,
     choose_terms,
     fit_term_statistics,
@@ -29,10 +32,17 @@ from ..scoring.decisions import (
     synthetic_scored_set,
     uses_synthetic_validation,
 )
-from ..scoring.engine import ScoredSet, ScoringOptions, feature_bank, score_set, score_splits
+from ..scoring.engine import ScoredSet, ScoringOptions, feature_bank, has_masks, score_set, score_splits
 from ..scoring.metrics import auroc, pixel_auroc
 from ..specs.config import Config
 from ..specs.corruptions import parse_corruptions
+
+
+def has_map_choice(model: nn.Module) -> bool:
+    """Whether validation has a map to choose: a segmentation head's besides the reconstruction
+    error, or several smoothings (``model.map_smoothing``)."""
+    smoothings = getattr(model, "map_smoothing_candidates", (0.0,))
+    return getattr(model, "segmentation", None) is not None or len(smoothings) > 1
 
 
 class Validation:
@@ -70,10 +80,11 @@ class Validation:
         self.synthetic_scores: ScoredSet | None = None  # this epoch's: normal val + synthetic
         self.synthetic_record: dict[str, Any] | None = None
         self.last_val: ScoredSet | None = None
+        self.map_record: dict[str, Any] | None = None  # the map chosen on labelled masks
 
     def _synthetic_anomalies(self, options: ScoringOptions) -> ScoredSet:
-        """This epoch's scores of the synthetic anomalies; with a segmentation head, first choose
-        the anomaly map (reconstruction error or the head's map) on their pixel AUROC."""
+        """This epoch's scores of the synthetic anomalies; where the model has maps to choose
+        among, first choose its map on their masks (:meth:`_choose_map`)."""
         if self.synthetic is None:
             normal = self.splits.val
             if normal.labels is not None:
@@ -85,25 +96,73 @@ class Validation:
                 max_pixels=self.config.data.max_image_pixels,
             )  # fmt: skip
         model = self._model
-        maps = getattr(model, "segmentation", None) is not None
-        if maps:  # the head's map alone, and x_hat for the reconstruction error's
-            model.set_map_weights(torch.tensor([0.0, 1.0]))
-        scored = score_set(model, self.synthetic.images, options.replace(details=maps, batchnorm_train=False))
-        self.synthetic_record = {"families": list(self.synthetic.families), "images": len(scored.score)}
-        if maps:
-            images = self.synthetic.images.images[scored.indices].astype(np.float32) / 127.5 - 1.0
-            reconstructed = scored.reconstructed.astype(np.float32).transpose(0, 2, 3, 1)
-            masks = self.synthetic.masks[scored.indices]
-            local = masks.mean((1, 2)) < 0.5  # a whole-image anomaly has no pixel to localise
-            candidates = {
-                "reconstruction": pixel_auroc(masks[local], np.abs(images - reconstructed).mean(-1)[local]),
-                "segmentation": pixel_auroc(masks[local], scored.anomaly_maps.astype(np.float32)[local]),
-            }
-            chosen, weights = choose_map(candidates)
-            model.set_map_weights(torch.from_numpy(weights).float())
-            self.synthetic_record |= {"pixel_auroc": candidates, "map": chosen}
-            scored.anomaly_maps = scored.reconstructed = None  # not kept
+        self.synthetic_record = {"families": list(self.synthetic.families)}
+        if has_map_choice(model):
+            # Only the local anomalies: a whole-image anomaly has no pixel to localise.
+            local = np.flatnonzero(self.synthetic.masks.mean((1, 2)) < 0.5)
+            self.synthetic_record |= self._choose_map(
+                model, self.synthetic.images.subset(local), self.synthetic.masks[local], options
+            )
+        scored = score_set(model, self.synthetic.images, options.replace(batchnorm_train=False))
+        self.synthetic_record["images"] = len(scored.score)
         return scored
+
+    def _choose_map(
+        self, model: nn.Module, images: ImageSet, masks: np.ndarray, options: ScoringOptions
+    ) -> dict[str, Any]:
+        """Choose the run's anomaly map, the reconstruction error or the segmentation head's, and
+        its smoothing (``model.map_smoothing``), on the pixel AUROC of ``masks`` (aligned with
+        ``images``); set the model's buffers and return what was measured."""
+        sources = [name for name in MAP_SOURCES if name == "reconstruction" or model.segmentation is not None]
+        if model.map_radius:
+            model.set_map_smoothing(0.0)
+        raw = {}
+        for source in sources:
+            if model.segmentation is not None:
+                model.set_map_weights(torch.tensor([float(source == name) for name in MAP_SOURCES]))
+            scored = score_set(model, images, options.replace(details=True, batchnorm_train=False))
+            raw[source] = torch.from_numpy(scored.anomaly_maps.astype(np.float32))
+        masks = masks[scored.indices]
+        pixel_aurocs = {}
+        for source in sources:
+            for smoothing in model.map_smoothing_candidates:
+                maps = raw[source]
+                if smoothing:
+                    sigma = torch.tensor(smoothing * maps.shape[-1])
+                    maps = gaussian_smoothing(maps, sigma, model.map_radius)
+                pixel_aurocs[(source, smoothing)] = pixel_auroc(masks, maps.numpy())
+        source, weights, smoothing = choose_map(pixel_aurocs)
+        if model.segmentation is not None:
+            model.set_map_weights(torch.from_numpy(weights).float())
+        if model.map_radius:
+            model.set_map_smoothing(smoothing)
+        return {
+            "pixel_auroc": {
+                name if not value else f"{name}@{value:g}": auroc_value
+                for (name, value), auroc_value in pixel_aurocs.items()
+            },
+            "map": source,
+            "map_smoothing": smoothing,
+        }
+
+    def _labelled_map_choice(self, model: nn.Module, options: ScoringOptions) -> dict[str, Any] | None:
+        """Under a protocol whose validation holds anomalies with ground-truth masks, choose the
+        map on them (normal images count with an all-normal mask; anomalies without a mask file
+        are left out, as :func:`~skipganomaly.scoring.engine.pixel_metrics` does)."""
+        val = self.splits.val
+        if not has_map_choice(model) or not has_masks(val) or val.labels is None:
+            return None
+        size = self.config.data.image_size
+        keep = [i for i in range(len(val)) if val.labels[i] == 0 or val.masks[i] is not None]
+        masks = np.stack(
+            [
+                np.zeros((size, size), bool) if val.masks[i] is None else load_mask(val.masks[i], size)
+                for i in keep
+            ]
+        )
+        if not masks.any():
+            return None
+        return self._choose_map(model, val.subset(np.array(keep)), masks, options)
 
     def score(
         self, model: nn.Module, amp_dtype: torch.dtype | None, calibrate: bool = False
@@ -130,6 +189,9 @@ class Validation:
         if calibrate and self.uses_synthetic:
             self._model = model
             anomalies = self._synthetic_anomalies(options)
+        self.map_record = None
+        if calibrate and not self.uses_synthetic:
+            self.map_record = self._labelled_map_choice(model, options)
         val, test = score_splits(model, self.splits, options, context=self.context)
         synthetic = None
         if anomalies is not None:
@@ -185,6 +247,7 @@ def epoch_record(
     paper: dict[str, Any] | None = None,
     score_terms: list[str] | None = None,
     synthetic: dict[str, Any] | None = None,
+    map_choice: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One epoch's entry of the run's history (``metrics.json`` and the checkpoints keep it)."""
     normal = val.labels == 0
@@ -206,6 +269,8 @@ def epoch_record(
         record["score_terms"] = score_terms
     if synthetic is not None:
         record["synthetic_val"] = dict(synthetic)
+    if map_choice is not None:  # chosen on labelled validation masks
+        record["map_choice"] = dict(map_choice)
     return record
 
 
@@ -221,8 +286,10 @@ def epoch_line(record: dict[str, Any], epochs: int, best: bool) -> str:
     val_text = selection_text(selection_name, value)
     if selection_name != "val.auroc" and not math.isnan(record["val"]["auroc"]):
         val_text += f"  val AUROC {record['val']['auroc']:.4f}"
-    if "synthetic_val" in record and "map" in record["synthetic_val"]:
-        val_text += f"  map {record['synthetic_val']['map']}"
+    choice = record.get("map_choice") or record.get("synthetic_val") or {}
+    if "map" in choice:
+        smoothing = choice.get("map_smoothing", 0.0)
+        val_text += f"  map {choice['map']}" + (f" smoothed {smoothing:g}" if smoothing else "")
     return (
         f"epoch {record['epoch']:>3}/{epochs}  g {losses['g']:.4f} ({terms})  d {losses['d']:.4f}  "
         f"{val_text}  test AUROC {record['test']['auroc']:.4f}"
