@@ -18,6 +18,7 @@ from fixture_data import (
     write_idx,
     write_mnist,
     write_mvtec,
+    write_png,
 )
 
 from skipganomaly.data import cifar, mnist, prepare_data
@@ -451,6 +452,38 @@ def test_mvtec_labels_groups_masks_and_stratified_split(tmp_path):
                 tmp_path, **{"data.dataset": "mvtec", "data.root": str(category), "data.normal_class": "good"}
             )
         )
+
+
+def test_mvtec_3d_reads_rgb_images_and_gt_masks_only(tmp_path):
+    """An MVTec 3D-AD category as unpacked: images in rgb/, masks in gt/, point clouds in xyz/.
+    Neither the masks nor the .tiff point clouds may be read as images."""
+    flat = write_mvtec(tmp_path / "flat" / "tire", n_defect=4)
+    category = tmp_path / "mvtec3d" / "tire"
+    for image in sorted(flat.glob("t*/*/*.png")):
+        part, group = image.parent.parent.name, image.parent.name
+        target = category / part / group
+        (target / "rgb").mkdir(parents=True, exist_ok=True)
+        (target / "xyz").mkdir(exist_ok=True)
+        image.rename(target / "rgb" / image.name)
+        write_png(target / "xyz" / f"{image.stem}.tiff", np.zeros((8, 8, 3), np.uint8))
+        mask = flat / "ground_truth" / group / f"{image.stem}_mask.png"
+        if part == "test":  # 3D-AD gives good test images an empty mask too
+            (target / "gt").mkdir(exist_ok=True)
+            if mask.is_file():
+                mask.rename(target / "gt" / image.name)
+            else:
+                write_png(target / "gt" / image.name, np.zeros((32, 32, 1), np.uint8))
+    splits = prepare_data(
+        data_config(tmp_path, **{"data.dataset": "mvtec", "data.root": str(category), "data.image_size": 16})
+    )
+    assert splits.counts()["train"] == {"total": 12, "normal": 12, "abnormal": 0}
+    assert splits.info.evaluation_pool == {"normal": 4, "abnormal": 8} and splits.info.masks == 8
+    for part in (splits.val, splits.test):
+        for group, mask in zip(part.groups, part.masks, strict=True):
+            assert (mask is None) == (group == "good")
+            if mask:
+                assert mask.endswith(f"test/{group}/gt/" + os.path.basename(mask)), mask
+    assert_disjoint(splits, n_total=24)
 
 
 def test_mvtec_without_normal_training_images(tmp_path):

@@ -8,6 +8,11 @@ category, or an archive of either)::
     test/<defect>/*                    abnormal test images, one folder per defect type
     ground_truth/<defect>/<name>_mask.png   optional pixel masks of the abnormal test images
 
+MVTec 3D-AD categories (Bergmann et al., VISAPP 2022) read as they are unpacked: each image folder
+then holds ``rgb/`` (read), ``xyz/`` (point clouds, ignored) and, under ``test/<defect>``, ``gt/``
+(the masks, same file names). Only the RGB images are used; 3D-AD's own ``validation/good`` is not
+read, as the protocol carves its validation normals from ``train/good`` for every data set.
+
 The labelled evaluation pool is ``test/``; the protocol then splits it (``val-split``: stratified
 by defect type, so validation and test each get a share of every defect) or uses it whole.
 Image labels are 0 (good) and 1 (any defect); the defect type of each image is kept as its group
@@ -37,7 +42,10 @@ from .folders import (
 from .splits import apply_protocol
 
 GOOD = "good"
-EXPECTED = "an MVTec AD category folder (train/good, test/good, test/<defect>, optional ground_truth/)"
+EXPECTED = (
+    "an MVTec AD category folder (train/good, test/good, test/<defect>, optional ground_truth/)"
+    " or an MVTec 3D-AD one"
+)
 
 
 def find_category(root: Path) -> Path:
@@ -55,10 +63,20 @@ def find_category(root: Path) -> Path:
     raise UserError(f"{root} is not {EXPECTED}")
 
 
+def image_folder(category: Path, part: str, name: str) -> Path:
+    """Where one folder's images are: MVTec 3D-AD keeps them in ``rgb/``, beside the point clouds
+    and masks that must not be read as images."""
+    folder = category / part / name
+    return folder / "rgb" if (folder / "rgb").is_dir() else folder
+
+
 def mask_path(category: Path, defect: str, image: Path) -> str | None:
     """The ground-truth mask of one abnormal test image, when the data set has it."""
     folder = category / "ground_truth" / defect
-    for candidate in (folder / f"{image.stem}_mask.png", folder / f"{image.stem}.png"):
+    candidates = [folder / f"{image.stem}_mask.png", folder / f"{image.stem}.png"]
+    if image.parent.name == "rgb":  # MVTec 3D-AD: test/<defect>/gt/<name>.png
+        candidates.append(image.parent.parent / "gt" / f"{image.stem}.png")
+    for candidate in candidates:
         if candidate.is_file():
             return str(candidate)
     return None
@@ -81,7 +99,7 @@ def read_mvtec(cfg: DataConfig) -> Splits:
     masks: list[str | None] = []
     in_test: list[bool] = []
     for part, name in [("train", GOOD)] + [("test", name) for name in group_names]:
-        folder = category / part / name
+        folder = image_folder(category, part, name)
         if part == "test" and name == GOOD and not folder.is_dir():
             continue
         for f in images_in(folder, category):
