@@ -35,7 +35,14 @@ def test_gaussian_smoothing_against_hand_computed_values():
         assert smoothed[0, 10 + dy, 10 + dx].item() == pytest.approx(expected, rel=1e-5), (dy, dx)
     assert smoothed[0, 10, 16].item() == 0.0  # beyond the radius
     assert smoothed.sum().item() == pytest.approx(1.0, rel=1e-5)  # mass kept away from the edges
-    # A constant map stays constant (edges replicated), and sigma 0 changes nothing at all.
+    # Edges are mirrored: a hot corner pixel is smoothed like a hot centre one, not given the
+    # weight of a quarter-plane (replicated edges would make it about 0.25 here).
+    corner = torch.zeros(1, 21, 21)
+    corner[0, 0, 0] = 1.0
+    assert gaussian_smoothing(corner, torch.tensor(sigma), radius)[0, 0, 0].item() == pytest.approx(
+        smoothed[0, 10, 10].item(), rel=1e-5
+    )
+    # A constant map stays constant, and sigma 0 changes nothing at all.
     flat = torch.full((2, 8, 8), 0.25)
     assert torch.allclose(gaussian_smoothing(flat, torch.tensor(3.0), 7), flat, atol=1e-6)
     noisy = torch.rand(3, 16, 16)

@@ -198,19 +198,23 @@ def anomaly_map(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
 def gaussian_smoothing(maps: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
     """Each map of ``maps`` (N, H, W) convolved with a Gaussian of standard deviation ``sigma``
     pixels (a 0-d tensor, so that an exported graph reads it from the model), truncated at
-    ``radius`` pixels, edges replicated. A ``sigma`` of 0 returns the maps unchanged: the kernel
-    is then one tap of weight 1.
+    ``radius`` pixels (less than the map's side), edges mirrored. A ``sigma`` of 0 returns the maps
+    unchanged: the kernel is then one tap of weight 1.
 
     Why smooth: a restoration error is noisy at the scale of a pixel (texture, edges), a defect
     covers a region; averaging over the region raises its contrast against the noise, which is
-    why DRAEM and PatchCore smooth their maps. How much is chosen on validation masks."""
+    why DRAEM and PatchCore smooth their maps. How much is chosen on validation masks.
+
+    Mirrored, not replicated, edges: replication gives a corner pixel the weight of a whole
+    quarter-plane, so a strongly smoothed map peaked in its corners (measured on MVTec 3D-AD tire,
+    where the corners differ with the acquisition; docs/normal-only.md)."""
     if radius <= 0:
         return maps
     offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=torch.float32)
     spread = sigma.to(torch.float32).clamp(min=1e-3)  # exp(-1 / 2e-6) is exactly 0 in float32
     kernel = torch.exp(-(offsets * offsets) / (2 * spread * spread))
     kernel = (kernel / kernel.sum()).to(maps.dtype)
-    padded = F.pad(maps[:, None], (radius, radius, radius, radius), mode="replicate")
+    padded = F.pad(maps[:, None], (radius, radius, radius, radius), mode="reflect")
     rows = F.conv2d(padded, kernel.view(1, 1, 1, -1))
     return F.conv2d(rows, kernel.view(1, 1, -1, 1))[:, 0]
 

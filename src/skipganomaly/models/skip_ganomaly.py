@@ -257,7 +257,9 @@ class SkipGANomaly(AdversarialAnomalyModel):
         self.map_radius = 0
         if any(self.map_smoothing_candidates):
             self.register_buffer("map_smoothing", torch.tensor(self.map_smoothing_candidates[0]))
-            self.map_radius = min(image_size, math.ceil(3 * max(self.map_smoothing_candidates) * image_size))
+            self.map_radius = min(
+                image_size - 1, math.ceil(3 * max(self.map_smoothing_candidates) * image_size)
+            )
         if self.score_terms:
             n = len(self.score_terms)
             self.register_buffer("term_mean", torch.zeros(n))

@@ -318,30 +318,40 @@ def has_masks(image_set: ImageSet) -> bool:
     return image_set.masks is not None and any(m is not None for m in image_set.masks)
 
 
-def pixel_metrics(model: nn.Module, image_set: ImageSet, options: ScoringOptions) -> dict[str, Any] | None:
-    """Pixel AUROC of the anomaly maps against ground-truth masks, or None without masks.
-
-    Maps are compared at the model's resolution, masks resized to it (:func:`load_mask`). Normal
-    images count with an all-normal mask; abnormal images without a mask file are left out (their
-    pixels' labels are unknown). Scored as ``options`` say (the protocol's, as its splits are).
-    """
-    if not has_masks(image_set):
-        return None
-    scored = score_set(model, image_set, options.replace(details=True))
-    size = options.image_size
-    maps, masks = [], []
-    for k, i in enumerate(scored.indices):
-        mask_file = image_set.masks[i]
+def pixel_masks(image_set: ImageSet, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The images whose pixels' labels are known and their masks at ``size``: ``(indices, masks)``.
+    Normal images count with an all-normal mask; abnormal images without a mask file are left
+    out (their pixels' labels are unknown)."""
+    keep, masks = [], []
+    for i, mask_file in enumerate(image_set.masks or [None] * len(image_set)):
         if mask_file is None:
             if image_set.labels is None or image_set.labels[i] != 0:
                 continue
             masks.append(np.zeros((size, size), dtype=bool))
         else:
             masks.append(load_mask(mask_file, size))
-        maps.append(scored.anomaly_maps[k].astype(np.float32))
-    if not masks:
+        keep.append(i)
+    empty = np.zeros((0, size, size), dtype=bool)
+    return np.asarray(keep, dtype=np.int64), (np.stack(masks) if masks else empty)
+
+
+def pixel_metrics(model: nn.Module, image_set: ImageSet, options: ScoringOptions) -> dict[str, Any] | None:
+    """Pixel AUROC of the anomaly maps against ground-truth masks, or None without masks.
+
+    Maps are compared at the model's resolution, masks resized to it (:func:`load_mask`), on the
+    images :func:`pixel_masks` keeps. Scored as ``options`` say (the protocol's, as its splits are).
+    """
+    if not has_masks(image_set):
         return None
-    masks, maps = np.stack(masks), np.stack(maps)
+    keep, masks = pixel_masks(image_set, options.image_size)
+    # The whole set is scored, as its image scores are (train-mode BatchNorm sees whole batches).
+    scored = score_set(model, image_set, options.replace(details=True))
+    row_of = {int(i): k for k, i in enumerate(scored.indices)}
+    rows = [k for k, i in enumerate(keep) if int(i) in row_of]
+    if not rows:
+        return None
+    masks = masks[rows]
+    maps = scored.anomaly_maps[[row_of[int(keep[k])] for k in rows]].astype(np.float32)
     return {"pixel_auroc": pixel_auroc(masks, maps), "aupro": aupro(masks, maps), "pixel_images": len(masks)}
 
 

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from ..data.base import ImageSet, Splits
-from ..data.images import load_mask
 from ..data.synthetic import SyntheticAnomalies, synthetic_anomalies
 from ..models.objective import gaussian_smoothing
 from ..runtime import distributed
@@ -32,7 +31,15 @@ from ..scoring.decisions import (
     synthetic_scored_set,
     uses_synthetic_validation,
 )
-from ..scoring.engine import ScoredSet, ScoringOptions, feature_bank, has_masks, score_set, score_splits
+from ..scoring.engine import (
+    ScoredSet,
+    ScoringOptions,
+    feature_bank,
+    has_masks,
+    pixel_masks,
+    score_set,
+    score_splits,
+)
 from ..scoring.metrics import auroc, pixel_auroc
 from ..specs.config import Config
 from ..specs.corruptions import parse_corruptions
@@ -152,17 +159,10 @@ class Validation:
         val = self.splits.val
         if not has_map_choice(model) or not has_masks(val) or val.labels is None:
             return None
-        size = self.config.data.image_size
-        keep = [i for i in range(len(val)) if val.labels[i] == 0 or val.masks[i] is not None]
-        masks = np.stack(
-            [
-                np.zeros((size, size), bool) if val.masks[i] is None else load_mask(val.masks[i], size)
-                for i in keep
-            ]
-        )
+        keep, masks = pixel_masks(val, self.config.data.image_size)
         if not masks.any():
             return None
-        return self._choose_map(model, val.subset(np.array(keep)), masks, options)
+        return self._choose_map(model, val.subset(keep), masks, options)
 
     def score(
         self, model: nn.Module, amp_dtype: torch.dtype | None, calibrate: bool = False
