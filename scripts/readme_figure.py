@@ -5,7 +5,8 @@ with the quick-start command when the folder does not exist), draws a few normal
 abnormal images at random (seeded) from the run's own test split, scores them with the library's
 :class:`~skipganomaly.deploy.predict.Predictor` exactly as ``skipganomaly predict`` would, and writes a
 3-row grid: the input, the generator's reconstruction G(x) and the per-pixel anomaly map |x - G(x)|
-on the run's fixed colour scale (the scale ``predict --heatmaps`` uses).
+on the run's fixed colour scale (the scale ``predict --heatmaps`` uses). Where the data set has
+ground-truth masks (MVTec), their outline is drawn on the input.
 
     .venv/bin/python scripts/readme_figure.py --run runs/quickstart --output docs/images/quickstart-grid.png
 
@@ -49,12 +50,15 @@ def ensure_run(run: Path, train: bool) -> None:
     subprocess.run(command, check=True)
 
 
-def test_images(predictor, seed: int, per_class: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """A seeded random choice of normal then abnormal images from the run's own test split."""
+def test_images(
+    predictor, seed: int, per_class: int
+) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray | None]]:
+    """A seeded random choice of normal then abnormal images from the run's own test split, their
+    labels, and their ground-truth masks at the model's size where the data set has them."""
     from PIL import Image
 
     from skipganomaly.data import prepare_data
-    from skipganomaly.data.images import prepare_image
+    from skipganomaly.data.images import load_mask, prepare_image
 
     test = prepare_data(predictor.config.data).test
     rng = np.random.default_rng(seed)
@@ -70,7 +74,9 @@ def test_images(predictor, seed: int, per_class: int) -> tuple[list[np.ndarray],
         else:
             image = Image.open(test.paths[i])
         images.append(prepare_image(image, predictor.image_size, predictor.channels))
-    return images, test.labels[chosen]
+    mask_files = [test.masks[i] if test.masks is not None else None for i in chosen]
+    masks = [None if f is None else load_mask(f, predictor.image_size) for f in mask_files]
+    return images, test.labels[chosen], masks
 
 
 def reconstruct(predictor, images: list[np.ndarray]) -> np.ndarray:
@@ -90,7 +96,7 @@ def map_source(predictor) -> str:
 
 
 def render(
-    images, reconstructions, predictions, labels, map_high: float, title: str, args, source: str
+    images, reconstructions, predictions, labels, masks, map_high: float, title: str, args, source: str
 ) -> None:
     import matplotlib
 
@@ -115,6 +121,9 @@ def render(
         mappable = axes[2, col].imshow(
             prediction.anomaly_map, cmap="inferno", vmin=0.0, vmax=map_high, interpolation="nearest"
         )
+        if masks[col] is not None and masks[col].any():  # the ground truth, on the input only: the
+            # map below stays unhidden, to be judged against it
+            axes[0, col].contour(masks[col], levels=[0.5], colors="#00e5ff", linewidths=0.8)
         axes[0, col].set_title(
             f"{kind}\nscore {prediction.score:.2f}\n{verdict}",
             fontsize=10,
@@ -140,18 +149,22 @@ def main(argv: list[str] | None = None) -> int:
     from skipganomaly.deploy.predict import Predictor
 
     predictor = Predictor.from_run(args.run)
-    images, labels = test_images(predictor, args.seed, args.per_class)
+    images, labels, masks = test_images(predictor, args.seed, args.per_class)
     predictions = predictor.score_arrays(
         [image[:, :, 0] if image.shape[2] == 1 else image for image in images], with_maps=True
     )
     reconstructions = reconstruct(predictor, images)
     source = map_source(predictor)
     # The map the scorer returned must be the one this script's reconstruction gives, or the
-    # picture would show something other than what the model scored (|x - G(x)| maps).
+    # picture would show something other than what the model scored (|x - G(x)| maps, smoothed
+    # as the model smooths them, model.map_smoothing).
+    smooth = getattr(predictor.model, "smooth_map", lambda maps: maps)
     for image, rebuilt, prediction in zip(images, reconstructions, predictions, strict=True):
         if source != "reconstruction":
             break
         own_map = np.abs(image.astype(np.float32) - rebuilt.astype(np.float32)).mean(axis=2) / 127.5
+        with torch.inference_mode():
+            own_map = smooth(torch.from_numpy(own_map)[None].to(predictor.device))[0].cpu().numpy()
         gap = float(np.abs(own_map - prediction.anomaly_map).max())
         if gap > 0.02:
             raise SystemExit(f"reconstruction and scored anomaly map differ by {gap:.3f}")
@@ -169,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         f"threshold {predictor.normalization.threshold:.2f}"
     )
     map_high = predictor.normalization.map_high if source == "reconstruction" else 1.0
-    render(images, reconstructions, predictions, labels, map_high, title, args, source)
+    render(images, reconstructions, predictions, labels, masks, map_high, title, args, source)
     print(f"wrote {args.output}")
     return 0
 

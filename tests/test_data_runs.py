@@ -15,7 +15,7 @@ from torch import nn
 from skipganomaly.cli import main
 from skipganomaly.data import prepare_data
 from skipganomaly.models.objective import ScoreOutput
-from skipganomaly.scoring.engine import ScoringOptions, pixel_metrics
+from skipganomaly.scoring.engine import ScoringOptions, pixel_masks, pixel_metrics, split_pixel_metrics
 from skipganomaly.specs.config import build_config
 
 
@@ -52,6 +52,38 @@ def test_pixel_auroc_against_masks(tmp_path):
     assert pixel_metrics(BrightnessModel(1.0), splits.test, options) is None
 
 
+class TemplateModel(BrightnessModel):
+    """The same map for every image: it knows where defects usually are and nothing else."""
+
+    def __init__(self, template: torch.Tensor):
+        super().__init__()
+        self.template = template
+
+    def score(self, x, score_lambda=0.9, details=False):
+        out = super().score(x, score_lambda, details)
+        if details:
+            out.anomaly_map = self.template.expand(x.shape[0], *self.template.shape)
+        return out
+
+
+def test_location_control_tells_a_map_of_where_defects_usually_are(tmp_path):
+    category = write_mvtec(tmp_path / "widget", n_defect=4)
+    config = build_config({"data.dataset": "mvtec", "data.root": str(category), "data.image_size": 32})
+    splits = prepare_data(config.data)
+    options = ScoringOptions.for_run(config, splits.channels, torch.device("cpu"), None, splits.protocol)
+    _, masks = pixel_masks(splits.test, 32)
+    # How often each pixel is defective in this test split: a map that knows the set, not the image.
+    where = split_pixel_metrics(
+        TemplateModel(torch.from_numpy(masks.mean(0, dtype=np.float32))), splits, options
+    )
+    fixed = where["test"]
+    assert fixed["pixel_auroc"] > 0.7, fixed  # high, and all of it location
+    assert fixed["location_control"] == fixed["pixel_auroc"] and fixed["pixel_margin"] == 0.0, fixed
+    assert "location_control" not in where["val"]  # its normals made the control
+    bright = split_pixel_metrics(BrightnessModel(1.0), splits, options)["test"]
+    assert bright["pixel_auroc"] == 1.0 and bright["pixel_margin"] > 0.3, bright
+
+
 def test_mvtec_training_reports_image_and_pixel_auroc(tmp_path):
     from skipganomaly.training.trainer import Trainer
 
@@ -65,6 +97,8 @@ def test_mvtec_training_reports_image_and_pixel_auroc(tmp_path):
         assert metrics[part]["pixel_images"] == len(getattr(splits, part))
     stored = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert stored["test"]["pixel_auroc"] == pytest.approx(metrics["test"]["pixel_auroc"])
+    test = stored["test"]
+    assert test["pixel_margin"] == pytest.approx(test["pixel_auroc"] - test["location_control"], abs=1e-12)
     scores = (tmp_path / "run" / "scores.csv").read_text()
     assert ",crack," in scores and ",good," in scores  # defect types in the class column
     # The test verb re-evaluates the best checkpoint, pixel AUROC included.

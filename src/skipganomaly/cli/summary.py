@@ -105,6 +105,14 @@ def print_summary(metrics: dict, written: Path, seconds: float | None = None) ->
         print(
             f"test pixel AUROC {test['pixel_auroc']:.4f}{aupro} over {test['pixel_images']} images with masks"
         )
+        if "location_control" in test:
+            note = (
+                "" if test["pixel_margin"] > 0 else ": the map shows where defects usually are, not this one"
+            )
+            print(
+                f"  location control (the validation normals' mean map, the same for every image) "
+                f"{test['location_control']:.4f}; margin {test['pixel_margin']:+.4f}{note}"
+            )
     steadiness = (metrics.get("steadiness") or {}).get("val_auroc")
     if steadiness and steadiness["epochs"] > 1:
         print(

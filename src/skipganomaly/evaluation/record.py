@@ -272,8 +272,9 @@ def normalization_section(e: EvaluationInputs) -> dict[str, Any]:
 
 
 def pixel_section(e: EvaluationInputs) -> dict[str, Any]:
-    """``pixel_auroc`` and ``pixel_images`` into ``val`` and ``test`` when their images have
-    ground-truth masks (MVTec AD), scored with the kept weights as the protocol scores."""
+    """``pixel_auroc``, ``aupro`` and ``pixel_images`` into ``val`` and ``test`` when their images
+    have ground-truth masks (MVTec AD), scored with the kept weights as the protocol scores; test's
+    with its location control (``location_control``, ``pixel_margin``)."""
     if not (has_masks(e.splits.val) or has_masks(e.splits.test)):
         return {}
     return split_pixel_metrics(e.model(), e.splits, e.options)

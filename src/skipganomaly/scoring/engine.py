@@ -335,11 +335,30 @@ def pixel_masks(image_set: ImageSet, size: int) -> tuple[np.ndarray, np.ndarray]
     return np.asarray(keep, dtype=np.int64), (np.stack(masks) if masks else empty)
 
 
-def pixel_metrics(model: nn.Module, image_set: ImageSet, options: ScoringOptions) -> dict[str, Any] | None:
+def mean_normal_map(model: nn.Module, image_set: ImageSet, options: ScoringOptions) -> np.ndarray | None:
+    """The mean anomaly map of ``image_set``'s normal images (every image when it is unlabelled):
+    where the map is high on every image, whatever the image shows. None without normal images."""
+    normal = image_set
+    if image_set.labels is not None:
+        normal = image_set.subset(np.flatnonzero(image_set.labels == 0))
+    if not len(normal):
+        return None
+    scored = score_set(model, normal, options.replace(details=True))
+    return scored.anomaly_maps.astype(np.float32).mean(0) if len(scored.indices) else None
+
+
+def pixel_metrics(
+    model: nn.Module, image_set: ImageSet, options: ScoringOptions, location: np.ndarray | None = None
+) -> dict[str, Any] | None:
     """Pixel AUROC of the anomaly maps against ground-truth masks, or None without masks.
 
     Maps are compared at the model's resolution, masks resized to it (:func:`load_mask`), on the
     images :func:`pixel_masks` keeps. Scored as ``options`` say (the protocol's, as its splits are).
+
+    ``location`` (:func:`mean_normal_map` of other images) adds the location control: the pixel
+    AUROC of that one map given to every image. Where defects sit where the map is always high
+    (the middle of a part, its lit side), the control alone scores as well as the maps, and the
+    pixel AUROC then says where defects usually are, not where this image's is.
     """
     if not has_masks(image_set):
         return None
@@ -352,11 +371,24 @@ def pixel_metrics(model: nn.Module, image_set: ImageSet, options: ScoringOptions
         return None
     masks = masks[rows]
     maps = scored.anomaly_maps[[row_of[int(keep[k])] for k in rows]].astype(np.float32)
-    return {"pixel_auroc": pixel_auroc(masks, maps), "aupro": aupro(masks, maps), "pixel_images": len(masks)}
+    result = {
+        "pixel_auroc": pixel_auroc(masks, maps),
+        "aupro": aupro(masks, maps),
+        "pixel_images": len(masks),
+    }
+    if location is not None:
+        control = pixel_auroc(masks, np.broadcast_to(location, masks.shape))
+        result |= {"location_control": control, "pixel_margin": result["pixel_auroc"] - control}
+    return result
 
 
 def split_pixel_metrics(model: nn.Module, splits: Splits, options: ScoringOptions) -> dict[str, dict]:
-    """``{"val": ..., "test": ...}`` pixel metrics of the splits whose images have masks."""
-    test = pixel_metrics(model, splits.test, options)
+    """``{"val": ..., "test": ...}`` pixel metrics of the splits whose images have masks; test's
+    with the location control of the validation split's normal images (none where validation is
+    the test set: the paper protocol)."""
+    location = None
+    if splits.val is not splits.test and has_masks(splits.test):
+        location = mean_normal_map(model, splits.val, options)
+    test = pixel_metrics(model, splits.test, options, location)
     val = test if splits.val is splits.test else pixel_metrics(model, splits.val, options)
     return {name: result for name, result in (("val", val), ("test", test)) if result is not None}

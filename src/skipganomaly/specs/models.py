@@ -188,8 +188,8 @@ _RESTORING = {
     "train.corruptions": "blend,cutpaste,intensity",
     "model.segmentation_head": True,
     "model.score_terms": "reconstruction,latent,knn,rotation,segmentation",
-    # Supported by labelled validation masks on two sets of real defects (docs/normal-only.md);
-    # the synthetic validation cannot choose it (its stains favour no smoothing).
+    # Chosen on labelled validation masks of real cracks (KolektorSDD; docs/normal-only.md); the
+    # synthetic validation cannot choose it (its stains favour no smoothing).
     "model.map_smoothing": "0.02",
     "eval.threshold": "fpr",
 }

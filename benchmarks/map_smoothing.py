@@ -1,0 +1,148 @@
+"""Which smoothing of the anomaly map finds real defects, and does the synthetic validation know?
+
+Reads one finished run (its best checkpoint and its data, as ``config.yaml`` says) and prints,
+for each map (|x − G(x)|, and the segmentation head's when the model has one) and each Gaussian
+smoothing (a fraction of the image side, ``model.map_smoothing``), the pixel AUROC and AUPRO:
+
+* on the labelled validation split, when the run's protocol has one with masks (``val-split``):
+  what a labelled choice sees;
+* on the test split (reported, never used to choose);
+* on the run's synthetic validation anomalies (its ``eval.synthetic_family``, the local ones):
+  what a label-free choice sees.
+
+On test it adds the location control (the validation normals' mean map, smoothed alike, given to
+every image: what the map knows of where defects usually are) and the pixel AUROC of the map
+less that mean map (what it says of this image beyond that), and for each part the image AUROC
+of each map's peak (its highest pixel), to show whether the map could score images. docs/normal-only.md#smoothing-the-map reports it on two sets of real defects::
+
+    python benchmarks/map_smoothing.py runs/tire-val-split [--json figures.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+import numpy as np
+import torch
+
+from skipganomaly.data import prepare_data
+from skipganomaly.data.base import ImageSet
+from skipganomaly.data.synthetic import synthetic_anomalies
+from skipganomaly.formats.checkpoint import load_run_checkpoint
+from skipganomaly.models.objective import gaussian_smoothing
+from skipganomaly.scoring.engine import ScoringOptions, pixel_masks, score_set
+from skipganomaly.scoring.metrics import aupro, auroc, pixel_auroc
+from skipganomaly.specs.corruptions import parse_corruptions
+from skipganomaly.specs.errors import UserError
+
+SMOOTHINGS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.06, 0.08)
+SOURCES = ("reconstruction", "segmentation")
+
+
+def raw_maps(model, images: ImageSet, options: ScoringOptions) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    """Each map source's unsmoothed maps of ``images`` and the indices they are aligned with."""
+    maps, indices = {}, None
+    for source in SOURCES:
+        if model.segmentation is not None:
+            model.set_map_weights(torch.tensor([float(source == name) for name in SOURCES]))
+        elif source != "reconstruction":
+            continue
+        if getattr(model, "map_radius", 0):
+            model.set_map_smoothing(0.0)
+        scored = score_set(model, images, options)
+        maps[source], indices = torch.from_numpy(scored.anomaly_maps.astype(np.float32)), scored.indices
+    return maps, indices
+
+
+def figures(
+    model, images: ImageSet, masks: np.ndarray, labels: np.ndarray, options, normal_maps=None
+) -> dict[str, dict]:
+    """Each map's and smoothing's figures; with ``normal_maps`` (other images' raw maps by source)
+    also the location control: their mean, smoothed alike, given to every image."""
+    maps, indices = raw_maps(model, images, options)
+    masks, labels = masks[indices], labels[indices]
+    size = masks.shape[-1]
+    radius = min(size - 1, math.ceil(3 * max(SMOOTHINGS) * size))
+    result = {}
+    for source, raw in maps.items():
+        for smoothing in SMOOTHINGS:
+            smoothed = gaussian_smoothing(raw, torch.tensor(smoothing * size), radius) if smoothing else raw
+            smoothed = smoothed.numpy()
+            row = {"pixel_auroc": pixel_auroc(masks, smoothed), "aupro": aupro(masks, smoothed)}
+            if normal_maps is not None:
+                mean = normal_maps[source].mean(0, keepdim=True)
+                mean = (
+                    gaussian_smoothing(mean, torch.tensor(smoothing * size), radius) if smoothing else mean
+                )[0]
+                row["location_control"] = pixel_auroc(masks, np.broadcast_to(mean.numpy(), masks.shape))
+                # The map less that mean: what it says about this image beyond where maps are high.
+                row["residual_pixel_auroc"] = pixel_auroc(masks, smoothed - mean.numpy())
+            if len(set(labels.tolist())) == 2:
+                row["peak_image_auroc"] = auroc(labels, smoothed.reshape(len(smoothed), -1).max(1))
+            result[f"{source}@{smoothing:g}"] = row
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", help="a finished run folder (checkpoints/best.pt, config.yaml)")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    try:
+        checkpoint = load_run_checkpoint(args.run)
+    except UserError as exc:
+        print(f"skipped: {exc}")
+        return 0
+    config = checkpoint.config
+    model = checkpoint.build_model().eval()
+    splits = prepare_data(config.data)
+    size = config.data.image_size
+    options = ScoringOptions.for_run(config, splits.channels, torch.device("cpu"), None).replace(details=True)
+    parts = {"test": splits.test}
+    if splits.val.labels is not None and splits.val is not splits.test and (splits.val.labels == 1).any():
+        parts = {"val": splits.val, "test": splits.test}
+    out: dict[str, dict] = {"run": args.run, "epoch": checkpoint.epoch}
+    normal = splits.val
+    if normal.labels is not None:
+        normal = normal.subset(np.flatnonzero(normal.labels == 0))
+    normal_maps, _ = raw_maps(model, normal, options)
+    for name, images in parts.items():
+        keep, masks = pixel_masks(images, size)
+        if masks.any():
+            location = normal_maps if name == "test" else None  # validation's normals made it
+            out[name] = figures(model, images.subset(keep), masks, images.labels[keep], options, location)
+    e = config.eval
+    synthetic = synthetic_anomalies(
+        normal, parse_corruptions(e.synthetic_family), e.synthetic_images, config.train.seed,
+        image_size=size, channels=splits.channels, max_pixels=config.data.max_image_pixels,
+    )  # fmt: skip
+    local = np.flatnonzero(synthetic.masks.mean((1, 2)) < 0.5)  # a whole-image anomaly has no pixel to find
+    out["synthetic"] = figures(
+        model, synthetic.images.subset(local), synthetic.masks[local], np.ones(len(local), np.int64), options
+    )
+    print(
+        f"{args.run}, epoch {checkpoint.epoch}: pixel AUROC / AUPRO (image AUROC of the map's peak) "
+        "[test: the location control's pixel AUROC, and the map less the control's map]"
+    )
+    for key in out["synthetic"]:
+        cells = []
+        for part in ("val", "test", "synthetic"):
+            if part in out:
+                row = out[part][key]
+                peak = f" ({row['peak_image_auroc']:.3f})" if "peak_image_auroc" in row else ""
+                control = ""
+                if "location_control" in row:
+                    control = f" [{row['location_control']:.4f}, residual {row['residual_pixel_auroc']:.4f}]"
+                cells.append(f"{part} {row['pixel_auroc']:.4f} / {row['aupro']:.4f}{peak}{control}")
+        print(f"  {key:22} " + "   ".join(cells))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
