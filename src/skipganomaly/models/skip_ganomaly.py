@@ -379,11 +379,13 @@ class SkipGANomaly(AdversarialAnomalyModel):
         """Fix the maps' smoothing (one of ``model.map_smoothing``'s candidates)."""
         self.map_smoothing.fill_(fraction)
 
-    def smooth_map(self, maps: torch.Tensor) -> torch.Tensor:
-        """``maps`` (N, H, W) smoothed as validation chose (unchanged without candidates)."""
+    def smooth_map(self, maps: torch.Tensor, fraction: float | None = None) -> torch.Tensor:
+        """``maps`` (N, H, W) smoothed as validation chose, or at ``fraction`` of the side (one of
+        the candidates, while validation compares them); unchanged without candidates."""
         if not self.map_radius:
             return maps
-        return gaussian_smoothing(maps, self.map_smoothing * maps.shape[-1], self.map_radius)
+        spread = self.map_smoothing if fraction is None else torch.tensor(fraction)
+        return gaussian_smoothing(maps, spread * maps.shape[-1], self.map_radius)
 
     def score(self, x: torch.Tensor, score_lambda: float = 0.9, details: bool = False) -> ScoreOutput:
         """Anomaly score of Eq. 5 for each image of ``x``; call in eval mode for honest scores.

@@ -156,7 +156,7 @@ def choose_map(pixel_aurocs: dict) -> tuple[str, np.ndarray, float]:
 
     def key(item):
         name, value = item
-        source, smoothing = (name, 0.0) if isinstance(name, str) else name
+        source = name if isinstance(name, str) else name[0]
         return (value, source == "reconstruction")
 
     best = None

@@ -17,7 +17,6 @@ from torch import nn
 
 from ..data.base import ImageSet, Splits
 from ..data.synthetic import SyntheticAnomalies, synthetic_anomalies
-from ..models.objective import gaussian_smoothing
 from ..runtime import distributed
 from ..runtime.distributed import DistributedContext
 from ..runtime.threads import ThreadChooser
@@ -133,10 +132,7 @@ class Validation:
         pixel_aurocs = {}
         for source in sources:
             for smoothing in model.map_smoothing_candidates:
-                maps = raw[source]
-                if smoothing:
-                    sigma = torch.tensor(smoothing * maps.shape[-1])
-                    maps = gaussian_smoothing(maps, sigma, model.map_radius)
+                maps = model.smooth_map(raw[source], smoothing)
                 pixel_aurocs[(source, smoothing)] = pixel_auroc(masks, maps.numpy())
         source, weights, smoothing = choose_map(pixel_aurocs)
         if model.segmentation is not None:
