@@ -96,7 +96,16 @@ def map_source(predictor) -> str:
 
 
 def render(
-    images, reconstructions, predictions, labels, masks, map_high: float, title: str, args, source: str
+    images,
+    reconstructions,
+    predictions,
+    labels,
+    masks,
+    map_high: float,
+    title: str,
+    args,
+    source: str,
+    less_mean: bool = False,
 ) -> None:
     import matplotlib
 
@@ -133,10 +142,13 @@ def render(
             axes[row, col].set_xticks([])
             axes[row, col].set_yticks([])
     map_name = "anomaly map\n|x - G(x)|" if source == "reconstruction" else f"anomaly map\n({source} head)"
+    if less_mean:  # model.map_baseline: the normal validation images' mean map is subtracted
+        map_name += "\nless normal mean"
     for row, name in enumerate(("input x", "reconstruction\nG(x)", map_name)):
         axes[row, 0].set_ylabel(name, fontsize=10)
     bar = fig.colorbar(mappable, ax=axes[2, :].tolist(), shrink=0.9, pad=0.01)
-    bar.set_label("pixel error" if source == "reconstruction" else "anomaly probability", fontsize=9)
+    label = "pixel error" if source == "reconstruction" else "anomaly probability"
+    bar.set_label(label + (" less mean" if less_mean else ""), fontsize=9)
     fig.suptitle(title, fontsize=11)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.output, dpi=args.dpi)
@@ -165,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         own_map = np.abs(image.astype(np.float32) - rebuilt.astype(np.float32)).mean(axis=2) / 127.5
         with torch.inference_mode():
             own_map = smooth(torch.from_numpy(own_map)[None].to(predictor.device))[0].cpu().numpy()
+            if float(getattr(predictor.model, "map_baseline_on", 0.0)):  # model.map_baseline
+                own_map = own_map - predictor.model.map_baseline.cpu().numpy()
         gap = float(np.abs(own_map - prediction.anomaly_map).max())
         if gap > 0.02:
             raise SystemExit(f"reconstruction and scored anomaly map differ by {gap:.3f}")
@@ -182,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         f"threshold {predictor.normalization.threshold:.2f}"
     )
     map_high = predictor.normalization.map_high if source == "reconstruction" else 1.0
-    render(images, reconstructions, predictions, labels, masks, map_high, title, args, source)
+    less_mean = float(getattr(predictor.model, "map_baseline_on", 0.0)) > 0
+    render(images, reconstructions, predictions, labels, masks, map_high, title, args, source, less_mean)
     print(f"wrote {args.output}")
     return 0
 

@@ -32,7 +32,7 @@ SWITCHES = {
     "train.augment_flip": False,
     "model.rotation_head": False,
     "model.score_terms": "",
-    "model.map_pooling": 1.0,
+    "model.map_pooling": "1",
 }
 
 

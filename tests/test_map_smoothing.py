@@ -81,12 +81,12 @@ def test_without_candidates_the_model_is_what_it_was_and_the_terms_never_move():
 
 
 def test_choose_map_over_sources_and_smoothings():
-    source, weights, smoothing = choose_map(
+    source, weights, smoothing, baseline = choose_map(
         {("reconstruction", 0.0): 0.7, ("reconstruction", 0.04): 0.9, ("segmentation", 0.0): 0.8}
     )
-    assert (source, weights.tolist(), smoothing) == ("reconstruction", [1.0, 0.0], 0.04)
+    assert (source, weights.tolist(), smoothing, baseline) == ("reconstruction", [1.0, 0.0], 0.04, "none")
     # Ties: the reconstruction error, then the first smoothing given.
-    source, _, smoothing = choose_map(
+    source, _, smoothing, _ = choose_map(
         {("segmentation", 0.0): 0.8, ("reconstruction", 0.02): 0.8, ("reconstruction", 0.0): 0.8}
     )
     assert (source, smoothing) == ("reconstruction", 0.02)
@@ -139,7 +139,7 @@ def test_normal_only_chooses_the_smoothing_on_the_synthetic_masks(tmp_path):
     config = tiny_config(
         **{"train.preset": "restoring", "train.ema_decay": 0.9, "model.knn_bank": 32,
            "eval.synthetic_images": 16, "train.epochs": 1, "train.threads": 1,
-           "data.protocol": "normal-only", "model.map_smoothing": "0,0.1"}
+           "data.protocol": "normal-only", "model.map_smoothing": "0,0.1", "model.map_baseline": "none"}
     )  # fmt: skip
     metrics = Trainer(config, splits, tmp_path / "run", log=lambda s: None, progress=False).fit()
     record = metrics["history"][0]["synthetic_val"]

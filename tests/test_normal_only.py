@@ -217,8 +217,9 @@ def test_selection_on_the_synthetic_validation_and_the_map_choice():
     assert selection_value(val, "auto", synthetic=synthetic) == ("synthetic_val.auroc", pytest.approx(5 / 6))
     assert selection_value(val, "auto")[0] == "val.mean_normal_score"  # the faithful rule stays
     assert choose_map({"reconstruction": 0.6, "segmentation": 0.9})[0] == "segmentation"
-    name, weights, smoothing = choose_map({"reconstruction": 0.7, "segmentation": 0.7})
+    name, weights, smoothing, baseline = choose_map({"reconstruction": 0.7, "segmentation": 0.7})
     assert name == "reconstruction" and weights.tolist() == [1.0, 0.0] and smoothing == 0.0
+    assert baseline == "none"
 
 
 def test_aupro_against_hand_computed_curves():

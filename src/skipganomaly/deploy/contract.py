@@ -41,7 +41,8 @@ _FIXED_DESCRIPTIONS = {
     "standardised terms listed under score_terms)",
     "anomaly_map": "(N, H, W): the run's anomaly map: per-pixel |x - G(x)| averaged over channels "
     "(the map of R), or, for a model with a segmentation head, the map its validation chose "
-    "(metadata map_source), smoothed as validation chose (metadata map_smoothing)",
+    "(metadata map_source), smoothed as validation chose (metadata map_smoothing), less the normal "
+    "validation images' mean map where validation chose that (metadata map_baseline)",
     "reconstructed": "(N, C, H, W): the reconstruction G(x) in [-1, 1]",
 }
 

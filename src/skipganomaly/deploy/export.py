@@ -375,6 +375,10 @@ def export_checkpoint(
         "map_source": map_source(model),
         # The Gaussian smoothing validation chose for the maps, a fraction of the image side.
         "map_smoothing": float(getattr(model, "map_smoothing", 0.0)),
+        # "mean": anomaly_map is less the normal validation images' mean map (model.map_baseline).
+        "map_baseline": "mean" if float(getattr(model, "map_baseline_on", 0.0)) else "none",
+        # The fraction of the map's highest pixels R averages (1: the whole image, Eq. 2).
+        "map_pooling": model.pooling_fraction() if hasattr(model, "pooling_fraction") else 1.0,
         "graph_rewrites": [f"{name}: {count}" for name, count in rewrites.items() if count],
         "batchnorm_nodes_left": nodes.get("BatchNormalization", 0),
         "opset": OPSET,

@@ -50,6 +50,8 @@ class ScoreOutput:
     # Per-pixel maps (N, H, W) of terms other than R (whose map is ``anomaly_map``), by term name,
     # for the terms that make one; the export names each ``<term>_map`` (deploy.contract).
     maps: dict[str, torch.Tensor] | None = None
+    # R at each of ``model.map_pooling``'s candidates (N, C), while validation chooses among them.
+    pooled_reconstruction: torch.Tensor | None = None
 
 
 def weighted_losses(
@@ -135,7 +137,8 @@ def pooled_reconstruction_score(x: torch.Tensor, x_hat: torch.Tensor, fraction: 
     if fraction >= 1.0:
         return reconstruction_score(x, x_hat)
     pixels = anomaly_map(x, x_hat).flatten(1)
-    k = max(1, int(round(fraction * pixels.shape[1])))
+    # int(): a traced export sees the size as a tensor; the image size is fixed there.
+    k = max(1, int(round(fraction * int(pixels.shape[1]))))
     return pixels.topk(k, dim=1).values.mean(1)
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..specs.models import SKIPGANOMALY, parse_map_smoothing
+from ..specs.models import SKIPGANOMALY, parse_map_baseline, parse_map_pooling, parse_map_smoothing
 from ..specs.score_terms import feature_bank_key, missing_switches, parse_score_terms
 from .base import AdversarialAnomalyModel
 from .blocks import (
@@ -190,7 +190,9 @@ class SkipGANomaly(AdversarialAnomalyModel):
     * ``select_terms``: where validation holds labelled anomalies, the trainer keeps the subset of
       ``score_terms`` whose standardised sum has the highest validation AUROC (weights of 1 or 0
       in the ``term_weights`` buffer); without anomalies every term counts.
-    * ``map_pooling``: R is the mean of this fraction of the highest anomaly-map pixels (1: Eq. 2).
+    * ``map_pooling``: R is the mean of this fraction of the highest anomaly-map pixels (1: Eq. 2);
+      several are candidates validation chooses among (:meth:`set_map_pooling`), and scoring then
+      also returns R at each of them (``ScoreOutput.pooled_reconstruction``).
     * ``knn_bank``, ``knn_k``: the ``knn`` term is the mean distance from f(x) to its ``knn_k``
       nearest features of ``knn_bank`` normal training images, kept in a buffer the trainer fills
       (:meth:`set_feature_bank`).
@@ -201,6 +203,8 @@ class SkipGANomaly(AdversarialAnomalyModel):
     * ``map_smoothing``: candidates for the Gaussian smoothing of the maps (a fraction of the
       image side); validation chooses one on the pixel AUROC of its masks
       (:meth:`set_map_smoothing`). The score terms do not change with it.
+    * ``map_baseline``: "mean" subtracts the normal validation images' mean map (a buffer validation
+      fills, :meth:`set_map_baseline`) from the anomaly map; "none,mean" lets validation choose.
     """
 
     name = "skipganomaly"
@@ -214,12 +218,13 @@ class SkipGANomaly(AdversarialAnomalyModel):
         nz: int = 100,
         rotation_head: bool = False,
         score_terms: str = "",
-        map_pooling: float = 1.0,
+        map_pooling: str = "1",
         knn_bank: int = 4096,
         knn_k: int = 5,
         select_terms: bool = True,
         segmentation_head: bool = False,
         map_smoothing: str = "0",
+        map_baseline: str = "none",
     ):
         super().__init__()
         self.args = {"image_size": image_size, "channels": channels, "ngf": ngf, "ndf": ndf, "nz": nz}
@@ -232,15 +237,25 @@ class SkipGANomaly(AdversarialAnomalyModel):
             "select_terms": select_terms,
             "segmentation_head": segmentation_head,
             "map_smoothing": map_smoothing,
+            "map_baseline": map_baseline,
         }
         # Only the values off their default (the spec's, which the signature repeats: tested) are
         # stored, so a faithful model's arguments and checkpoints stay as they were.
         defaults = {key.name: key.default for key in SKIPGANOMALY.own_keys}
         self.args.update({k: v for k, v in improved.items() if v != defaults[k]})
+        # 1.0 (a float, as older configurations and checkpoints give it) is the default "1".
+        if parse_map_pooling(map_pooling) == (1.0,):
+            self.args.pop("map_pooling", None)
         self.score_terms = parse_score_terms(score_terms)
         for term, switch in missing_switches(self.score_terms, SimpleNamespace(**improved)):
             raise ValueError(f"the {term} score term needs model.{switch}")
-        self.map_pooling = map_pooling
+        # R's pooling: a plain number, or with candidates the first until validation chooses
+        # (set_map_pooling), as a buffer so that the checkpoint keeps the choice.
+        self.map_pooling_candidates = parse_map_pooling(map_pooling)
+        if len(self.map_pooling_candidates) > 1:
+            self.register_buffer("map_pooling", torch.tensor(self.map_pooling_candidates[0]))
+        else:
+            self.map_pooling = self.map_pooling_candidates[0]
         self.knn_k = knn_k
         self.select_terms = select_terms
         self.generator = UNetGenerator(image_size, channels, ngf)
@@ -260,6 +275,11 @@ class SkipGANomaly(AdversarialAnomalyModel):
             self.map_radius = min(
                 image_size - 1, math.ceil(3 * max(self.map_smoothing_candidates) * image_size)
             )
+        # The map's per-position baseline: zero (and off) until validation fills it.
+        self.map_baseline_candidates = parse_map_baseline(map_baseline)
+        if "mean" in self.map_baseline_candidates:
+            self.register_buffer("map_baseline", torch.zeros(image_size, image_size))
+            self.register_buffer("map_baseline_on", torch.tensor(0.0))
         if self.score_terms:
             n = len(self.score_terms)
             self.register_buffer("term_mean", torch.zeros(n))
@@ -379,6 +399,20 @@ class SkipGANomaly(AdversarialAnomalyModel):
         """Fix the maps' smoothing (one of ``model.map_smoothing``'s candidates)."""
         self.map_smoothing.fill_(fraction)
 
+    def set_map_pooling(self, fraction: float) -> None:
+        """Fix R's pooling (one of ``model.map_pooling``'s candidates)."""
+        self.map_pooling.fill_(fraction)
+
+    def set_map_baseline(self, mean_map: torch.Tensor | None) -> None:
+        """Subtract ``mean_map`` (H, W) from every anomaly map from now on; None: subtract nothing."""
+        self.map_baseline.copy_(torch.zeros_like(self.map_baseline) if mean_map is None else mean_map)
+        self.map_baseline_on.fill_(0.0 if mean_map is None else 1.0)
+
+    def pooling_fraction(self) -> float:
+        """R's pooling as the candidate given (the buffer holds it in float32)."""
+        held = float(self.map_pooling)
+        return min(self.map_pooling_candidates, key=lambda candidate: abs(candidate - held))
+
     def smooth_map(self, maps: torch.Tensor, fraction: float | None = None) -> torch.Tensor:
         """``maps`` (N, H, W) smoothed as validation chose, or at ``fraction`` of the side (one of
         the candidates, while validation compares them); unchanged without candidates."""
@@ -401,11 +435,15 @@ class SkipGANomaly(AdversarialAnomalyModel):
             # Eval-mode BatchNorm is per image, so one pass over [x; x_hat] equals two.
             _, features = self.discriminator(torch.cat([x, x_hat]))
             features_real, features_fake = features.chunk(2)
-        reconstruction = pooled_reconstruction_score(x, x_hat, self.map_pooling)
+        reconstruction = pooled_reconstruction_score(x, x_hat, self.pooling_fraction())
         latent = latent_score(features_real, features_fake)
         output = score_output(
             x, x_hat, reconstruction, latent, score_lambda, details=details, features=features_real
         )
+        if len(self.map_pooling_candidates) > 1:  # what validation chooses the pooling on
+            output.pooled_reconstruction = torch.stack(
+                [pooled_reconstruction_score(x, x_hat, f) for f in self.map_pooling_candidates], 1
+            )
         if details:
             output.anomaly_map = self.smooth_map(output.anomaly_map)
         segmentation_map = None
@@ -415,6 +453,8 @@ class SkipGANomaly(AdversarialAnomalyModel):
                 weights, head_map = self.map_weights, self.smooth_map(segmentation_map[:, 0])
                 output.anomaly_map = weights[0] * output.anomaly_map + weights[1] * head_map
                 output.maps = {"segmentation": head_map}
+        if details and "mean" in self.map_baseline_candidates:
+            output.anomaly_map = output.anomaly_map - self.map_baseline_on * self.map_baseline
         if self.score_terms:
             inputs = TermInputs(
                 self, x, x_hat, features_real, features_fake, reconstruction, latent, segmentation_map

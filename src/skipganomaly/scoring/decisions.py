@@ -5,6 +5,9 @@ and a split's metrics at the stored threshold. Numbers in, numbers out; the scor
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import numpy as np
 
 from ..specs.config import EvalConfig
@@ -120,6 +123,9 @@ def synthetic_scored_set(
     terms = None
     if val.terms is not None and anomalies.terms is not None:
         terms = {name: both(val.terms[name], anomalies.terms[name]) for name in val.terms}
+    pooled = None
+    if val.pooled_reconstruction is not None and anomalies.pooled_reconstruction is not None:
+        pooled = both(val.pooled_reconstruction, anomalies.pooled_reconstruction)
     return ScoredSet(
         score=both(val.score, anomalies.score),
         reconstruction=both(val.reconstruction, anomalies.reconstruction),
@@ -130,7 +136,37 @@ def synthetic_scored_set(
         indices=np.concatenate([val.indices[normal], anomalies.indices]),
         terms=terms,
         groups=None if families is None else np.concatenate([np.full(int(normal.sum()), ""), families]),
+        pooled_reconstruction=pooled,
     )
+
+
+def with_pooling(scored: ScoredSet, index: int) -> ScoredSet:
+    """``scored`` with R (the ``reconstruction`` term) at the ``index``-th of the model's
+    ``map_pooling`` candidates; the score is left for the caller to recompute."""
+    value = scored.pooled_reconstruction[:, index]
+    return dataclasses.replace(scored, reconstruction=value, terms={**scored.terms, "reconstruction": value})
+
+
+def choose_pooling(judge: ScoredSet, val: ScoredSet, choose_subset: bool) -> tuple[int, list[float]]:
+    """Which of the ``map_pooling`` candidates R uses: the index whose improved score has the
+    highest figure on ``judge`` (labelled validation, or the synthetic validation: its worst
+    family's AUROC, the figure epochs are chosen on), and every candidate's figure. Each candidate
+    is standardised on ``val``'s normal images, and its terms are chosen (``choose_subset``) as
+    the run would; ties and undefined figures keep the first candidate (the order given)."""
+    figures = []
+    for index in range(val.pooled_reconstruction.shape[1]):
+        candidate_val, candidate = with_pooling(val, index), with_pooling(judge, index)
+        mean, std = fit_term_statistics(candidate_val)
+        weights = choose_terms(candidate, mean, std) if choose_subset else None
+        labelled = candidate.labels >= 0
+        score = standardize_terms(candidate, mean, std, weights)[labelled]
+        groups = None if candidate.groups is None else candidate.groups[labelled]
+        figures.append(worst_group_auroc(candidate.labels[labelled], score, groups))
+    best = 0
+    for index, figure in enumerate(figures):
+        if not math.isnan(figure) and (math.isnan(figures[best]) or figure > figures[best]):
+            best = index
+    return best, figures
 
 
 def worst_group_auroc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray | None) -> float:
@@ -148,11 +184,12 @@ def worst_group_auroc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray
 MAP_SOURCES = ("reconstruction", "segmentation")
 
 
-def choose_map(pixel_aurocs: dict) -> tuple[str, np.ndarray, float]:
+def choose_map(pixel_aurocs: dict) -> tuple[str, np.ndarray, float, str]:
     """The map with the highest pixel AUROC on validation masks: ``(source, weights over
-    MAP_SOURCES (one-hot), smoothing)``. Keys are a source of :data:`MAP_SOURCES`, or
-    ``(source, smoothing)`` pairs where the model has several smoothings to choose among. Ties go
-    to the reconstruction error (the paper's map), then to the first smoothing given."""
+    MAP_SOURCES (one-hot), smoothing, baseline)``. Keys are a source of :data:`MAP_SOURCES`, or
+    ``(source, smoothing)`` pairs, or ``(source, smoothing, baseline)`` triples where the model has
+    several smoothings or baselines (``model.map_baseline``) to choose among. Ties go to the
+    reconstruction error (the paper's map), then to the first candidate given."""
 
     def key(item):
         name, value = item
@@ -163,8 +200,19 @@ def choose_map(pixel_aurocs: dict) -> tuple[str, np.ndarray, float]:
     for item in pixel_aurocs.items():  # strictly better only: the first of equals stays
         if best is None or key(item) > key(best):
             best = item
-    source, smoothing = (best[0], 0.0) if isinstance(best[0], str) else best[0]
-    return source, np.array([float(name == source) for name in MAP_SOURCES]), float(smoothing)
+    name = (best[0],) if isinstance(best[0], str) else best[0]
+    source = name[0]
+    smoothing = name[1] if len(name) > 1 else 0.0
+    baseline = name[2] if len(name) > 2 else "none"
+    return source, np.array([float(n == source) for n in MAP_SOURCES]), float(smoothing), baseline
+
+
+def map_key_text(key) -> str:
+    """A candidate map of :func:`choose_map` as the history writes it: ``reconstruction``,
+    ``reconstruction@0.02``, ``reconstruction@0.02-mean`` (less the normal mean map)."""
+    name = (key,) if isinstance(key, str) else key
+    text = name[0] + (f"@{name[1]:g}" if len(name) > 1 and name[1] else "")
+    return text + ("-mean" if len(name) > 2 and name[2] == "mean" else "")
 
 
 def selection_value(

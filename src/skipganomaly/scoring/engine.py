@@ -107,6 +107,8 @@ class ScoredSet:
     # Each image's kind of anomaly where a set mixes several ("" for normal images): the synthetic
     # validation's families.
     groups: np.ndarray | None = None
+    # R at each of the model's ``map_pooling`` candidates (N, C), when it has several.
+    pooled_reconstruction: np.ndarray | None = None
 
 
 @contextlib.contextmanager
@@ -210,6 +212,8 @@ def score_set(
         parts["indices"].append(batch.indices.numpy())
         for name, value in (out.terms or {}).items():
             terms.setdefault(name, []).append(value.numpy())
+        if out.pooled_reconstruction is not None:
+            extra.setdefault("pooled_reconstruction", []).append(out.pooled_reconstruction.numpy())
         if details:
             extra["anomaly_maps"].append(out.anomaly_map.numpy().astype(np.float16))
             extra["reconstructed"].append(out.reconstructed.numpy().astype(np.float16))
@@ -233,6 +237,8 @@ def score_set(
         pixel_errors=np.concatenate(pixels) if pixels else None,
         terms={name: np.concatenate(values).astype(np.float64) for name, values in terms.items()} or None,
     )
+    if extra.get("pooled_reconstruction"):
+        scored.pooled_reconstruction = np.concatenate(extra["pooled_reconstruction"]).astype(np.float64)
     if details and parts["score"]:
         scored.anomaly_maps = np.concatenate(extra["anomaly_maps"])
         scored.reconstructed = np.concatenate(extra["reconstructed"])
@@ -278,6 +284,7 @@ def score_set_sharded(
         pixel_errors=np.concatenate(pixels) if pixels else None,
         skipped=sum(p.skipped for p in parts),
         terms=terms,
+        pooled_reconstruction=joined("pooled_reconstruction"),
     )
 
 

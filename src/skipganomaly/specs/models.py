@@ -134,11 +134,11 @@ def _check_skipganomaly(config: Any) -> None:
         raise UserError(f"train.w_rot={train.w_rot}: the rotation task needs model.rotation_head=true")
     if model.rotation_head and config.data.image_size and train.w_rot <= 0:
         raise UserError("model.rotation_head=true needs a positive train.w_rot to train the head")
-    if not 0.0 < model.map_pooling <= 1.0:
-        raise UserError(f"model.map_pooling={model.map_pooling}: a fraction of the pixels in (0, 1]")
+    parse_map_pooling(model.map_pooling)
     if model.knn_bank < 1 or model.knn_k < 1:
         raise UserError("model.knn_bank and model.knn_k must be positive")
     parse_map_smoothing(model.map_smoothing)
+    parse_map_baseline(model.map_baseline)
 
 
 # The widest smoothing: a standard deviation of a quarter of the image blurs any map to its mean.
@@ -168,6 +168,42 @@ def parse_map_smoothing(text: str) -> tuple[float, ...]:
     return tuple(values)
 
 
+# What the anomaly map can be measured against: nothing, or the validation normals' mean map.
+MAP_BASELINES = ("none", "mean")
+
+
+def parse_map_baseline(text: str) -> tuple[str, ...]:
+    """``model.map_baseline``: "none", "mean" (the map less the normal validation images' mean
+    map) or both, comma-separated, as candidates validation chooses between; raises a UserError."""
+    names = tuple(part.strip() for part in str(text).split(","))
+    for name in names:
+        if name not in MAP_BASELINES:
+            raise UserError(f"model.map_baseline={text!r}: choose none, mean or none,mean")
+    if len(set(names)) != len(names):
+        raise UserError(f"model.map_baseline={text!r} names {names[0]} twice")
+    return names
+
+
+def parse_map_pooling(text: str | float) -> tuple[float, ...]:
+    """``model.map_pooling``: the fraction of the highest anomaly-map pixels R averages, "1" (the
+    whole image, Eq. 2), or comma-separated candidates, e.g. "1,0.01" (validation chooses among
+    them on the figure it selects epochs by); raises a one-line UserError."""
+    values = []
+    for part in str(text).split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            raise UserError(
+                f"model.map_pooling={text!r}: give fractions separated by commas, e.g. 1,0.01"
+            ) from None
+        if not 0.0 < value <= 1.0:  # also refuses nan
+            raise UserError(f"model.map_pooling: {part.strip()} is not a fraction of the pixels in (0, 1]")
+        if value in values:
+            raise UserError(f"model.map_pooling={text!r} names {value:g} twice")
+        values.append(value)
+    return tuple(values)
+
+
 # EGBAD and AnoGAN train on the adversarial loss alone, with DCGAN's settings under both names.
 _DCGAN = _dotted("train", {"lr": 2e-4, "w_adv": 1.0, "w_con": 0.0, "w_lat": 0.0})
 
@@ -191,6 +227,10 @@ _RESTORING = {
     # Chosen on labelled validation masks of real cracks (KolektorSDD, two seeds;
     # docs/normal-only.md); the synthetic validation cannot choose it (its stains favour none).
     "model.map_smoothing": "0.01",
+    # Candidates the run's own validation chooses between, every epoch (docs/normal-only.md): R as
+    # the mean of the map or of its highest 1%, and the map as it is or less the normal mean map.
+    "model.map_pooling": "1,0.01",
+    "model.map_baseline": "none,mean",
     "eval.threshold": "fpr",
 }
 
@@ -218,7 +258,20 @@ SKIPGANOMALY = ModelSpec(
             "empty: the paper's score of Eq. 5",
         ),
         ModelKey(
-            "map_pooling", float, 1.0, "R is the mean of this fraction of the highest anomaly-map pixels"
+            "map_baseline",
+            str,
+            "none",
+            "what the anomaly map is less: none, or mean (the normal validation images' mean map, "
+            "so that where every image's map is high counts for nothing); none,mean: validation "
+            "chooses on the pixel AUROC of its masks",
+        ),
+        ModelKey(
+            "map_pooling",
+            str,
+            "1",
+            "R is the mean of this fraction of the highest anomaly-map pixels (1: Eq. 2); several, "
+            "comma-separated, are candidates that validation chooses among on the figure it selects "
+            "epochs by (labelled AUROC, or the synthetic validation's)",
         ),
         ModelKey("knn_bank", int, 4096, "normal training images whose features the knn term compares with"),
         ModelKey("knn_k", int, 5, "neighbours averaged by the knn term"),

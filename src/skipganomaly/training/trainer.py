@@ -292,7 +292,7 @@ class Trainer:
         self.elapsed += seconds
         record = epoch_record(
             epoch + 1, lr, losses, val, test, selection, seconds, paper, self.score_terms_used,
-            self.validation.synthetic_record, self.validation.map_record,
+            self.validation.synthetic_record, self.validation.map_record, self.validation.pooling_record,
         )  # fmt: skip
         # Ties keep the earlier epoch, except on the synthetic validation, which can saturate at 1
         # on easy data: there the later (longer-trained) epoch wins a tie.

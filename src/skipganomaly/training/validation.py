@@ -23,12 +23,15 @@ from ..runtime.threads import ThreadChooser
 from ..scoring.decisions import (
     MAP_SOURCES,
     choose_map,
+    choose_pooling,
     choose_terms,
     fit_term_statistics,
+    map_key_text,
     selection_text,
     standardize_terms,
     synthetic_scored_set,
     uses_synthetic_validation,
+    with_pooling,
 )
 from ..scoring.engine import (
     ScoredSet,
@@ -46,9 +49,11 @@ from ..specs.corruptions import parse_corruptions
 
 def has_map_choice(model: nn.Module) -> bool:
     """Whether validation has a map to choose: a segmentation head's besides the reconstruction
-    error, or several smoothings (``model.map_smoothing``)."""
+    error, several smoothings (``model.map_smoothing``), or a baseline to fill
+    (``model.map_baseline``)."""
     smoothings = getattr(model, "map_smoothing_candidates", (0.0,))
-    return getattr(model, "segmentation", None) is not None or len(smoothings) > 1
+    baselines = getattr(model, "map_baseline_candidates", ("none",))
+    return getattr(model, "segmentation", None) is not None or len(smoothings) > 1 or "mean" in baselines
 
 
 class Validation:
@@ -87,14 +92,13 @@ class Validation:
         self.synthetic_record: dict[str, Any] | None = None
         self.last_val: ScoredSet | None = None
         self.map_record: dict[str, Any] | None = None  # the map chosen on labelled masks
+        self.pooling_record: dict[str, Any] | None = None  # R's pooling, when there are candidates
 
     def _synthetic_anomalies(self, options: ScoringOptions) -> ScoredSet:
         """This epoch's scores of the synthetic anomalies; where the model has maps to choose
         among, first choose its map on their masks (:meth:`_choose_map`)."""
         if self.synthetic is None:
-            normal = self.splits.val
-            if normal.labels is not None:
-                normal = normal.subset(np.flatnonzero(normal.labels == 0))
+            normal = self._normal_val()
             e = self.config.eval
             self.synthetic = synthetic_anomalies(
                 normal, parse_corruptions(e.synthetic_family), e.synthetic_images, self.config.train.seed,
@@ -116,37 +120,63 @@ class Validation:
     def _choose_map(
         self, model: nn.Module, images: ImageSet, masks: np.ndarray, options: ScoringOptions
     ) -> dict[str, Any]:
-        """Choose the run's anomaly map, the reconstruction error or the segmentation head's, and
-        its smoothing (``model.map_smoothing``), on the pixel AUROC of ``masks`` (aligned with
-        ``images``); set the model's buffers and return what was measured."""
+        """Choose the run's anomaly map, the reconstruction error or the segmentation head's, its
+        smoothing (``model.map_smoothing``) and whether it is measured against the normal
+        validation images' mean map (``model.map_baseline``), on the pixel AUROC of ``masks``
+        (aligned with ``images``); set the model's buffers and return what was measured."""
         sources = [name for name in MAP_SOURCES if name == "reconstruction" or model.segmentation is not None]
+        baselines = getattr(model, "map_baseline_candidates", ("none",))
         if model.map_radius:
             model.set_map_smoothing(0.0)
-        raw = {}
-        for source in sources:
-            if model.segmentation is not None:
-                model.set_map_weights(torch.tensor([float(source == name) for name in MAP_SOURCES]))
-            scored = score_set(model, images, options.replace(details=True, batchnorm_train=False))
-            raw[source] = torch.from_numpy(scored.anomaly_maps.astype(np.float32))
-        masks = masks[scored.indices]
-        pixel_aurocs = {}
+        if "mean" in baselines:
+            model.set_map_baseline(None)
+        options = options.replace(details=True, batchnorm_train=False)
+
+        def raw_maps(image_set: ImageSet) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+            maps = {}
+            for source in sources:
+                if model.segmentation is not None:
+                    model.set_map_weights(torch.tensor([float(source == name) for name in MAP_SOURCES]))
+                scored = score_set(model, image_set, options)
+                maps[source] = torch.from_numpy(scored.anomaly_maps.astype(np.float32))
+            return maps, scored.indices
+
+        raw, indices = raw_maps(images)
+        normal_raw = raw_maps(self._normal_val())[0] if "mean" in baselines else {}
+        masks = masks[indices]
+        pixel_aurocs, mean_maps = {}, {}
         for source in sources:
             for smoothing in model.map_smoothing_candidates:
                 maps = model.smooth_map(raw[source], smoothing)
-                pixel_aurocs[(source, smoothing)] = pixel_auroc(masks, maps.numpy())
-        source, weights, smoothing = choose_map(pixel_aurocs)
+                for baseline in baselines:
+                    key = (source, smoothing) if baselines == ("none",) else (source, smoothing, baseline)
+                    if baseline == "mean":
+                        # Where every normal image's map is high (edges, a lit band) says nothing
+                        # of this image; the mean map of the normal validation images is that.
+                        mean_maps[key] = model.smooth_map(normal_raw[source], smoothing).mean(0)
+                        pixel_aurocs[key] = pixel_auroc(masks, (maps - mean_maps[key]).numpy())
+                    else:
+                        pixel_aurocs[key] = pixel_auroc(masks, maps.numpy())
+        source, weights, smoothing, baseline = choose_map(pixel_aurocs)
         if model.segmentation is not None:
             model.set_map_weights(torch.from_numpy(weights).float())
         if model.map_radius:
             model.set_map_smoothing(smoothing)
+        if baseline == "mean":
+            model.set_map_baseline(mean_maps[next(k for k in mean_maps if k[:2] == (source, smoothing))])
         return {
-            "pixel_auroc": {
-                name if not value else f"{name}@{value:g}": auroc_value
-                for (name, value), auroc_value in pixel_aurocs.items()
-            },
+            "pixel_auroc": {map_key_text(key): value for key, value in pixel_aurocs.items()},
             "map": source,
             "map_smoothing": smoothing,
+            "map_baseline": baseline,
         }
+
+    def _normal_val(self) -> ImageSet:
+        """The normal validation images (all of them where validation is unlabelled)."""
+        normal = self.splits.val
+        if normal.labels is not None:
+            normal = normal.subset(np.flatnonzero(normal.labels == 0))
+        return normal
 
     def _labelled_map_choice(self, model: nn.Module, options: ScoringOptions) -> dict[str, Any] | None:
         """Under a protocol whose validation holds anomalies with ground-truth masks, choose the
@@ -193,15 +223,18 @@ class Validation:
         if anomalies is not None:
             families = np.array([self.synthetic.images.ids[i].split(":")[1] for i in anomalies.indices])
             synthetic = synthetic_scored_set(val, anomalies, families)
+        # Which terms count: chosen on labelled validation; under the synthetic validation every
+        # term counts unless eval.synthetic_choose_terms (it favours the terms that see local
+        # damage, measured in docs/normal-only.md).
+        choose = model.select_terms and (synthetic is None or self.config.eval.synthetic_choose_terms)
+        self.pooling_record = None
+        if calibrate and val.terms is not None and val.pooled_reconstruction is not None:
+            val, test, synthetic = self._choose_pooling(model, val, test, synthetic, choose)
         self.synthetic_scores, self.last_val = synthetic, val
         if not (calibrate and val.terms is not None):
             self._record_synthetic(synthetic)
             return val, test, None
         mean, std = fit_term_statistics(val)
-        # Which terms count: chosen on labelled validation; under the synthetic validation every
-        # term counts unless eval.synthetic_choose_terms (it favours the terms that see local
-        # damage, measured in docs/normal-only.md).
-        choose = model.select_terms and (synthetic is None or self.config.eval.synthetic_choose_terms)
         weights = (
             choose_terms(val if synthetic is None else synthetic, mean, std) if choose else np.ones(len(mean))
         )
@@ -215,6 +248,23 @@ class Validation:
             scored.score = standardize_terms(scored, mean, std, weights)
         self._record_synthetic(synthetic)
         return val, test, [name for name, w in zip(val.terms, weights, strict=True) if w]
+
+    def _choose_pooling(
+        self, model: nn.Module, val: ScoredSet, test: ScoredSet, synthetic: ScoredSet | None, choose: bool
+    ) -> tuple[ScoredSet, ScoredSet, ScoredSet | None]:
+        """Choose R's pooling among ``model.map_pooling``'s candidates on the figure the epoch is
+        chosen on (the synthetic validation's worst family, else labelled validation AUROC), set
+        the model's buffer, and return the sets with R at the choice."""
+        index, figures = choose_pooling(val if synthetic is None else synthetic, val, choose)
+        fraction = model.map_pooling_candidates[index]
+        model.set_map_pooling(fraction)
+        self.pooling_record = {
+            "map_pooling": fraction,
+            "on": "labelled validation" if synthetic is None else "synthetic validation",
+            "figures": {f"{c:g}": f for c, f in zip(model.map_pooling_candidates, figures, strict=True)},
+        }
+        chosen = [None if s is None else with_pooling(s, index) for s in (val, test, synthetic)]
+        return chosen[0], chosen[1], chosen[2]
 
     def _record_synthetic(self, synthetic: ScoredSet | None) -> None:
         if synthetic is None:
@@ -244,6 +294,7 @@ def epoch_record(
     score_terms: list[str] | None = None,
     synthetic: dict[str, Any] | None = None,
     map_choice: dict[str, Any] | None = None,
+    pooling_choice: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One epoch's entry of the run's history (``metrics.json`` and the checkpoints keep it)."""
     normal = val.labels == 0
@@ -267,6 +318,8 @@ def epoch_record(
         record["synthetic_val"] = dict(synthetic)
     if map_choice is not None:  # chosen on labelled validation masks
         record["map_choice"] = dict(map_choice)
+    if pooling_choice is not None:  # R's pooling, among model.map_pooling's candidates
+        record["pooling_choice"] = dict(pooling_choice)
     return record
 
 
@@ -286,6 +339,10 @@ def epoch_line(record: dict[str, Any], epochs: int, best: bool) -> str:
     if "map" in choice:
         smoothing = choice.get("map_smoothing", 0.0)
         val_text += f"  map {choice['map']}" + (f" smoothed {smoothing:g}" if smoothing else "")
+        val_text += "  less the normal mean" if choice.get("map_baseline") == "mean" else ""
+    if "pooling_choice" in record:
+        fraction = record["pooling_choice"]["map_pooling"]
+        val_text += "  R mean" if fraction == 1 else f"  R top {100 * fraction:g}%"
     return (
         f"epoch {record['epoch']:>3}/{epochs}  g {losses['g']:.4f} ({terms})  d {losses['d']:.4f}  "
         f"{val_text}  test AUROC {record['test']['auroc']:.4f}"

@@ -1,0 +1,159 @@
+"""How should R pool the anomaly map, and would the synthetic validation know?
+
+Reads one finished run at its selected epoch (its best checkpoint and its data, as ``config.yaml``
+says) and prints, for each score term alone and for the standardised sum of every term with R
+pooled as the mean of its map's highest pixels (a fraction of them, over the raw map and over
+the map smoothed as ``model.map_smoothing`` would), two AUROCs:
+
+* on the run's synthetic validation (the normal validation images against each family of
+  ``eval.synthetic_family``, the worst family, and each family's): what a label-free choice sees;
+* on test (reported, never used to choose).
+
+It also prints the maximum of the standardised terms in place of their sum, a combination rule
+the synthetic validation could choose too. docs/normal-only.md#pooling-r-and-the-maps-baseline
+reports it::
+
+    python benchmarks/score_pooling.py runs/bottle-0 [--json figures.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+import numpy as np
+import torch
+
+from skipganomaly.data import prepare_data
+from skipganomaly.data.synthetic import synthetic_anomalies
+from skipganomaly.formats.checkpoint import load_run_checkpoint
+from skipganomaly.models.objective import gaussian_smoothing
+from skipganomaly.scoring.decisions import worst_group_auroc
+from skipganomaly.scoring.engine import ScoringOptions, score_set
+from skipganomaly.scoring.metrics import auroc
+from skipganomaly.specs.corruptions import parse_corruptions
+from skipganomaly.specs.errors import UserError
+
+FRACTIONS = (1.0, 0.1, 0.01, 0.001)
+SMOOTHINGS = (0.0, 0.01)
+PARTS = ("normal", "synthetic", "test")
+
+
+def pooled(maps: torch.Tensor, fraction: float) -> np.ndarray:
+    flat = maps.flatten(1)
+    k = max(1, int(round(fraction * flat.shape[1])))
+    return flat.topk(k, dim=1).values.mean(1).numpy().astype(np.float64)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", help="a finished run folder (checkpoints/best.pt, config.yaml)")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    try:
+        checkpoint = load_run_checkpoint(args.run)
+    except UserError as exc:
+        print(f"skipped: {exc}")
+        return 0
+    config = checkpoint.config
+    model = checkpoint.build_model().eval()
+    if not getattr(model, "score_terms", ()):
+        print(f"skipped: {args.run} scores with Eq. 5, not with standardised terms")
+        return 0
+    splits = prepare_data(config.data)
+    size = config.data.image_size
+    normal = splits.val
+    if normal.labels is not None:
+        normal = normal.subset(np.flatnonzero(normal.labels == 0))
+    e = config.eval
+    synthetic = synthetic_anomalies(
+        normal, parse_corruptions(e.synthetic_family), e.synthetic_images, config.train.seed,
+        image_size=size, channels=splits.channels, max_pixels=config.data.max_image_pixels,
+    )  # fmt: skip
+    # The raw |x - G(x)|: neither the head's map nor a smoothing or baseline the run chose.
+    if model.segmentation is not None:
+        model.set_map_weights(torch.tensor([1.0, 0.0]))
+    if getattr(model, "map_radius", 0):
+        model.set_map_smoothing(0.0)
+    if "mean" in getattr(model, "map_baseline_candidates", ()):
+        model.set_map_baseline(None)
+    options = ScoringOptions.for_run(config, splits.channels, torch.device("cpu"), None).replace(details=True)
+    scored = {
+        "normal": score_set(model, normal, options),
+        "synthetic": score_set(model, synthetic.images, options),
+        "test": score_set(model, splits.test, options),
+    }
+    families = np.array([synthetic.images.ids[i].split(":")[1] for i in scored["synthetic"].indices])
+    labels = np.concatenate([np.zeros(len(scored["normal"].score)), np.ones(len(families))])
+    groups = np.concatenate([np.full(len(scored["normal"].score), ""), families])
+    radius = min(size - 1, math.ceil(3 * max(SMOOTHINGS) * size))
+    variants: dict[str, dict[str, np.ndarray]] = {}
+    for smoothing in SMOOTHINGS:
+        for fraction in FRACTIONS:
+            name = f"R top {fraction:g}" + (f", smoothed {smoothing:g}" if smoothing else "")
+            variants[name] = {}
+            for part in PARTS:
+                maps = torch.from_numpy(scored[part].anomaly_maps.astype(np.float32))
+                if smoothing:
+                    maps = gaussian_smoothing(maps, torch.tensor(smoothing * size), radius)
+                variants[name][part] = pooled(maps, fraction)
+    out: dict[str, dict] = {"run": args.run, "epoch": checkpoint.epoch, "rows": {}}
+
+    def row(name: str, values: dict[str, np.ndarray]) -> None:
+        both = np.concatenate([values["normal"], values["synthetic"]])
+        kinds = sorted(set(families.tolist()))
+        by_family = {
+            k: auroc(labels[(groups == "") | (groups == k)], both[(groups == "") | (groups == k)])
+            for k in kinds
+        }
+        figures = {
+            "synthetic_worst": worst_group_auroc(labels, both, groups),
+            "synthetic_by_family": by_family,
+            "test": auroc(scored["test"].labels, values["test"]),
+        }
+        out["rows"][name] = figures
+        families_text = " ".join(f"{k} {v:.3f}" for k, v in by_family.items())
+        print(f"  {name:44} {figures['synthetic_worst']:.4f} ({families_text})   test {figures['test']:.4f}")
+
+    print(
+        f"{args.run}, epoch {checkpoint.epoch}: synthetic validation AUROC, worst family (each family) "
+        "and test AUROC"
+    )
+    terms = list(scored["test"].terms)
+    for term in terms:
+        row(f"term {term}", {part: scored[part].terms[term] for part in PARTS})
+    for name, values in variants.items():
+        row(name, values)
+
+    def standardized(variant: str | None) -> dict[str, np.ndarray]:
+        """Each term standardised on the normal validation images, R pooled as ``variant``."""
+        result = {}
+        for term in terms:
+            values = {
+                part: variants[variant][part]
+                if term == "reconstruction" and variant
+                else scored[part].terms[term]
+                for part in PARTS
+            }
+            mean, std = values["normal"].mean(), max(values["normal"].std(), 1e-8)
+            result[term] = {part: (values[part] - mean) / std for part in PARTS}
+        return result
+
+    for rule in ("sum", "max"):
+        for variant in variants:
+            z = standardized(variant)
+            combine = np.sum if rule == "sum" else np.max
+            row(
+                f"{rule} of terms, {variant}",
+                {p: combine(np.stack([z[t][p] for t in terms]), 0) for p in PARTS},
+            )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
