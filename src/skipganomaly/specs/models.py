@@ -145,27 +145,31 @@ def _check_skipganomaly(config: Any) -> None:
 MAX_MAP_SMOOTHING = 0.25
 
 
+def _candidates(key: str, text: Any, convert, allowed, what: str, example: str) -> tuple:
+    """Comma-separated candidates of ``model.<key>``, each converted and checked (``allowed``);
+    raises a one-line UserError naming the key, what a value must be and an example."""
+    values = []
+    for part in str(text).split(","):
+        try:
+            value = convert(part.strip())
+        except ValueError:
+            value = None
+        if value is None or not allowed(value):  # a comparison also refuses nan
+            raise UserError(f"model.{key}={text!r}: {part.strip()!r} is not {what}; e.g. {example}")
+        if value in values:
+            raise UserError(f"model.{key}={text!r} names {part.strip()} twice")
+        values.append(value)
+    return tuple(values)
+
+
 def parse_map_smoothing(text: str) -> tuple[float, ...]:
     """``model.map_smoothing``: "0" (no smoothing) or comma-separated candidates, each the
     standard deviation of a Gaussian as a fraction of the image's side, e.g. "0,0.02,0.06"
     (validation chooses among them); raises a one-line UserError."""
-    values = []
-    for part in str(text).split(","):
-        try:
-            value = float(part)
-        except ValueError:
-            raise UserError(
-                f"model.map_smoothing={text!r}: give numbers separated by commas, e.g. 0,0.02,0.06"
-            ) from None
-        if not 0.0 <= value <= MAX_MAP_SMOOTHING:  # also refuses nan
-            raise UserError(
-                f"model.map_smoothing: {part.strip()} is not a fraction of the image side in "
-                f"[0, {MAX_MAP_SMOOTHING}]"
-            )
-        if value in values:
-            raise UserError(f"model.map_smoothing={text!r} names {value} twice")
-        values.append(value)
-    return tuple(values)
+    what = f"a fraction of the image side in [0, {MAX_MAP_SMOOTHING}]"
+    return _candidates(
+        "map_smoothing", text, float, lambda v: 0.0 <= v <= MAX_MAP_SMOOTHING, what, "0,0.02,0.06"
+    )
 
 
 # What the anomaly map can be measured against: nothing, or the validation normals' mean map.
@@ -175,33 +179,16 @@ MAP_BASELINES = ("none", "mean")
 def parse_map_baseline(text: str) -> tuple[str, ...]:
     """``model.map_baseline``: "none", "mean" (the map less the normal validation images' mean
     map) or both, comma-separated, as candidates validation chooses between; raises a UserError."""
-    names = tuple(part.strip() for part in str(text).split(","))
-    for name in names:
-        if name not in MAP_BASELINES:
-            raise UserError(f"model.map_baseline={text!r}: choose none, mean or none,mean")
-    if len(set(names)) != len(names):
-        raise UserError(f"model.map_baseline={text!r} names {names[0]} twice")
-    return names
+    return _candidates("map_baseline", text, str, lambda v: v in MAP_BASELINES, "none or mean", "none,mean")
 
 
 def parse_map_pooling(text: str | float) -> tuple[float, ...]:
     """``model.map_pooling``: the fraction of the highest anomaly-map pixels R averages, "1" (the
     whole image, Eq. 2), or comma-separated candidates, e.g. "1,0.01" (validation chooses among
     them on the figure it selects epochs by); raises a one-line UserError."""
-    values = []
-    for part in str(text).split(","):
-        try:
-            value = float(part)
-        except ValueError:
-            raise UserError(
-                f"model.map_pooling={text!r}: give fractions separated by commas, e.g. 1,0.01"
-            ) from None
-        if not 0.0 < value <= 1.0:  # also refuses nan
-            raise UserError(f"model.map_pooling: {part.strip()} is not a fraction of the pixels in (0, 1]")
-        if value in values:
-            raise UserError(f"model.map_pooling={text!r} names {value:g} twice")
-        values.append(value)
-    return tuple(values)
+    return _candidates(
+        "map_pooling", text, float, lambda v: 0.0 < v <= 1.0, "a fraction of the pixels in (0, 1]", "1,0.01"
+    )
 
 
 # EGBAD and AnoGAN train on the adversarial loss alone, with DCGAN's settings under both names.
