@@ -226,7 +226,9 @@ class Validation:
         # Which terms count: chosen on labelled validation; under the synthetic validation every
         # term counts unless eval.synthetic_choose_terms (it favours the terms that see local
         # damage, measured in docs/normal-only.md).
-        choose = model.select_terms and (synthetic is None or self.config.eval.synthetic_choose_terms)
+        choose = getattr(model, "select_terms", False) and (
+            synthetic is None or self.config.eval.synthetic_choose_terms
+        )
         self.pooling_record = None
         if calibrate and val.terms is not None and val.pooled_reconstruction is not None:
             val, test, synthetic = self._choose_pooling(model, val, test, synthetic, choose)
