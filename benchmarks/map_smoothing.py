@@ -32,12 +32,11 @@ import torch
 
 from skipganomaly.data import prepare_data
 from skipganomaly.data.base import ImageSet
-from skipganomaly.data.synthetic import synthetic_anomalies
+from skipganomaly.data.synthetic import normal_images, run_synthetic_anomalies
 from skipganomaly.formats.checkpoint import load_run_checkpoint
 from skipganomaly.models.objective import gaussian_smoothing
 from skipganomaly.scoring.engine import ScoringOptions, pixel_masks, score_set
 from skipganomaly.scoring.metrics import aupro, auroc, pixel_auroc
-from skipganomaly.specs.corruptions import parse_corruptions
 from skipganomaly.specs.errors import UserError
 
 SMOOTHINGS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.06, 0.08)
@@ -54,6 +53,8 @@ def raw_maps(model, images: ImageSet, options: ScoringOptions) -> tuple[dict[str
             continue
         if getattr(model, "map_radius", 0):
             model.set_map_smoothing(0.0)
+        if "mean" in getattr(model, "map_baseline_candidates", ()):
+            model.set_map_baseline(None)  # the raw map: the residual is computed here
         scored = score_set(model, images, options)
         maps[source], indices = torch.from_numpy(scored.anomaly_maps.astype(np.float32)), scored.indices
     return maps, indices
@@ -107,19 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     if splits.val.labels is not None and splits.val is not splits.test and (splits.val.labels == 1).any():
         parts = {"val": splits.val, "test": splits.test}
     out: dict[str, dict] = {"run": args.run, "epoch": checkpoint.epoch}
-    normal = splits.val
-    if normal.labels is not None:
-        normal = normal.subset(np.flatnonzero(normal.labels == 0))
+    normal = normal_images(splits.val)
     normal_maps, _ = raw_maps(model, normal, options)
     for name, images in parts.items():
         keep, masks = pixel_masks(images, size)
         if masks.any():
             out[name] = figures(model, images.subset(keep), masks, images.labels[keep], options, normal_maps)
-    e = config.eval
-    synthetic = synthetic_anomalies(
-        normal, parse_corruptions(e.synthetic_family), e.synthetic_images, config.train.seed,
-        image_size=size, channels=splits.channels, max_pixels=config.data.max_image_pixels,
-    )  # fmt: skip
+    synthetic = run_synthetic_anomalies(config, splits)
     local = np.flatnonzero(synthetic.masks.mean((1, 2)) < 0.5)  # a whole-image anomaly has no pixel to find
     out["synthetic"] = figures(
         model, synthetic.images.subset(local), synthetic.masks[local], np.ones(len(local), np.int64), options,

@@ -27,13 +27,12 @@ import numpy as np
 import torch
 
 from skipganomaly.data import prepare_data
-from skipganomaly.data.synthetic import synthetic_anomalies
+from skipganomaly.data.synthetic import normal_images, run_synthetic_anomalies
 from skipganomaly.formats.checkpoint import load_run_checkpoint
 from skipganomaly.models.objective import gaussian_smoothing
 from skipganomaly.scoring.decisions import worst_group_auroc
 from skipganomaly.scoring.engine import ScoringOptions, score_set
 from skipganomaly.scoring.metrics import auroc
-from skipganomaly.specs.corruptions import parse_corruptions
 from skipganomaly.specs.errors import UserError
 
 FRACTIONS = (1.0, 0.1, 0.01, 0.001)
@@ -64,14 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     splits = prepare_data(config.data)
     size = config.data.image_size
-    normal = splits.val
-    if normal.labels is not None:
-        normal = normal.subset(np.flatnonzero(normal.labels == 0))
-    e = config.eval
-    synthetic = synthetic_anomalies(
-        normal, parse_corruptions(e.synthetic_family), e.synthetic_images, config.train.seed,
-        image_size=size, channels=splits.channels, max_pixels=config.data.max_image_pixels,
-    )  # fmt: skip
+    normal = normal_images(splits.val)
+    synthetic = run_synthetic_anomalies(config, splits)
     # The raw |x - G(x)|: neither the head's map nor a smoothing or baseline the run chose.
     if model.segmentation is not None:
         model.set_map_weights(torch.tensor([1.0, 0.0]))

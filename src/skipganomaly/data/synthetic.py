@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..specs.corruptions import parse_corruptions
 from .base import ImageSet
 from .corruptions import CORRUPTION_FUNCTIONS
 from .images import DEFAULT_MAX_IMAGE_PIXELS
@@ -80,3 +81,23 @@ def synthetic_anomalies(
         masks=np.concatenate(masks),
         families=families,
     )
+
+
+def normal_images(images: ImageSet) -> ImageSet:
+    """The images labelled normal (all of them where the set is unlabelled, as under
+    ``normal-only``): what the synthetic validation damages and the map's baseline averages."""
+    if images.labels is None:
+        return images
+    return images.subset(np.flatnonzero(images.labels == 0))
+
+
+def run_synthetic_anomalies(config, splits) -> SyntheticAnomalies:
+    """A run's synthetic validation anomalies, as its validation builds them: its normal
+    validation images damaged by ``eval.synthetic_family``, ``eval.synthetic_images`` of them,
+    drawn from ``train.seed`` (a benchmark reading a finished run rebuilds the same set)."""
+    e = config.eval
+    return synthetic_anomalies(
+        normal_images(splits.val), parse_corruptions(e.synthetic_family), e.synthetic_images,
+        config.train.seed, image_size=config.data.image_size, channels=splits.channels,
+        max_pixels=config.data.max_image_pixels,
+    )  # fmt: skip

@@ -435,15 +435,18 @@ class SkipGANomaly(AdversarialAnomalyModel):
             # Eval-mode BatchNorm is per image, so one pass over [x; x_hat] equals two.
             _, features = self.discriminator(torch.cat([x, x_hat]))
             features_real, features_fake = features.chunk(2)
-        reconstruction = pooled_reconstruction_score(x, x_hat, self.pooling_fraction())
+        candidates, fraction = self.map_pooling_candidates, self.pooling_fraction()
+        pooled = None
+        if len(candidates) > 1:  # R at every candidate: what validation chooses the pooling on
+            pooled = torch.stack([pooled_reconstruction_score(x, x_hat, f) for f in candidates], 1)
+            reconstruction = pooled[:, candidates.index(fraction)]
+        else:
+            reconstruction = pooled_reconstruction_score(x, x_hat, fraction)
         latent = latent_score(features_real, features_fake)
         output = score_output(
             x, x_hat, reconstruction, latent, score_lambda, details=details, features=features_real
         )
-        if len(self.map_pooling_candidates) > 1:  # what validation chooses the pooling on
-            output.pooled_reconstruction = torch.stack(
-                [pooled_reconstruction_score(x, x_hat, f) for f in self.map_pooling_candidates], 1
-            )
+        output.pooled_reconstruction = pooled
         if details:
             output.anomaly_map = self.smooth_map(output.anomaly_map)
         segmentation_map = None

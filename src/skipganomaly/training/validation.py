@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..data.base import ImageSet, Splits
-from ..data.synthetic import SyntheticAnomalies, synthetic_anomalies
+from ..data.synthetic import SyntheticAnomalies, normal_images, run_synthetic_anomalies
 from ..runtime import distributed
 from ..runtime.distributed import DistributedContext
 from ..runtime.threads import ThreadChooser
@@ -44,7 +44,6 @@ from ..scoring.engine import (
 )
 from ..scoring.metrics import auroc, pixel_auroc
 from ..specs.config import Config
-from ..specs.corruptions import parse_corruptions
 
 
 def has_map_choice(model: nn.Module) -> bool:
@@ -98,13 +97,7 @@ class Validation:
         """This epoch's scores of the synthetic anomalies; where the model has maps to choose
         among, first choose its map on their masks (:meth:`_choose_map`)."""
         if self.synthetic is None:
-            normal = self._normal_val()
-            e = self.config.eval
-            self.synthetic = synthetic_anomalies(
-                normal, parse_corruptions(e.synthetic_family), e.synthetic_images, self.config.train.seed,
-                image_size=self.config.data.image_size, channels=self.splits.channels,
-                max_pixels=self.config.data.max_image_pixels,
-            )  # fmt: skip
+            self.synthetic = run_synthetic_anomalies(self.config, self.splits)
         model = self._model
         self.synthetic_record = {"families": list(self.synthetic.families)}
         if has_map_choice(model):
@@ -142,7 +135,7 @@ class Validation:
             return maps, scored.indices
 
         raw, indices = raw_maps(images)
-        normal_raw = raw_maps(self._normal_val())[0] if "mean" in baselines else {}
+        normal_raw = raw_maps(normal_images(self.splits.val))[0] if "mean" in baselines else {}
         masks = masks[indices]
         pixel_aurocs, mean_maps = {}, {}
         for source in sources:
@@ -163,20 +156,13 @@ class Validation:
         if model.map_radius:
             model.set_map_smoothing(smoothing)
         if baseline == "mean":
-            model.set_map_baseline(mean_maps[next(k for k in mean_maps if k[:2] == (source, smoothing))])
+            model.set_map_baseline(mean_maps[(source, smoothing, "mean")])
         return {
             "pixel_auroc": {map_key_text(key): value for key, value in pixel_aurocs.items()},
             "map": source,
             "map_smoothing": smoothing,
             "map_baseline": baseline,
         }
-
-    def _normal_val(self) -> ImageSet:
-        """The normal validation images (all of them where validation is unlabelled)."""
-        normal = self.splits.val
-        if normal.labels is not None:
-            normal = normal.subset(np.flatnonzero(normal.labels == 0))
-        return normal
 
     def _labelled_map_choice(self, model: nn.Module, options: ScoringOptions) -> dict[str, Any] | None:
         """Under a protocol whose validation holds anomalies with ground-truth masks, choose the
