@@ -1,7 +1,7 @@
 """Which smoothing of the anomaly map finds real defects, and does the synthetic validation know?
 
 Reads one finished run (its best checkpoint and its data, as ``config.yaml`` says) and prints,
-for each map (|x − G(x)|, and the segmentation head's when the model has one) and each Gaussian
+for each map (|x − G(x)|, the segmentation head's and the patch term's where the model has them) and each Gaussian
 smoothing (a fraction of the image side, ``model.map_smoothing``), the pixel AUROC and AUPRO:
 
 * on the labelled validation split, when the run's protocol has one with masks (``val-split``):
@@ -35,29 +35,12 @@ from skipganomaly.data.base import ImageSet
 from skipganomaly.data.synthetic import normal_images, run_synthetic_anomalies
 from skipganomaly.formats.checkpoint import load_run_checkpoint
 from skipganomaly.models.objective import gaussian_smoothing
-from skipganomaly.scoring.engine import ScoringOptions, pixel_masks, score_set
+from skipganomaly.scoring.engine import ScoringOptions, pixel_masks
 from skipganomaly.scoring.metrics import aupro, auroc, pixel_auroc
 from skipganomaly.specs.errors import UserError
+from skipganomaly.training.validation import raw_source_maps
 
 SMOOTHINGS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.06, 0.08)
-SOURCES = ("reconstruction", "segmentation")
-
-
-def raw_maps(model, images: ImageSet, options: ScoringOptions) -> tuple[dict[str, torch.Tensor], np.ndarray]:
-    """Each map source's unsmoothed maps of ``images`` and the indices they are aligned with."""
-    maps, indices = {}, None
-    for source in SOURCES:
-        if model.segmentation is not None:
-            model.set_map_weights(torch.tensor([float(source == name) for name in SOURCES]))
-        elif source != "reconstruction":
-            continue
-        if getattr(model, "map_radius", 0):
-            model.set_map_smoothing(0.0)
-        if "mean" in getattr(model, "map_baseline_candidates", ()):
-            model.set_map_baseline(None)  # the raw map: the residual is computed here
-        scored = score_set(model, images, options)
-        maps[source], indices = torch.from_numpy(scored.anomaly_maps.astype(np.float32)), scored.indices
-    return maps, indices
 
 
 def figures(
@@ -65,7 +48,7 @@ def figures(
 ) -> dict[str, dict]:
     """Each map's and smoothing's figures; with ``normal_maps`` (other images' raw maps by source)
     also the location control: their mean, smoothed alike, given to every image."""
-    maps, indices = raw_maps(model, images, options)
+    maps, indices = raw_source_maps(model, images, options)
     masks, labels = masks[indices], labels[indices]
     size = masks.shape[-1]
     radius = min(size - 1, math.ceil(3 * max(SMOOTHINGS) * size))
@@ -109,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         parts = {"val": splits.val, "test": splits.test}
     out: dict[str, dict] = {"run": args.run, "epoch": checkpoint.epoch}
     normal = normal_images(splits.val)
-    normal_maps, _ = raw_maps(model, normal, options)
+    normal_maps, _ = raw_source_maps(model, normal, options)
     for name, images in parts.items():
         keep, masks = pixel_masks(images, size)
         if masks.any():

@@ -88,11 +88,20 @@ def reconstruct(predictor, images: list[np.ndarray]) -> np.ndarray:
 
 
 def map_source(predictor) -> str:
-    """What the run's anomaly map is: |x - G(x)|, or its segmentation head's map (chosen on the
-    synthetic validation; skipganomaly.deploy.export.map_source)."""
+    """What the run's anomaly map is: |x - G(x)|, its segmentation head's map or its patch term's
+    (chosen on validation masks; skipganomaly.deploy.export.map_source)."""
     from skipganomaly.deploy.export import map_source as source
 
     return source(predictor.model)
+
+
+# Each map source: its row's name and its colour bar's label.
+MAP_NAMES = {
+    "reconstruction": ("|x - G(x)|", "pixel error"),
+    "segmentation": ("(segmentation head)", "anomaly probability"),
+    "patch": ("(patch: D features'\ndistance to normal)", "distance to the nearest normal region"),
+    "mixed": ("(mixed maps)", "anomaly value"),
+}
 
 
 def render(
@@ -141,14 +150,13 @@ def render(
         for row in range(3):
             axes[row, col].set_xticks([])
             axes[row, col].set_yticks([])
-    map_name = "anomaly map\n|x - G(x)|" if source == "reconstruction" else f"anomaly map\n({source} head)"
+    map_name = "anomaly map\n" + MAP_NAMES[source][0]
     if less_mean:  # model.map_baseline: the normal validation images' mean map is subtracted
         map_name += "\nless normal mean"
     for row, name in enumerate(("input x", "reconstruction\nG(x)", map_name)):
         axes[row, 0].set_ylabel(name, fontsize=10)
     bar = fig.colorbar(mappable, ax=axes[2, :].tolist(), shrink=0.9, pad=0.01)
-    label = "pixel error" if source == "reconstruction" else "anomaly probability"
-    bar.set_label(label + (" less mean" if less_mean else ""), fontsize=9)
+    bar.set_label(MAP_NAMES[source][1] + (" less mean" if less_mean else ""), fontsize=9)
     fig.suptitle(title, fontsize=11)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.output, dpi=args.dpi)
@@ -195,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         f"normal and {args.per_class} random abnormal test images; flagged = score >= the run's stored "
         f"threshold {predictor.normalization.threshold:.2f}"
     )
-    map_high = predictor.normalization.map_high if source == "reconstruction" else 1.0
+    # The run's colour scale comes from its normal validation images' maps; a probability's is 1.
+    map_high = 1.0 if source == "segmentation" else predictor.normalization.map_high
     less_mean = float(getattr(predictor.model, "map_baseline_on", 0.0)) > 0
     render(images, reconstructions, predictions, labels, masks, map_high, title, args, source, less_mean)
     print(f"wrote {args.output}")

@@ -51,7 +51,7 @@ def test_choose_map_over_baselines_and_the_history_names():
         ("reconstruction", 0.02, "none"): 0.8,
     }
     # A tie keeps the first given (no baseline at 0.0 loses to the mean; the mean ties 0.02).
-    assert choose_map(measured)[2:] == (0.0, "mean")
+    assert choose_map(measured)[1:] == (0.0, "mean")
     assert [map_key_text(k) for k in measured] == [
         "reconstruction", "reconstruction-mean", "reconstruction@0.02"
     ]  # fmt: skip
@@ -74,7 +74,8 @@ def test_normal_only_chooses_the_baseline_on_the_synthetic_masks(tmp_path):
     _, _, metrics = normal_only_run(tmp_path, "none,mean")
     record = metrics["history"][0]["synthetic_val"]
     assert set(record["pixel_auroc"]) == {
-        "reconstruction@0.01", "reconstruction@0.01-mean", "segmentation@0.01", "segmentation@0.01-mean"
+        "reconstruction@0.01", "reconstruction@0.01-mean", "segmentation@0.01", "segmentation@0.01-mean",
+        "patch@0.01", "patch@0.01-mean",
     }  # fmt: skip
     name = f"{record['map']}@0.01" + ("-mean" if record["map_baseline"] == "mean" else "")
     assert record["pixel_auroc"][name] == max(record["pixel_auroc"].values()), record

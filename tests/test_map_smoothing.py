@@ -81,12 +81,12 @@ def test_without_candidates_the_model_is_what_it_was_and_the_terms_never_move():
 
 
 def test_choose_map_over_sources_and_smoothings():
-    source, weights, smoothing, baseline = choose_map(
+    chosen = choose_map(
         {("reconstruction", 0.0): 0.7, ("reconstruction", 0.04): 0.9, ("segmentation", 0.0): 0.8}
     )
-    assert (source, weights.tolist(), smoothing, baseline) == ("reconstruction", [1.0, 0.0], 0.04, "none")
+    assert chosen == ("reconstruction", 0.04, "none")
     # Ties: the reconstruction error, then the first smoothing given.
-    source, _, smoothing, _ = choose_map(
+    source, smoothing, _ = choose_map(
         {("segmentation", 0.0): 0.8, ("reconstruction", 0.02): 0.8, ("reconstruction", 0.0): 0.8}
     )
     assert (source, smoothing) == ("reconstruction", 0.02)
@@ -144,7 +144,7 @@ def test_normal_only_chooses_the_smoothing_on_the_synthetic_masks(tmp_path):
     metrics = Trainer(config, splits, tmp_path / "run", log=lambda s: None, progress=False).fit()
     record = metrics["history"][0]["synthetic_val"]
     assert set(record["pixel_auroc"]) == {
-        "reconstruction", "reconstruction@0.1", "segmentation", "segmentation@0.1"
+        "reconstruction", "reconstruction@0.1", "segmentation", "segmentation@0.1", "patch", "patch@0.1"
     }  # fmt: skip
     name = record["map"] if not record["map_smoothing"] else f"{record['map']}@{record['map_smoothing']:g}"
     assert record["pixel_auroc"][name] == max(record["pixel_auroc"].values())

@@ -40,8 +40,8 @@ _FIXED_DESCRIPTIONS = {
     "raw_score": "per image: the model's anomaly score A before scaling (Eq. 5, or the sum of the "
     "standardised terms listed under score_terms)",
     "anomaly_map": "(N, H, W): the run's anomaly map: per-pixel |x - G(x)| averaged over channels "
-    "(the map of R), or, for a model with a segmentation head, the map its validation chose "
-    "(metadata map_source), smoothed as validation chose (metadata map_smoothing), less the normal "
+    "(the map of R), or, for a model with a segmentation head or the patch term, the map its "
+    "validation chose (metadata map_source), smoothed as validation chose (metadata map_smoothing), less the normal "
     "validation images' mean map where validation chose that (metadata map_baseline)",
     "reconstructed": "(N, C, H, W): the reconstruction G(x) in [-1, 1]",
 }

@@ -111,7 +111,10 @@ class ScoringGraph(nn.Module):
 
 def map_source(model: nn.Module) -> str:
     """The map ``anomaly_map`` holds: ``reconstruction`` (|x - G(x)|), or ``segmentation`` for a
-    model with a segmentation head whose validation chose its map (``map_weights``)."""
+    model with a segmentation head whose validation chose its map (``map_weights``), or ``patch``
+    (the patch term's distances) where validation chose that (``patch_map_on``)."""
+    if float(getattr(model, "patch_map_on", 0.0)):
+        return "patch"
     weights = getattr(model, "map_weights", None)
     if weights is None or float(weights[1]) == 0.0:
         return "reconstruction"

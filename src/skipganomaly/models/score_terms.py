@@ -34,6 +34,8 @@ class TermInputs:
     latent: torch.Tensor  # L (Eq. 3)
     # The segmentation head's probability map (N, 1, H, W), when the model has the head.
     segmentation: torch.Tensor | None = None
+    # Each region's distance to the normal regions (N, h, w), when the model has the patch term.
+    patch: torch.Tensor | None = None
 
 
 def nearest_neighbour_distance(features: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
@@ -105,6 +107,7 @@ TERM_FUNCTIONS: dict[str, Callable[[TermInputs], torch.Tensor]] = {
         inputs.model.discriminator, inputs.x, inputs.features_real
     ),
     "segmentation": lambda inputs: segmentation_peak(inputs.segmentation),
+    "patch": lambda inputs: inputs.patch.flatten(1).amax(1),
 }
 if tuple(TERM_FUNCTIONS) != SCORE_TERMS:  # one function per spec, in the specs' order
     raise ImportError(f"score terms computed {tuple(TERM_FUNCTIONS)} differ from the specs {SCORE_TERMS}")

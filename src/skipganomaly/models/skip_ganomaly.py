@@ -46,6 +46,7 @@ from .objective import (
     score_output,
     weighted_losses,
 )
+from .patch_knn import nearest_patch_distance, patch_feature_width, patch_features, patch_map
 from .score_terms import TermInputs, compute_terms, standardized_score
 
 
@@ -205,6 +206,9 @@ class SkipGANomaly(AdversarialAnomalyModel):
       (:meth:`set_map_smoothing`). The score terms do not change with it.
     * ``map_baseline``: "mean" subtracts the normal validation images' mean map (a buffer validation
       fills, :meth:`set_map_baseline`) from the anomaly map; "none,mean" lets validation choose.
+    * ``patch_bank``: rows of the bank of normal training images' region features (D's, at 1/4
+      and 1/8 of the side; :mod:`.patch_knn`) that the ``patch`` term and map measure against,
+      a buffer the trainer fills (:meth:`set_patch_bank`); validation may choose its map.
     """
 
     name = "skipganomaly"
@@ -225,6 +229,7 @@ class SkipGANomaly(AdversarialAnomalyModel):
         segmentation_head: bool = False,
         map_smoothing: str = "0",
         map_baseline: str = "none",
+        patch_bank: int = 16384,
     ):
         super().__init__()
         self.args = {"image_size": image_size, "channels": channels, "ngf": ngf, "ndf": ndf, "nz": nz}
@@ -238,6 +243,7 @@ class SkipGANomaly(AdversarialAnomalyModel):
             "segmentation_head": segmentation_head,
             "map_smoothing": map_smoothing,
             "map_baseline": map_baseline,
+            "patch_bank": patch_bank,
         }
         # Only the values off their default (the spec's, which the signature repeats: tested) are
         # stored, so a faithful model's arguments and checkpoints stay as they were.
@@ -288,6 +294,11 @@ class SkipGANomaly(AdversarialAnomalyModel):
         bank_key = feature_bank_key(self.score_terms)
         if bank_key is not None:  # normal training features, filled by the trainer (set_feature_bank)
             self.register_buffer("feature_bank", torch.zeros(improved[bank_key], nz))
+        if "patch" in self.score_terms:  # normal region features (set_patch_bank), map off till chosen
+            width = patch_feature_width(image_size, ndf)
+            self.register_buffer("patch_bank", torch.zeros(patch_bank, width))
+            self.register_buffer("patch_centre", torch.zeros(width))
+            self.register_buffer("patch_map_on", torch.tensor(0.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruct ``x``: x_hat = G(x)."""
@@ -370,6 +381,20 @@ class SkipGANomaly(AdversarialAnomalyModel):
         return self.discriminator(x)[1]
 
     @torch.no_grad()
+    def patch_features_of(self, x: torch.Tensor) -> torch.Tensor:
+        """D's region features of ``x`` (N, C, H/4, W/4), what the patch term compares."""
+        return patch_features(self.discriminator.features.layers, x)
+
+    @torch.no_grad()
+    def set_patch_bank(self, rows: torch.Tensor) -> None:
+        """Keep ``rows`` (region features of normal training images) for the patch term."""
+        self.patch_centre.copy_(rows.mean(0))
+        self.patch_bank.copy_(rows - self.patch_centre)
+
+    def set_patch_map(self, on: bool) -> None:
+        """Make the anomaly map the patch distances' (True) or the mix of the others (False)."""
+        self.patch_map_on.fill_(float(on))
+
     def set_feature_bank(self, features: torch.Tensor) -> None:
         """Keep ``features`` (f(x) of normal training images, (knn_bank, nz)) for the knn term."""
         if features.shape != self.feature_bank.shape:
@@ -449,6 +474,9 @@ class SkipGANomaly(AdversarialAnomalyModel):
         output.pooled_reconstruction = pooled
         if details:
             output.anomaly_map = self.smooth_map(output.anomaly_map)
+        patch = None
+        if "patch" in self.score_terms:
+            patch = nearest_patch_distance(self.patch_features_of(x), self.patch_bank, self.patch_centre)
         segmentation_map = None
         if self.segmentation is not None:
             segmentation_map = torch.sigmoid(self.segmentation(x, x_hat).float())
@@ -456,11 +484,14 @@ class SkipGANomaly(AdversarialAnomalyModel):
                 weights, head_map = self.map_weights, self.smooth_map(segmentation_map[:, 0])
                 output.anomaly_map = weights[0] * output.anomaly_map + weights[1] * head_map
                 output.maps = {"segmentation": head_map}
+        if details and patch is not None:  # the patch map replaces the others where validation chose it
+            output.maps = {**(output.maps or {}), "patch": self.smooth_map(patch_map(patch, x.shape[-1]))}
+            output.anomaly_map = torch.lerp(output.anomaly_map, output.maps["patch"], self.patch_map_on)
         if details and "mean" in self.map_baseline_candidates:
             output.anomaly_map = output.anomaly_map - self.map_baseline_on * self.map_baseline
         if self.score_terms:
             inputs = TermInputs(
-                self, x, x_hat, features_real, features_fake, reconstruction, latent, segmentation_map
+                self, x, x_hat, features_real, features_fake, reconstruction, latent, segmentation_map, patch
             )
             output.terms = compute_terms(self.score_terms, inputs)
             output.score = standardized_score(

@@ -180,13 +180,14 @@ def worst_group_auroc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray
     return min(auroc(labels[normal | (groups == kind)], scores[normal | (groups == kind)]) for kind in kinds)
 
 
-# The anomaly maps a model with a segmentation head mixes, in its ``map_weights`` order.
-MAP_SOURCES = ("reconstruction", "segmentation")
+# The anomaly maps validation chooses among: the first two are what a model with a segmentation
+# head mixes, in its ``map_weights`` order; the patch map replaces them (``patch_map_on``).
+MAP_SOURCES = ("reconstruction", "segmentation", "patch")
 
 
-def choose_map(pixel_aurocs: dict) -> tuple[str, np.ndarray, float, str]:
-    """The map with the highest pixel AUROC on validation masks: ``(source, weights over
-    MAP_SOURCES (one-hot), smoothing, baseline)``. Keys are a source of :data:`MAP_SOURCES`, or
+def choose_map(pixel_aurocs: dict) -> tuple[str, float, str]:
+    """The map with the highest pixel AUROC on validation masks: ``(source, smoothing,
+    baseline)``. Keys are a source of :data:`MAP_SOURCES`, or
     ``(source, smoothing)`` pairs, or ``(source, smoothing, baseline)`` triples where the model has
     several smoothings or baselines (``model.map_baseline``) to choose among. Ties go to the
     reconstruction error (the paper's map), then to the first candidate given."""
@@ -204,7 +205,7 @@ def choose_map(pixel_aurocs: dict) -> tuple[str, np.ndarray, float, str]:
     source = name[0]
     smoothing = name[1] if len(name) > 1 else 0.0
     baseline = name[2] if len(name) > 2 else "none"
-    return source, np.array([float(n == source) for n in MAP_SOURCES]), float(smoothing), baseline
+    return source, float(smoothing), baseline
 
 
 def map_key_text(key) -> str:

@@ -26,6 +26,7 @@ from ..data.base import ImageSet, Splits
 from ..data.images import DEFAULT_MAX_IMAGE_PIXELS, load_mask
 from ..data.loading import BadImageCounter, Batch, iterate_batches, to_model_input
 from ..models.objective import ScoreOutput
+from ..models.patch_knn import sample_bank
 from ..runtime.device import autocast
 from ..specs.config import Config
 from ..specs.protocols import PROTOCOL_SPECS
@@ -54,6 +55,7 @@ class ScoringOptions:
     skip_bad: bool = False
     batchnorm_train: bool = False  # the official code's train-mode BatchNorm (paper protocol)
     details: bool = False  # keep anomaly maps, reconstructions and features
+    term_maps: bool = False  # with details, also the score terms' own maps (ScoredSet.term_maps)
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # larger image files are bad images
 
     @classmethod
@@ -109,6 +111,8 @@ class ScoredSet:
     groups: np.ndarray | None = None
     # R at each of the model's ``map_pooling`` candidates (N, C), when it has several.
     pooled_reconstruction: np.ndarray | None = None
+    # With details, the per-pixel maps of the terms that make one (``ScoreOutput.maps``), float16.
+    term_maps: dict[str, np.ndarray] | None = None
 
 
 @contextlib.contextmanager
@@ -182,6 +186,8 @@ def scored_batches(
                 )
                 if out.terms is not None:
                     cpu.terms = {name: value.float().cpu() for name, value in out.terms.items()}
+                if out.maps is not None:
+                    cpu.maps = {name: value.float().cpu() for name, value in out.maps.items()}
             yield batch, cpu
 
 
@@ -218,6 +224,8 @@ def score_set(
             extra["anomaly_maps"].append(out.anomaly_map.numpy().astype(np.float16))
             extra["reconstructed"].append(out.reconstructed.numpy().astype(np.float16))
             extra["features"].append(out.features.numpy())
+            for name, value in (out.maps or {}).items() if options.term_maps else ():
+                extra.setdefault(f"map:{name}", []).append(value.numpy().astype(np.float16))
         if pixel_sample > 0:
             maps = out.anomaly_map.flatten(1)[batch.labels <= 0]
             if len(maps):
@@ -243,6 +251,8 @@ def score_set(
         scored.anomaly_maps = np.concatenate(extra["anomaly_maps"])
         scored.reconstructed = np.concatenate(extra["reconstructed"])
         scored.features = np.concatenate(extra["features"])
+        names = [key[4:] for key in extra if key.startswith("map:")]
+        scored.term_maps = {name: np.concatenate(extra[f"map:{name}"]) for name in names} or None
     return scored
 
 
@@ -302,6 +312,22 @@ def feature_bank(model: nn.Module, image_set: ImageSet, options: ScoringOptions)
             with autocast(o.device, o.amp_dtype):
                 parts.append(model.features_of(x).float())
     return torch.cat(parts)
+
+
+def patch_bank(model: nn.Module, image_set: ImageSet, options: ScoringOptions, seed: int) -> torch.Tensor:
+    """Region features of the images of ``image_set`` (eval mode; the model's
+    ``patch_features_of``), as many rows as the model's ``patch_bank`` drawn among all their
+    positions from ``seed``: the normal regions the ``patch`` term compares with."""
+    o = options
+    with _eval_mode(model):
+        parts = []
+        for batch in iterate_batches(
+            image_set, o.batch_size, image_size=o.image_size, channels=o.channels, device=o.device
+        ):
+            x = to_model_input(batch.images, o.device, o.channels_last)
+            with autocast(o.device, o.amp_dtype):
+                parts.append(model.patch_features_of(x).float())
+    return sample_bank(torch.cat(parts), model.patch_bank.shape[0], seed)
 
 
 def score_splits(

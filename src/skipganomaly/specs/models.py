@@ -135,8 +135,8 @@ def _check_skipganomaly(config: Any) -> None:
     if model.rotation_head and config.data.image_size and train.w_rot <= 0:
         raise UserError("model.rotation_head=true needs a positive train.w_rot to train the head")
     parse_map_pooling(model.map_pooling)
-    if model.knn_bank < 1 or model.knn_k < 1:
-        raise UserError("model.knn_bank and model.knn_k must be positive")
+    if model.knn_bank < 1 or model.knn_k < 1 or model.patch_bank < 1:
+        raise UserError("model.knn_bank, model.knn_k and model.patch_bank must be positive")
     parse_map_smoothing(model.map_smoothing)
     parse_map_baseline(model.map_baseline)
 
@@ -210,7 +210,9 @@ _RESTORING = {
     **_IMPROVED,
     "train.corruptions": "blend,cutpaste,intensity",
     "model.segmentation_head": True,
-    "model.score_terms": "reconstruction,latent,knn,rotation,segmentation",
+    # patch: D's region features against normal regions (docs/normal-only.md#the-patch-term),
+    # kept because the synthetic validation scores the sum higher with it.
+    "model.score_terms": "reconstruction,latent,knn,rotation,segmentation,patch",
     # Chosen on labelled validation masks of real cracks (KolektorSDD, two seeds;
     # docs/normal-only.md); the synthetic validation cannot choose it (its stains favour none).
     "model.map_smoothing": "0.01",
@@ -262,6 +264,13 @@ SKIPGANOMALY = ModelSpec(
         ),
         ModelKey("knn_bank", int, 4096, "normal training images whose features the knn term compares with"),
         ModelKey("knn_k", int, 5, "neighbours averaged by the knn term"),
+        ModelKey(
+            "patch_bank",
+            int,
+            16384,
+            "region features of normal training images (drawn from knn_bank images) that the patch "
+            "term and map compare each region of an image with",
+        ),
         ModelKey(
             "segmentation_head",
             bool,

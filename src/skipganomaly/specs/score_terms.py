@@ -56,6 +56,11 @@ SCORE_TERM_SPECS: dict[str, ScoreTermSpec] = {
             "peak of the segmentation head's anomaly probability map on (x, G(x)), smoothed 3x3",
             requires=("segmentation_head",),
         ),
+        ScoreTermSpec(
+            "patch",
+            "highest distance from a region's discriminator features to the nearest region of "
+            "normal training images (model.patch_bank of them)",
+        ),
     )
 }
 SCORE_TERMS = tuple(SCORE_TERM_SPECS)

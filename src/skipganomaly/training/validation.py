@@ -38,6 +38,7 @@ from ..scoring.engine import (
     ScoringOptions,
     feature_bank,
     has_masks,
+    patch_bank,
     pixel_masks,
     score_set,
     score_splits,
@@ -52,7 +53,42 @@ def has_map_choice(model: nn.Module) -> bool:
     (``model.map_baseline``)."""
     smoothings = getattr(model, "map_smoothing_candidates", (0.0,))
     baselines = getattr(model, "map_baseline_candidates", ("none",))
-    return getattr(model, "segmentation", None) is not None or len(smoothings) > 1 or "mean" in baselines
+    others = getattr(model, "segmentation", None) is not None or hasattr(model, "patch_map_on")
+    return others or len(smoothings) > 1 or "mean" in baselines
+
+
+def set_map_source(model: nn.Module, source: str) -> None:
+    """Make the model's anomaly map the one of ``source`` (one of :data:`MAP_SOURCES`)."""
+    if model.segmentation is not None:  # a source other than the two it mixes: its weights stay
+        weights = [float(source == name) for name in MAP_SOURCES[:2]]
+        model.set_map_weights(torch.tensor(weights if any(weights) else [1.0, 0.0]))
+    if hasattr(model, "patch_map_on"):
+        model.set_patch_map(source == "patch")
+
+
+def map_sources(model: nn.Module) -> list[str]:
+    """The anomaly maps ``model`` can give, of :data:`MAP_SOURCES`."""
+    has = {"reconstruction": True, "segmentation": getattr(model, "segmentation", None) is not None}
+    has["patch"] = hasattr(model, "patch_map_on")
+    return [name for name in MAP_SOURCES if has[name]]
+
+
+def raw_source_maps(
+    model: nn.Module, image_set: ImageSet, options: ScoringOptions
+) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    """Every map source's maps of ``image_set`` (:func:`map_sources`), unsmoothed and with no
+    baseline subtracted, from one pass (|x - G(x)| as the anomaly map, the others as the terms'
+    maps), and the indices they are aligned with. Leaves the model's map as |x - G(x)|, raw."""
+    if getattr(model, "map_radius", 0):
+        model.set_map_smoothing(0.0)
+    if "mean" in getattr(model, "map_baseline_candidates", ()):
+        model.set_map_baseline(None)
+    set_map_source(model, "reconstruction")
+    scored = score_set(model, image_set, options.replace(details=True, term_maps=True, batchnorm_train=False))
+    found = {"reconstruction": scored.anomaly_maps, **(scored.term_maps or {})}
+    return {
+        source: torch.from_numpy(found[source].astype(np.float32)) for source in map_sources(model)
+    }, scored.indices
 
 
 class Validation:
@@ -79,10 +115,9 @@ class Validation:
         self._model = model
         self.bank_images = None
         bank = getattr(model, "feature_bank", None)
-        if bank is not None:
-            pick = np.random.default_rng(config.train.seed).choice(
-                len(splits.train), len(bank), replace=False
-            )
+        if bank is not None or hasattr(model, "patch_bank"):
+            count = len(bank) if bank is not None else min(len(splits.train), config.model.knn_bank)
+            pick = np.random.default_rng(config.train.seed).choice(len(splits.train), count, replace=False)
             self.bank_images = splits.train.subset(np.sort(pick))
         # The synthetic validation (data/synthetic.py): made on first use, scored every epoch.
         self.uses_synthetic = uses_synthetic_validation(config.eval, splits.val.labels, model)
@@ -113,29 +148,17 @@ class Validation:
     def _choose_map(
         self, model: nn.Module, images: ImageSet, masks: np.ndarray, options: ScoringOptions
     ) -> dict[str, Any]:
-        """Choose the run's anomaly map, the reconstruction error or the segmentation head's, its
+        """Choose the run's anomaly map (the reconstruction error, the segmentation head's, the patch
+        distances'; :data:`~skipganomaly.scoring.decisions.MAP_SOURCES`), its
         smoothing (``model.map_smoothing``) and whether it is measured against the normal
         validation images' mean map (``model.map_baseline``), on the pixel AUROC of ``masks``
         (aligned with ``images``); set the model's buffers and return what was measured."""
-        sources = [name for name in MAP_SOURCES if name == "reconstruction" or model.segmentation is not None]
+        sources = map_sources(model)
         baselines = getattr(model, "map_baseline_candidates", ("none",))
-        if model.map_radius:
-            model.set_map_smoothing(0.0)
-        if "mean" in baselines:
-            model.set_map_baseline(None)
-        options = options.replace(details=True, batchnorm_train=False)
-
-        def raw_maps(image_set: ImageSet) -> tuple[dict[str, torch.Tensor], np.ndarray]:
-            maps = {}
-            for source in sources:
-                if model.segmentation is not None:
-                    model.set_map_weights(torch.tensor([float(source == name) for name in MAP_SOURCES]))
-                scored = score_set(model, image_set, options)
-                maps[source] = torch.from_numpy(scored.anomaly_maps.astype(np.float32))
-            return maps, scored.indices
-
-        raw, indices = raw_maps(images)
-        normal_raw = raw_maps(normal_images(self.splits.val))[0] if "mean" in baselines else {}
+        raw, indices = raw_source_maps(model, images, options)
+        normal_raw = (
+            raw_source_maps(model, normal_images(self.splits.val), options)[0] if "mean" in baselines else {}
+        )
         masks = masks[indices]
         pixel_aurocs, mean_maps = {}, {}
         for source in sources:
@@ -150,9 +173,8 @@ class Validation:
                         pixel_aurocs[key] = pixel_auroc(masks, (maps - mean_maps[key]).numpy())
                     else:
                         pixel_aurocs[key] = pixel_auroc(masks, maps.numpy())
-        source, weights, smoothing, baseline = choose_map(pixel_aurocs)
-        if model.segmentation is not None:
-            model.set_map_weights(torch.from_numpy(weights).float())
+        source, smoothing, baseline = choose_map(pixel_aurocs)
+        set_map_source(model, source)
         if model.map_radius:
             model.set_map_smoothing(smoothing)
         if baseline == "mean":
@@ -193,10 +215,15 @@ class Validation:
         options = ScoringOptions.for_run(
             self.config, self.splits.channels, self.device, amp_dtype, self.splits.protocol
         )
-        if calibrate and self.bank_images is not None:
+        if calibrate and hasattr(model, "feature_bank"):
             model.set_feature_bank(
                 feature_bank(model, self.bank_images, options.replace(batchnorm_train=False))
             )
+        if calibrate and hasattr(model, "patch_bank"):
+            rows = patch_bank(
+                model, self.bank_images, options.replace(batchnorm_train=False), self.config.train.seed
+            )
+            model.set_patch_bank(rows)
         anomalies = None
         if calibrate and self.uses_synthetic:
             self._model = model

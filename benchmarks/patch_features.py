@@ -1,0 +1,138 @@
+"""Does the patch term need D's trained features? Region features against a bank of normal regions.
+
+Reads one finished run at its selected epoch (its best checkpoint and its data, as
+``config.yaml`` says) and scores its images with the patch term's nearest-region distance
+(``skipganomaly.models.patch_knn``: the highest distance of an image's regions to a bank of
+``model.patch_bank`` regions drawn from the normal training images; the map, its distances
+upsampled and smoothed as the run smooths), on three kinds of region features:
+
+* ``D trained``: the run's discriminator, as the patch term uses it;
+* ``D at initialisation``: the same network with fresh DCGAN weights (seed 0): what the
+  architecture alone gives, the control for what adversarial training adds;
+* ``pixels``: the image averaged over 4 x 4 blocks, each with its 3 x 3 neighbours (27 values
+  for RGB): no network at all.
+
+For each it prints the synthetic validation's AUROC (worst family: what a label-free choice
+sees), the test AUROC and, where test has masks, the test pixel AUROC (reported, never used to
+choose). docs/normal-only.md#the-patch-term reports it::
+
+    python benchmarks/patch_features.py runs/bottle-1 [--json figures.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from skipganomaly.data import prepare_data
+from skipganomaly.data.loading import iterate_batches, to_model_input
+from skipganomaly.data.synthetic import normal_images, run_synthetic_anomalies
+from skipganomaly.formats.checkpoint import load_run_checkpoint
+from skipganomaly.models.blocks import init_weights
+from skipganomaly.models.patch_knn import nearest_patch_distance, patch_map, sample_bank
+from skipganomaly.scoring.decisions import worst_group_auroc
+from skipganomaly.scoring.engine import pixel_masks
+from skipganomaly.scoring.metrics import auroc, pixel_auroc
+from skipganomaly.specs.errors import UserError
+
+
+def pixel_regions(x: torch.Tensor) -> torch.Tensor:
+    """The image's own values as region features, at the patch term's grid (1/4 of the side)."""
+    blocks = F.avg_pool2d(x, 4)
+    h, w = blocks.shape[-2:]
+    return F.unfold(blocks, 3, padding=1).view(x.shape[0], -1, h, w)
+
+
+@torch.inference_mode()
+def region_scores(features_of, bank_images, parts, rows: int, seed: int, model, size: int):
+    """Each part's image scores (highest region distance) and maps, with a bank drawn from
+    ``bank_images``' regions."""
+    bank = sample_bank(torch.cat([features_of(x) for x in bank_images]), rows, seed)
+    centre = bank.mean(0)
+    scores, maps = {}, {}
+    for name, batches in parts.items():
+        distances = torch.cat(
+            [nearest_patch_distance(features_of(x), bank - centre, centre) for x in batches]
+        )
+        scores[name] = distances.flatten(1).amax(1).numpy().astype(np.float64)
+        maps[name] = model.smooth_map(patch_map(distances, size)).numpy()
+    return scores, maps
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", help="a finished run folder (checkpoints/best.pt, config.yaml)")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    try:
+        checkpoint = load_run_checkpoint(args.run)
+    except UserError as exc:
+        print(f"skipped: {exc}")
+        return 0
+    config = checkpoint.config
+    model = checkpoint.build_model().eval()
+    if not hasattr(model, "patch_bank"):
+        print(f"skipped: {args.run} has no patch term (model.score_terms)")
+        return 0
+    splits = prepare_data(config.data)
+    size, seed = config.data.image_size, config.train.seed
+    synthetic = run_synthetic_anomalies(config, splits)
+    sets = {"normal": normal_images(splits.val), "synthetic": synthetic.images, "test": splits.test}
+
+    def batches(image_set):
+        found = list(iterate_batches(image_set, 32, image_size=size, channels=splits.channels))
+        return [to_model_input(b.images) for b in found], np.concatenate([b.indices.numpy() for b in found])
+
+    loaded = {name: batches(image_set) for name, image_set in sets.items()}
+    parts = {name: value[0] for name, value in loaded.items()}
+    order = {name: value[1] for name, value in loaded.items()}
+    pick = np.random.default_rng(seed).choice(
+        len(splits.train), min(len(splits.train), config.model.knn_bank), replace=False
+    )
+    bank_images, _ = batches(splits.train.subset(np.sort(pick)))
+    fresh = copy.deepcopy(model)
+    torch.manual_seed(0)
+    init_weights(fresh.discriminator)
+    features = {
+        "D trained": model.patch_features_of,
+        "D at initialisation": fresh.patch_features_of,
+        "pixels": pixel_regions,
+    }
+    families = np.array([synthetic.images.ids[i].split(":")[1] for i in order["synthetic"]])
+    labels = np.r_[np.zeros(len(order["normal"])), np.ones(len(families))]
+    groups = np.r_[np.full(len(order["normal"]), ""), families]
+    test_labels = splits.test.labels[order["test"]]
+    keep, masks = pixel_masks(splits.test, size)
+    position = {index: i for i, index in enumerate(order["test"])}
+    rows = model.patch_bank.shape[0]
+    out: dict[str, dict] = {"run": args.run, "epoch": checkpoint.epoch, "bank_rows": rows, "rows": {}}
+    print(
+        f"{args.run}, epoch {checkpoint.epoch}, bank of {rows} regions: synthetic (worst family), test, test pixel AUROC"
+    )
+    for name, features_of in features.items():
+        scores, maps = region_scores(features_of, bank_images, parts, rows, seed, model, size)
+        figures = {
+            "synthetic_worst": worst_group_auroc(
+                labels, np.r_[scores["normal"], scores["synthetic"]], groups
+            ),
+            "test": auroc(test_labels, scores["test"]),
+        }
+        if masks.any():
+            figures["test_pixel"] = pixel_auroc(masks, maps["test"][[position[i] for i in keep]])
+        out["rows"][name] = figures
+        pixel = f"   pixel {figures['test_pixel']:.4f}" if "test_pixel" in figures else ""
+        print(f"  {name:22} synthetic {figures['synthetic_worst']:.4f}   test {figures['test']:.4f}{pixel}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
