@@ -80,6 +80,25 @@ def test_a_pasted_foreign_region_scores_higher_and_the_map_peaks_on_it():
     torch.testing.assert_close(plain.score, damaged_out.score)  # the map does not change the score
 
 
+def test_the_bank_a_run_fills_batch_by_batch_equals_a_draw_over_all_regions():
+    from skipganomaly.data.base import ImageSet
+    from skipganomaly.scoring.engine import ScoringOptions, patch_bank
+
+    model = SkipGANomaly(32, 3, 8, 8, 16, score_terms=TERMS, patch_bank=300).eval()
+    images = np.random.default_rng(0).integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+    image_set = ImageSet(class_ids=np.zeros(10, np.int64), images=images)
+    options = ScoringOptions(image_size=32, channels=3, batch_size=3, device=torch.device("cpu"))
+    got = patch_bank(model, image_set, options, seed=5)
+    with torch.no_grad():
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+        expected = sample_bank(model.patch_features_of(x), 300, seed=5)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    # Fewer regions than rows (10 images x 64 regions < 1000): each is in the bank, repeated.
+    model = SkipGANomaly(32, 3, 8, 8, 16, score_terms=TERMS, patch_bank=1000).eval()
+    rows = patch_bank(model, image_set, options, seed=5)
+    assert rows.shape == (1000, 48) and len(torch.unique(rows, dim=0)) == 640
+
+
 def test_patch_bank_must_be_positive():
     with pytest.raises(UserError, match="patch_bank"):
         build_config({"model.patch_bank": 0})

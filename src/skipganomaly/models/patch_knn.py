@@ -83,12 +83,17 @@ def patch_map(distances: torch.Tensor, image_size: int) -> torch.Tensor:
     return F.interpolate(distances[:, None], size=image_size, mode="bilinear", align_corners=False)[:, 0]
 
 
+def bank_positions(total: int, rows: int, seed: int) -> torch.Tensor:
+    """Which of ``total`` region positions (flat over the images, image-major) fill a bank of
+    ``rows``: drawn without replacement from ``seed``; all of them, repeated to ``rows``, when
+    there are fewer (a tiny training set; the buffer keeps its shape)."""
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    if total < rows:
+        order = order.repeat((rows + total - 1) // total)
+    return order[:rows]
+
+
 def sample_bank(features: torch.Tensor, rows: int, seed: int) -> torch.Tensor:
-    """``rows`` region features drawn without replacement (from ``seed``) among all positions of
-    ``features`` (N, C, h, w), as (rows, C); all of them, repeated to ``rows``, when there are fewer."""
+    """``rows`` region features of ``features`` (N, C, h, w) at :func:`bank_positions`: (rows, C)."""
     flat = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(flat.shape[0], generator=generator)
-    if flat.shape[0] < rows:  # a tiny training set: repeat, so the buffer keeps its shape
-        order = order.repeat((rows + flat.shape[0] - 1) // flat.shape[0])
-    return flat[order[:rows].to(flat.device)]
+    return flat[bank_positions(flat.shape[0], rows, seed).to(flat.device)]

@@ -26,7 +26,7 @@ from ..data.base import ImageSet, Splits
 from ..data.images import DEFAULT_MAX_IMAGE_PIXELS, load_mask
 from ..data.loading import BadImageCounter, Batch, iterate_batches, to_model_input
 from ..models.objective import ScoreOutput
-from ..models.patch_knn import sample_bank
+from ..models.patch_knn import bank_positions
 from ..runtime.device import autocast
 from ..specs.config import Config
 from ..specs.protocols import PROTOCOL_SPECS
@@ -298,36 +298,48 @@ def score_set_sharded(
     )
 
 
+def _eval_batches(model: nn.Module, image_set: ImageSet, options: ScoringOptions, extract) -> Iterator:
+    """``(batch, extract(x))`` for each batch of ``image_set``, in eval mode (the callers turn
+    gradients off around the whole loop, not inside this generator, whose mode would leak)."""
+    o = options
+    with _eval_mode(model):
+        for batch in iterate_batches(
+            image_set, o.batch_size, image_size=o.image_size, channels=o.channels, device=o.device
+        ):
+            x = to_model_input(batch.images, o.device, o.channels_last)
+            with autocast(o.device, o.amp_dtype):
+                yield batch, extract(x).float()
+
+
 @torch.no_grad()
 def feature_bank(model: nn.Module, image_set: ImageSet, options: ScoringOptions) -> torch.Tensor:
     """f(x) of every image of ``image_set`` (eval mode; the model's ``features_of``), stacked:
     the normal training features the improved score's ``knn`` term compares with."""
-    o = options
-    with _eval_mode(model):
-        parts = []
-        for batch in iterate_batches(
-            image_set, o.batch_size, image_size=o.image_size, channels=o.channels, device=o.device
-        ):
-            x = to_model_input(batch.images, o.device, o.channels_last)
-            with autocast(o.device, o.amp_dtype):
-                parts.append(model.features_of(x).float())
-    return torch.cat(parts)
+    return torch.cat(
+        [features for _, features in _eval_batches(model, image_set, options, model.features_of)]
+    )
 
 
+@torch.no_grad()
 def patch_bank(model: nn.Module, image_set: ImageSet, options: ScoringOptions, seed: int) -> torch.Tensor:
     """Region features of the images of ``image_set`` (eval mode; the model's
-    ``patch_features_of``), as many rows as the model's ``patch_bank`` drawn among all their
-    positions from ``seed``: the normal regions the ``patch`` term compares with."""
-    o = options
-    with _eval_mode(model):
-        parts = []
-        for batch in iterate_batches(
-            image_set, o.batch_size, image_size=o.image_size, channels=o.channels, device=o.device
-        ):
-            x = to_model_input(batch.images, o.device, o.channels_last)
-            with autocast(o.device, o.amp_dtype):
-                parts.append(model.patch_features_of(x).float())
-    return sample_bank(torch.cat(parts), model.patch_bank.shape[0], seed)
+    ``patch_features_of``), as many rows as the model's ``patch_bank``, at positions drawn among
+    all of theirs from ``seed`` (:func:`~skipganomaly.models.patch_knn.bank_positions`): the
+    normal regions the ``patch`` term compares with. Only the drawn rows are kept, batch by
+    batch, so memory stays that of the bank whatever the images' number and size."""
+    rows = model.patch_bank.shape[0]
+    per_image = (options.image_size // 4) ** 2  # the region grid: 1/4 of the side
+    chosen = bank_positions(len(image_set) * per_image, rows, seed)
+    image_of, position_of = chosen // per_image, chosen % per_image
+    bank = torch.zeros(rows, model.patch_bank.shape[1], device=options.device)
+    slot = torch.full((len(image_set),), -1, dtype=torch.long)
+    for batch, features in _eval_batches(model, image_set, options, model.patch_features_of):
+        slot.fill_(-1)
+        slot[batch.indices] = torch.arange(len(batch.indices))
+        hit = (slot[image_of] >= 0).nonzero().squeeze(1)
+        flat = features.flatten(2)  # (B, C, h * w), positions row-major as bank_positions counts
+        bank[hit] = flat[slot[image_of[hit]].to(flat.device), :, position_of[hit].to(flat.device)]
+    return bank
 
 
 def score_splits(
