@@ -10,7 +10,8 @@ the map smoothed as ``model.map_smoothing`` would), two AUROCs:
 * on test (reported, never used to choose).
 
 It also prints the maximum of the standardised terms in place of their sum, a combination rule
-the synthetic validation could choose too. docs/normal-only.md#pooling-r-and-the-maps-baseline
+the synthetic validation could choose too, and the sum without each term in turn (R pooled as
+the run chose): what each term adds, on both figures. docs/normal-only.md#pooling-r-and-the-maps-baseline
 reports it::
 
     python benchmarks/score_pooling.py runs/bottle-0 [--json figures.json]
@@ -142,6 +143,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{rule} of terms, {variant}",
                 {p: combine(np.stack([z[t][p] for t in terms]), 0) for p in PARTS},
             )
+    # Each term's share: the sum without it, R pooled as the run chose (an ablation read back).
+    chosen = f"R top {model.pooling_fraction():g}" if hasattr(model, "pooling_fraction") else "R top 1"
+    z = standardized(chosen)
+    for left_out in terms:
+        kept = [t for t in terms if t != left_out]
+        row(
+            f"sum without {left_out}, {chosen}",
+            {p: np.sum(np.stack([z[t][p] for t in kept]), 0) for p in PARTS},
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
