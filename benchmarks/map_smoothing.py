@@ -22,22 +22,19 @@ each map's peak (its highest pixel), to show whether the map could score images.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 
 import numpy as np
 import torch
+from run_readback import read_back, write_json
 
 from skipganomaly.data import prepare_data
 from skipganomaly.data.base import ImageSet
 from skipganomaly.data.synthetic import normal_images, run_synthetic_anomalies
-from skipganomaly.formats.checkpoint import load_run_checkpoint
 from skipganomaly.models.objective import gaussian_smoothing
 from skipganomaly.scoring.engine import ScoringOptions, pixel_masks
 from skipganomaly.scoring.metrics import aupro, auroc, pixel_auroc
-from skipganomaly.specs.errors import UserError
 from skipganomaly.training.validation import raw_source_maps
 
 SMOOTHINGS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.06, 0.08)
@@ -73,17 +70,11 @@ def figures(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", help="a finished run folder (checkpoints/best.pt, config.yaml)")
-    parser.add_argument("--json", help="also write the figures to this file")
-    args = parser.parse_args(argv)
-    try:
-        checkpoint = load_run_checkpoint(args.run)
-    except UserError as exc:
-        print(f"skipped: {exc}")
+    loaded = read_back(__doc__, argv)
+    if loaded is None:
         return 0
+    args, checkpoint, model = loaded
     config = checkpoint.config
-    model = checkpoint.build_model().eval()
     splits = prepare_data(config.data)
     size = config.data.image_size
     options = ScoringOptions.for_run(config, splits.channels, torch.device("cpu"), None).replace(details=True)
@@ -118,9 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                     control = f" [{row['location_control']:.4f}, residual {row['residual_pixel_auroc']:.4f}]"
                 cells.append(f"{part} {row['pixel_auroc']:.4f} / {row['aupro']:.4f}{peak}{control}")
         print(f"  {key:22} " + "   ".join(cells))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+    write_json(args.json, out)
     return 0
 
 

@@ -21,25 +21,22 @@ choose). docs/normal-only.md#the-patch-term reports it::
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from run_readback import read_back, write_json
 
 from skipganomaly.data import prepare_data
 from skipganomaly.data.loading import iterate_batches, to_model_input
 from skipganomaly.data.synthetic import normal_images, run_synthetic_anomalies
-from skipganomaly.formats.checkpoint import load_run_checkpoint
 from skipganomaly.models.blocks import init_weights
 from skipganomaly.models.patch_knn import nearest_patch_distance, patch_map, sample_bank
 from skipganomaly.scoring.decisions import worst_group_auroc
 from skipganomaly.scoring.engine import pixel_masks
 from skipganomaly.scoring.metrics import auroc, pixel_auroc
-from skipganomaly.specs.errors import UserError
 
 
 def pixel_regions(x: torch.Tensor) -> torch.Tensor:
@@ -66,17 +63,11 @@ def region_scores(features_of, bank_images, parts, rows: int, seed: int, model, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", help="a finished run folder (checkpoints/best.pt, config.yaml)")
-    parser.add_argument("--json", help="also write the figures to this file")
-    args = parser.parse_args(argv)
-    try:
-        checkpoint = load_run_checkpoint(args.run)
-    except UserError as exc:
-        print(f"skipped: {exc}")
+    loaded = read_back(__doc__, argv)
+    if loaded is None:
         return 0
+    args, checkpoint, model = loaded
     config = checkpoint.config
-    model = checkpoint.build_model().eval()
     if not hasattr(model, "patch_bank"):
         print(f"skipped: {args.run} has no patch term (model.score_terms)")
         return 0
@@ -128,9 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         out["rows"][name] = figures
         pixel = f"   pixel {figures['test_pixel']:.4f}" if "test_pixel" in figures else ""
         print(f"  {name:22} synthetic {figures['synthetic_worst']:.4f}   test {figures['test']:.4f}{pixel}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+    write_json(args.json, out)
     return 0
 
 

@@ -19,22 +19,19 @@ reports it::
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 
 import numpy as np
 import torch
+from run_readback import read_back, write_json
 
 from skipganomaly.data import prepare_data
 from skipganomaly.data.synthetic import normal_images, run_synthetic_anomalies
-from skipganomaly.formats.checkpoint import load_run_checkpoint
 from skipganomaly.models.objective import gaussian_smoothing
 from skipganomaly.scoring.decisions import worst_group_auroc
 from skipganomaly.scoring.engine import ScoringOptions, score_set
 from skipganomaly.scoring.metrics import auroc
-from skipganomaly.specs.errors import UserError
 
 FRACTIONS = (1.0, 0.1, 0.01, 0.001)
 SMOOTHINGS = (0.0, 0.01)
@@ -48,17 +45,11 @@ def pooled(maps: torch.Tensor, fraction: float) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", help="a finished run folder (checkpoints/best.pt, config.yaml)")
-    parser.add_argument("--json", help="also write the figures to this file")
-    args = parser.parse_args(argv)
-    try:
-        checkpoint = load_run_checkpoint(args.run)
-    except UserError as exc:
-        print(f"skipped: {exc}")
+    loaded = read_back(__doc__, argv)
+    if loaded is None:
         return 0
+    args, checkpoint, model = loaded
     config = checkpoint.config
-    model = checkpoint.build_model().eval()
     if not getattr(model, "score_terms", ()):
         print(f"skipped: {args.run} scores with Eq. 5, not with standardised terms")
         return 0
@@ -152,9 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             f"sum without {left_out}, {chosen}",
             {p: np.sum(np.stack([z[t][p] for t in kept]), 0) for p in PARTS},
         )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+    write_json(args.json, out)
     return 0
 
 
