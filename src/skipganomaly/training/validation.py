@@ -59,8 +59,8 @@ def has_map_choice(model: nn.Module) -> bool:
 
 def set_map_source(model: nn.Module, source: str) -> None:
     """Make the model's anomaly map the one of ``source`` (one of :data:`MAP_SOURCES`)."""
-    if model.segmentation is not None:  # a source other than the two it mixes: its weights stay
-        weights = [float(source == name) for name in MAP_SOURCES[:2]]
+    if getattr(model, "segmentation", None) is not None:  # the two maps it mixes; for the patch
+        weights = [float(source == name) for name in MAP_SOURCES[:2]]  # map, |x - G(x)| under it
         model.set_map_weights(torch.tensor(weights if any(weights) else [1.0, 0.0]))
     if hasattr(model, "patch_map_on"):
         model.set_patch_map(source == "patch")
