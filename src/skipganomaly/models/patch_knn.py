@@ -34,6 +34,11 @@ BANK_CHUNK = 1024
 PATCH_BLOCKS = (2, 3)
 
 
+def patch_grid_size(image_size: int) -> int:
+    """The side of the region grid :func:`patch_features` gives: 1/4 of the image's (block 2's)."""
+    return image_size // 4
+
+
 def patch_feature_width(image_size: int, ndf: int) -> int:
     """The channels of :func:`patch_features` for a discriminator of width ``ndf`` on images of
     ``image_size`` (its trunk has log2(size / 4) blocks: a 16-pixel image has no third)."""

@@ -26,7 +26,7 @@ from ..data.base import ImageSet, Splits
 from ..data.images import DEFAULT_MAX_IMAGE_PIXELS, load_mask
 from ..data.loading import BadImageCounter, Batch, iterate_batches, to_model_input
 from ..models.objective import ScoreOutput
-from ..models.patch_knn import bank_positions
+from ..models.patch_knn import bank_positions, patch_grid_size
 from ..runtime.device import autocast
 from ..specs.config import Config
 from ..specs.protocols import PROTOCOL_SPECS
@@ -186,7 +186,7 @@ def scored_batches(
                 )
                 if out.terms is not None:
                     cpu.terms = {name: value.float().cpu() for name, value in out.terms.items()}
-                if out.maps is not None:
+                if out.maps is not None and o.term_maps:  # only where asked (validation)
                     cpu.maps = {name: value.float().cpu() for name, value in out.maps.items()}
             yield batch, cpu
 
@@ -224,7 +224,7 @@ def score_set(
             extra["anomaly_maps"].append(out.anomaly_map.numpy().astype(np.float16))
             extra["reconstructed"].append(out.reconstructed.numpy().astype(np.float16))
             extra["features"].append(out.features.numpy())
-            for name, value in (out.maps or {}).items() if options.term_maps else ():
+            for name, value in (out.maps or {}).items():
                 extra.setdefault(f"map:{name}", []).append(value.numpy().astype(np.float16))
         if pixel_sample > 0:
             maps = out.anomaly_map.flatten(1)[batch.labels <= 0]
@@ -328,7 +328,7 @@ def patch_bank(model: nn.Module, image_set: ImageSet, options: ScoringOptions, s
     normal regions the ``patch`` term compares with. Only the drawn rows are kept, batch by
     batch, so memory stays that of the bank whatever the images' number and size."""
     rows = model.patch_bank.shape[0]
-    per_image = (options.image_size // 4) ** 2  # the region grid: 1/4 of the side
+    per_image = patch_grid_size(options.image_size) ** 2
     chosen = bank_positions(len(image_set) * per_image, rows, seed)
     image_of, position_of = chosen // per_image, chosen % per_image
     bank = torch.zeros(rows, model.patch_bank.shape[1], device=options.device)
