@@ -8,7 +8,8 @@ smoothing (a fraction of the image side, ``model.map_smoothing``), the pixel AUR
   what a labelled choice sees;
 * on the test split (reported, never used to choose);
 * on the run's synthetic validation anomalies (its ``eval.synthetic_family``, the local ones):
-  what a label-free choice sees.
+  what a label-free choice sees (``--family`` and ``--blob-scale`` ask what another synthetic
+  validation would have seen: docs/normal-only.md#the-blobs-scale-and-a-bent-family).
 
 On every part it adds the pixel AUROC of the map less the validation normals' mean map (the
 residual: what the map says of this image beyond where maps are usually high; on labelled
@@ -70,7 +71,7 @@ def figures(
 
 
 def main(argv: list[str] | None = None) -> int:
-    loaded = read_back(__doc__, argv)
+    loaded = read_back(__doc__, argv, synthetic=True)
     if loaded is None:
         return 0
     args, checkpoint, model = loaded
@@ -81,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     parts = {"test": splits.test}
     if splits.val.labels is not None and splits.val is not splits.test and (splits.val.labels == 1).any():
         parts = {"val": splits.val, "test": splits.test}
-    out: dict[str, dict] = {"run": args.run, "epoch": checkpoint.epoch}
+    out: dict[str, dict] = {
+        "run": args.run,
+        "epoch": checkpoint.epoch,
+        "family": config.eval.synthetic_family,
+    }
     normal = normal_images(splits.val)
     normal_maps, _ = raw_source_maps(model, normal, options)
     for name, images in parts.items():
@@ -95,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         normal_maps,
     )  # fmt: skip
     print(
-        f"{args.run}, epoch {checkpoint.epoch}: pixel AUROC / AUPRO (image AUROC of the map's peak) "
+        f"{args.run}, epoch {checkpoint.epoch}, synthetic {config.eval.synthetic_family} "
+        f"(blobs at {config.train.blob_scale} scale): pixel AUROC / AUPRO (image AUROC of the map's peak) "
         "[test: the location control's pixel AUROC, and the map less the control's map]"
     )
     for key in out["synthetic"]:

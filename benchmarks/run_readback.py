@@ -1,6 +1,8 @@
 """What the benchmarks that read back one finished run share (``map_smoothing.py``,
-``score_pooling.py``, ``patch_features.py``): their command line (the run folder and ``--json``),
-the run's best checkpoint and its model in eval mode, or one line saying why it is skipped."""
+``map_choice.py``, ``score_pooling.py``, ``patch_features.py``): their command line (the run
+folder and ``--json``; ``--family`` and ``--blob-scale`` for those that rebuild the synthetic
+validation), the run's best checkpoint and its model in eval mode, or one line saying why it is
+skipped."""
 
 from __future__ import annotations
 
@@ -8,21 +10,27 @@ import argparse
 import json
 
 
-def read_back(doc: str, argv: list[str] | None):
+def read_back(doc: str, argv: list[str] | None, synthetic: bool = False):
     """``(args, checkpoint, model)`` of the run named on the command line, or None (after printing
-    ``skipped: <why>``) when it cannot be read: a benchmark skips, it does not fail."""
+    ``skipped: <why>``) when it cannot be read: a benchmark skips, it does not fail.
+    ``synthetic``: also take ``--family`` and ``--blob-scale`` and put them in the run's config,
+    for a benchmark that rebuilds the synthetic validation."""
     from skipganomaly.formats.checkpoint import load_run_checkpoint
     from skipganomaly.specs.errors import UserError
 
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("run", help="a finished run folder (checkpoints/best.pt, config.yaml)")
     parser.add_argument("--json", help="also write the figures to this file")
+    if synthetic:
+        synthetic_options(parser)
     args = parser.parse_args(argv)
     try:
         checkpoint = load_run_checkpoint(args.run)
     except UserError as exc:
         print(f"skipped: {exc}")
         return None
+    if synthetic:
+        apply_synthetic_options(args, checkpoint.config)
     return args, checkpoint, checkpoint.build_model().eval()
 
 
@@ -31,3 +39,25 @@ def write_json(path: str | None, figures: dict) -> None:
     if path:
         with open(path, "w") as f:
             json.dump(figures, f, indent=1)
+
+
+def synthetic_options(parser) -> None:
+    """``--family`` and ``--blob-scale``: rebuild the run's synthetic validation otherwise."""
+    from skipganomaly.specs.corruptions import BLOB_SCALES
+
+    parser.add_argument(
+        "--family",
+        help="damage the synthetic validation with these families instead of the run's "
+        "eval.synthetic_family (to ask which family's choice of map finds real defects)",
+    )
+    parser.add_argument("--blob-scale", choices=BLOB_SCALES, help="instead of the run's train.blob_scale")
+
+
+def apply_synthetic_options(args, config) -> None:
+    """Put ``--family`` and ``--blob-scale``, where given, into the run's ``config``."""
+    from skipganomaly.specs.corruptions import parse_corruptions
+
+    if args.family:
+        parse_corruptions(args.family, "--family")
+        config.eval.synthetic_family = args.family
+    config.train.blob_scale = args.blob_scale or config.train.blob_scale

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import torch
 from conftest import synthetic_splits, tiny_config, train_killed_then_resumed
 
 from skipganomaly.data.base import ImageSet
-from skipganomaly.data.corruptions import CORRUPTION_FUNCTIONS, corrupt, smooth_blobs
+from skipganomaly.data.corruptions import CORRUPTION_FUNCTIONS, WARP_VISIBLE, corrupt, smooth_blobs
 from skipganomaly.data.synthetic import synthetic_anomalies
 from skipganomaly.formats.checkpoint import checkpoint_path, load_checkpoint
 from skipganomaly.models import SkipGANomaly
@@ -27,7 +28,7 @@ from skipganomaly.specs.corruptions import CORRUPTIONS, parse_corruptions
 from skipganomaly.specs.errors import UserError
 from skipganomaly.training.trainer import Trainer
 
-LOCAL = ("blend", "cutpaste", "intensity", "stain", "chimera")
+LOCAL = ("blend", "cutpaste", "intensity", "stain", "chimera", "warp")
 RESTORING = {
     "train.preset": "restoring",
     "train.ema_decay": 0.9,
@@ -51,7 +52,9 @@ def test_each_family_damages_its_mask_and_only_its_mask(family):
     assert damaged.shape == x.shape and mask.shape == (8, 1, 16, 16)
     assert set(mask.unique().tolist()) <= {0.0, 1.0}
     assert damaged.min() >= -1 and damaged.max() <= 1
-    changed = (damaged - x).abs().amax(1, keepdim=True) > 1e-6
+    # A warp moves pixels by a flow that fades out, so it changes faintly beyond its mask: only a
+    # visible change counts for it.
+    changed = (damaged - x).abs().amax(1, keepdim=True) > (WARP_VISIBLE if family == "warp" else 1e-6)
     covered = mask.flatten(1).mean(1)
     assert (covered > 0).all(), f"{family}: an empty mask {covered.tolist()}"
     if family in LOCAL:
@@ -85,6 +88,36 @@ def test_blobs_cover_the_drawn_share_and_are_reproducible():
     assert ((coverage >= 0.015) & (coverage <= 0.25)).all(), coverage.tolist()
 
 
+def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a & b).flatten(1).sum(1) / (a | b).flatten(1).sum(1)
+
+
+def test_blobs_at_image_scale_are_a_share_of_the_image_at_every_size():
+    """At blob_scale=image a blob keeps a 32 px image's scale above it: the same draw at 128 px is
+    the 32 px mask drawn finer. At the default (pixels) the 128 px mask is specks: another draw."""
+    g = torch.Generator
+    small = smooth_blobs(images(n=8, size=32), g().manual_seed(4)) > 0
+    assert torch.equal(small, smooth_blobs(images(n=8, size=32), g().manual_seed(4), scale="image") > 0)
+    large = smooth_blobs(images(n=8, size=128), g().manual_seed(4), scale="image")
+    overlap = _iou(torch.nn.functional.avg_pool2d(large, 4) > 0.5, small)
+    assert (overlap > 0.6).all(), f"intersection over union of the 128 px and 32 px masks {overlap.tolist()}"
+    specks = smooth_blobs(images(n=8, size=128), g().manual_seed(4))
+    apart = _iou(torch.nn.functional.avg_pool2d(specks, 4) > 0.5, small)
+    assert (apart < 0.4).all(), f"pixels scale should not be the 32 px draw enlarged: {apart.tolist()}"
+
+
+def test_a_warp_moves_the_image_and_keeps_its_colours():
+    x = images(n=8, size=64, seed=5)
+    damaged, mask = CORRUPTION_FUNCTIONS["warp"](x, torch.Generator().manual_seed(6), "image")
+    assert mask.flatten(1).amax(1).all(), "every image of smooth structure gets a visible bend"
+    # Bilinear resampling of the image's own pixels: no value outside what the image holds.
+    assert (damaged.amin((2, 3)) >= x.amin((2, 3)) - 1e-5).all()
+    assert (damaged.amax((2, 3)) <= x.amax((2, 3)) + 1e-5).all()
+    flat = torch.full((2, 3, 64, 64), 0.3)
+    still, nothing = CORRUPTION_FUNCTIONS["warp"](flat, torch.Generator().manual_seed(6), "image")
+    assert torch.allclose(still, flat, atol=1e-6) and not nothing.any(), "a bent flat image is unchanged"
+
+
 def test_corrupt_touches_the_asked_share_and_leaves_x_alone():
     x = images(n=64)
     before = x.clone()
@@ -116,6 +149,7 @@ def test_families_are_one_registry_and_names_are_checked():
         ({"train.corruptions": "blend", "train.corruption_fraction": 0.0}, "corruption_fraction"),
         ({"eval.target_fpr": 1.5}, "eval.target_fpr"),
         ({"eval.synthetic_family": ""}, "synthetic_family is empty"),
+        ({"train.blob_scale": "huge"}, "train.blob_scale='huge'"),
     ],
 )
 def test_settings_that_cannot_work_are_refused_in_one_line(values, said):
@@ -314,3 +348,23 @@ def test_the_cli_reports_margins_controls_and_the_synthetic_choice(tmp_path):
     assert margins["over_best_statistic"] == pytest.approx(metrics["test"]["auroc"] - best)
     assert "over the pixel-kNN control" in result.stdout
     assert "synthetic val AUROC" in result.stdout
+
+    # benchmarks/map_choice.py redoes the run's choice of map as training made it, and on another
+    # synthetic validation when asked.
+    chosen = {e["epoch"]: e for e in metrics["history"]}[metrics["epoch_best"]]["synthetic_val"]["map"]
+    script = Path(__file__).parent.parent / "benchmarks" / "map_choice.py"
+    for extra, family, scale in (
+        ([], "stain,shuffle", "pixels"),
+        (["--family", "warp", "--blob-scale", "image"], "warp", "image"),
+    ):
+        out = tmp_path / f"{family}.json"
+        redone = subprocess.run(
+            [sys.executable, str(script), str(run), "--json", str(out), *extra],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert redone.returncode == 0, redone.stderr[-2000:]
+        figures = json.loads(out.read_text())
+        assert (figures["synthetic_family"], figures["blob_scale"]) == (family, scale)
+        assert all(0.0 <= v <= 1.0 for v in figures["synthetic_pixel_auroc"].values())
+        if not extra:
+            assert figures["choice"]["map"] == chosen, (figures["choice"], chosen)

@@ -43,11 +43,13 @@ def synthetic_anomalies(
     image_size: int,
     channels: int,
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    scale: str = "pixels",
 ) -> SyntheticAnomalies:
     """Up to ``count`` images of ``normal`` (drawn from ``seed``), each damaged by one of
     ``families`` in turn (quantised back to uint8, as a real image would be), with the mask of
-    the damage. A small validation set (a factory's few dozen held-out images) gives each image
-    up to :data:`MAX_COPIES` differently damaged copies, so the figure rests on more anomalies."""
+    the damage, blobs at ``scale`` (``train.blob_scale``). A small validation set (a factory's
+    few dozen held-out images) gives each image up to :data:`MAX_COPIES` differently damaged
+    copies, so the figure rests on more anomalies."""
     rng = np.random.default_rng(seed)
     total = min(count, MAX_COPIES * len(normal))
     pick = np.sort(np.resize(rng.permutation(len(normal)), total))
@@ -63,7 +65,7 @@ def synthetic_anomalies(
         for k, family in enumerate(families):
             rows = torch.from_numpy(np.flatnonzero(turn == k))
             if len(rows):
-                damaged[rows], mask[rows] = CORRUPTION_FUNCTIONS[family](x[rows], generator)
+                damaged[rows], mask[rows] = CORRUPTION_FUNCTIONS[family](x[rows], generator, scale)
         as_uint8 = ((damaged + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
         images.append(as_uint8.permute(0, 2, 3, 1).numpy())
         masks.append(mask[:, 0].numpy() > 0.5)
@@ -93,11 +95,12 @@ def normal_images(images: ImageSet) -> ImageSet:
 
 def run_synthetic_anomalies(config, splits) -> SyntheticAnomalies:
     """A run's synthetic validation anomalies, as its validation builds them: its normal
-    validation images damaged by ``eval.synthetic_family``, ``eval.synthetic_images`` of them,
-    drawn from ``train.seed`` (a benchmark reading a finished run rebuilds the same set)."""
+    validation images damaged by ``eval.synthetic_family`` (blobs at ``train.blob_scale``),
+    ``eval.synthetic_images`` of them, drawn from ``train.seed`` (a benchmark reading a finished
+    run rebuilds the same set)."""
     e = config.eval
     return synthetic_anomalies(
         normal_images(splits.val), parse_corruptions(e.synthetic_family), e.synthetic_images,
         config.train.seed, image_size=config.data.image_size, channels=splits.channels,
-        max_pixels=config.data.max_image_pixels,
+        max_pixels=config.data.max_image_pixels, scale=config.train.blob_scale,
     )  # fmt: skip

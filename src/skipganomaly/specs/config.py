@@ -122,6 +122,10 @@ class TrainConfig:
     # paper; "": off, as the paper).
     corruptions: str = ""
     corruption_fraction: float = 0.5
+    # The size of the blob families' damage, in training and in the synthetic validation:
+    # "pixels" (cells of 4 and 8 px: specks at 128 px) or "image" (a share of the image at every
+    # size); the same up to 32 px (data/corruptions.smooth_blobs, docs/normal-only.md).
+    blob_scale: str = "pixels"
     d_reinit_threshold: float = 1e-5
     seed: int = 0
     device: str = "auto"

@@ -55,9 +55,16 @@ CORRUPTION_SPECS: dict[str, CorruptionSpec] = {
             "belong together (a semantic anomaly; measured as a held-out family in "
             "docs/normal-only.md, not a default)",
         ),
+        CorruptionSpec(
+            "warp",
+            "a smooth blob bent by a random flow: the image's own colours and texture in a new "
+            "shape (a dent, a bend); the only family that changes geometry",
+        ),
     )
 }
 CORRUPTIONS = tuple(CORRUPTION_SPECS)
+# train.blob_scale: the blobs' noise cells of fixed pixels, or a fixed share of the image.
+BLOB_SCALES = ("pixels", "image")
 
 
 def parse_corruptions(text: str, key: str = "train.corruptions") -> tuple[str, ...]:
@@ -85,6 +92,8 @@ def check_corruption_settings(config) -> None:
                 f"eval.synthetic_family: {name!r} is also in train.corruptions; the synthetic "
                 "validation needs families training never sees, so pick another"
             )
+    if train.blob_scale not in BLOB_SCALES:
+        raise UserError(f"train.blob_scale={train.blob_scale!r}: choose {' or '.join(BLOB_SCALES)}")
     if not 0.0 < train.corruption_fraction <= 1.0:
         raise UserError(f"train.corruption_fraction={train.corruption_fraction}: a fraction in (0, 1]")
     if evaluation.synthetic_images < 8:

@@ -149,7 +149,11 @@ class Trainer:
         over the processes in multi-process runs). With ``train.corruptions``, a share of the
         batch is corrupted first (from the global stream, which resume restores)."""
         t = self.config.train
-        corrupted = corrupt(x, self.corruptions, t.corruption_fraction) if self.corruptions else None
+        corrupted = (
+            corrupt(x, self.corruptions, t.corruption_fraction, scale=t.blob_scale)
+            if self.corruptions
+            else None
+        )
         losses = optimisation_step(
             self.model, self.optimizers, x, self.weights, t.input_noise_std, self.device,
             self.amp_dtype, self.wrapped, corrupted,

@@ -130,7 +130,7 @@ class Validation:
 
     def _synthetic_anomalies(self, options: ScoringOptions) -> ScoredSet:
         """This epoch's scores of the synthetic anomalies; where the model has maps to choose
-        among, first choose its map on their masks (:meth:`_choose_map`)."""
+        among, first choose its map on their masks (:meth:`choose_map_on`)."""
         if self.synthetic is None:
             self.synthetic = run_synthetic_anomalies(self.config, self.splits)
         model = self._model
@@ -138,14 +138,14 @@ class Validation:
         if has_map_choice(model):
             # Only the local anomalies: a whole-image anomaly has no pixel to localise.
             local = np.flatnonzero(self.synthetic.masks.mean((1, 2)) < 0.5)
-            self.synthetic_record |= self._choose_map(
+            self.synthetic_record |= self.choose_map_on(
                 model, self.synthetic.images.subset(local), self.synthetic.masks[local], options
             )
         scored = score_set(model, self.synthetic.images, options.replace(batchnorm_train=False))
         self.synthetic_record["images"] = len(scored.score)
         return scored
 
-    def _choose_map(
+    def choose_map_on(
         self, model: nn.Module, images: ImageSet, masks: np.ndarray, options: ScoringOptions
     ) -> dict[str, Any]:
         """Choose the run's anomaly map (the reconstruction error, the segmentation head's, the patch
@@ -196,7 +196,7 @@ class Validation:
         keep, masks = pixel_masks(val, self.config.data.image_size)
         if not masks.any():
             return None
-        return self._choose_map(model, val.subset(keep), masks, options)
+        return self.choose_map_on(model, val.subset(keep), masks, options)
 
     def score(
         self, model: nn.Module, amp_dtype: torch.dtype | None, calibrate: bool = False

@@ -1,0 +1,70 @@
+"""Which map would another synthetic validation choose, and does that map find real defects?
+
+Reads one finished run (its best checkpoint and data, as ``config.yaml`` says), rebuilds its
+synthetic validation with ``--family`` and ``--blob-scale`` (by default the run's own), redoes
+the run's label-free choice of map on those anomalies' masks exactly as training does
+(:meth:`~skipganomaly.training.validation.Validation.choose_map_on`: the run's map sources,
+smoothings and baselines), and prints the choice, the synthetic pixel AUROC of every candidate,
+and the test pixel AUROC and AUPRO of the chosen map (reported, never used to choose).
+docs/normal-only.md#the-blobs-scale-and-a-bent-family reports it on four runs with real masks::
+
+    python benchmarks/map_choice.py runs/bottle-0 --family warp --blob-scale image [--json F.json]
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+from run_readback import read_back, write_json
+
+from skipganomaly.data import prepare_data
+from skipganomaly.data.synthetic import run_synthetic_anomalies
+from skipganomaly.scoring.engine import ScoringOptions, pixel_metrics
+from skipganomaly.training.validation import Validation
+
+
+def main(argv: list[str] | None = None) -> int:
+    loaded = read_back(__doc__, argv, synthetic=True)
+    if loaded is None:
+        return 0
+    args, checkpoint, model = loaded
+    config = checkpoint.config
+    splits = prepare_data(config.data)
+    cpu = torch.device("cpu")
+    options = ScoringOptions.for_run(config, splits.channels, cpu, None)
+    synthetic = run_synthetic_anomalies(config, splits)
+    local = np.flatnonzero(synthetic.masks.mean((1, 2)) < 0.5)  # as validation: local damage only
+    validation = Validation(config, splits, cpu, None, None, model)
+    record = validation.choose_map_on(model, synthetic.images.subset(local), synthetic.masks[local], options)
+    test = pixel_metrics(model, splits.test, options)
+    out = {
+        "run": args.run,
+        "epoch": checkpoint.epoch,
+        "synthetic_family": config.eval.synthetic_family,
+        "blob_scale": config.train.blob_scale,
+        "choice": {key: record[key] for key in ("map", "map_smoothing", "map_baseline")},
+        "synthetic_pixel_auroc": record["pixel_auroc"],
+        "test": test,
+    }
+    baseline = " less the normal mean" if record["map_baseline"] == "mean" else ""
+    print(
+        f"{args.run}, epoch {checkpoint.epoch}, synthetic {config.eval.synthetic_family} (blobs at "
+        f"{config.train.blob_scale} scale, {len(local)} local anomalies): chose {record['map']} "
+        f"smoothed {record['map_smoothing']:g}{baseline}"
+    )
+    for key, value in sorted(record["pixel_auroc"].items(), key=lambda item: -item[1]):
+        print(f"  synthetic pixel AUROC {value:.4f}  {key}")
+    if test is None:
+        print("  test: no masks")
+    else:
+        print(
+            f"  test pixel AUROC of the choice {test['pixel_auroc']:.4f}, AUPRO {test.get('aupro', float('nan')):.4f}"
+        )
+    write_json(args.json, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
