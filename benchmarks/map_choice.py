@@ -19,19 +19,16 @@ import numpy as np
 import torch
 from run_readback import read_back, write_json
 
-from skipganomaly.data import prepare_data
 from skipganomaly.data.synthetic import run_synthetic_anomalies
 from skipganomaly.scoring.engine import ScoringOptions, pixel_metrics
 from skipganomaly.training.validation import Validation
 
 
 def main(argv: list[str] | None = None) -> int:
-    loaded = read_back(__doc__, argv, synthetic=True)
-    if loaded is None:
+    run = read_back(__doc__, argv, synthetic=True)
+    if run is None:
         return 0
-    args, checkpoint, model = loaded
-    config = checkpoint.config
-    splits = prepare_data(config.data)
+    args, checkpoint, config, model, splits = run.args, run.checkpoint, run.config, run.model, run.splits
     cpu = torch.device("cpu")
     options = ScoringOptions.for_run(config, splits.channels, cpu, None)
     synthetic = run_synthetic_anomalies(config, splits)

@@ -30,7 +30,6 @@ import numpy as np
 import torch
 from run_readback import read_back, write_json
 
-from skipganomaly.data import prepare_data
 from skipganomaly.data.base import ImageSet
 from skipganomaly.data.synthetic import normal_images, run_synthetic_anomalies
 from skipganomaly.models.objective import gaussian_smoothing
@@ -71,12 +70,10 @@ def figures(
 
 
 def main(argv: list[str] | None = None) -> int:
-    loaded = read_back(__doc__, argv, synthetic=True)
-    if loaded is None:
+    run = read_back(__doc__, argv, synthetic=True)
+    if run is None:
         return 0
-    args, checkpoint, model = loaded
-    config = checkpoint.config
-    splits = prepare_data(config.data)
+    args, checkpoint, config, model, splits = run.args, run.checkpoint, run.config, run.model, run.splits
     size = config.data.image_size
     options = ScoringOptions.for_run(config, splits.channels, torch.device("cpu"), None).replace(details=True)
     parts = {"test": splits.test}

@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from run_readback import read_back, write_json
 
-from skipganomaly.data import prepare_data
 from skipganomaly.data.loading import iterate_batches, to_model_input
 from skipganomaly.data.synthetic import normal_images, run_synthetic_anomalies
 from skipganomaly.models.blocks import init_weights
@@ -63,15 +62,14 @@ def region_scores(features_of, bank_images, parts, rows: int, seed: int, model, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    loaded = read_back(__doc__, argv)
-    if loaded is None:
+    run = read_back(
+        __doc__,
+        argv,
+        requires=(lambda model: hasattr(model, "patch_bank"), "has no patch term (model.score_terms)"),
+    )
+    if run is None:
         return 0
-    args, checkpoint, model = loaded
-    config = checkpoint.config
-    if not hasattr(model, "patch_bank"):
-        print(f"skipped: {args.run} has no patch term (model.score_terms)")
-        return 0
-    splits = prepare_data(config.data)
+    args, checkpoint, config, model, splits = run.args, run.checkpoint, run.config, run.model, run.splits
     size, seed = config.data.image_size, config.train.seed
     synthetic = run_synthetic_anomalies(config, splits)
     sets = {"normal": normal_images(splits.val), "synthetic": synthetic.images, "test": splits.test}

@@ -1,20 +1,37 @@
 """What the benchmarks that read back one finished run share (``map_smoothing.py``,
 ``map_choice.py``, ``score_pooling.py``, ``patch_features.py``): their command line (the run
 folder and ``--json``; ``--family`` and ``--blob-scale`` for those that rebuild the synthetic
-validation), the run's best checkpoint and its model in eval mode, or one line saying why it is
-skipped."""
+validation), the run's best checkpoint, config, model in eval mode and data, or one line saying
+why it is skipped."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 
 
-def read_back(doc: str, argv: list[str] | None, synthetic: bool = False):
-    """``(args, checkpoint, model)`` of the run named on the command line, or None (after printing
-    ``skipped: <why>``) when it cannot be read: a benchmark skips, it does not fail.
+@dataclass
+class ReadBack:
+    """One finished run, read back: the command line, its best checkpoint and config, its model
+    in eval mode, and its data split as training split it."""
+
+    args: argparse.Namespace
+    checkpoint: object
+    config: object
+    model: object
+    splits: object
+
+
+def read_back(doc: str, argv: list[str] | None, synthetic: bool = False, requires=None) -> ReadBack | None:
+    """The run named on the command line, or None (after printing ``skipped: <why>``) when it
+    cannot be read or lacks what the benchmark needs: a benchmark skips, it does not fail.
+
     ``synthetic``: also take ``--family`` and ``--blob-scale`` and put them in the run's config,
-    for a benchmark that rebuilds the synthetic validation."""
+    for a benchmark that rebuilds the synthetic validation. ``requires``: ``(test, why)``, where
+    ``test(model)`` says whether the model has what the benchmark reads (checked before the data
+    is loaded)."""
+    from skipganomaly.data import prepare_data
     from skipganomaly.formats.checkpoint import load_run_checkpoint
     from skipganomaly.specs.errors import UserError
 
@@ -29,9 +46,14 @@ def read_back(doc: str, argv: list[str] | None, synthetic: bool = False):
     except UserError as exc:
         print(f"skipped: {exc}")
         return None
+    model = checkpoint.build_model().eval()
+    if requires is not None and not requires[0](model):
+        print(f"skipped: {args.run} {requires[1]}")
+        return None
+    config = checkpoint.config
     if synthetic:
-        apply_synthetic_options(args, checkpoint.config)
-    return args, checkpoint, checkpoint.build_model().eval()
+        apply_synthetic_options(args, config)
+    return ReadBack(args, checkpoint, config, model, prepare_data(config.data))
 
 
 def write_json(path: str | None, figures: dict) -> None:

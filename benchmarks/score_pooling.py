@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from run_readback import read_back, write_json
 
-from skipganomaly.data import prepare_data
 from skipganomaly.data.synthetic import normal_images, run_synthetic_anomalies
 from skipganomaly.models.objective import gaussian_smoothing
 from skipganomaly.scoring.decisions import worst_group_auroc
@@ -45,15 +44,17 @@ def pooled(maps: torch.Tensor, fraction: float) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    loaded = read_back(__doc__, argv)
-    if loaded is None:
+    run = read_back(
+        __doc__,
+        argv,
+        requires=(
+            lambda model: bool(getattr(model, "score_terms", ())),
+            "scores with Eq. 5, not with standardised terms",
+        ),
+    )
+    if run is None:
         return 0
-    args, checkpoint, model = loaded
-    config = checkpoint.config
-    if not getattr(model, "score_terms", ()):
-        print(f"skipped: {args.run} scores with Eq. 5, not with standardised terms")
-        return 0
-    splits = prepare_data(config.data)
+    args, checkpoint, config, model, splits = run.args, run.checkpoint, run.config, run.model, run.splits
     size = config.data.image_size
     normal = normal_images(splits.val)
     synthetic = run_synthetic_anomalies(config, splits)
