@@ -5,7 +5,11 @@ synthetic validation with ``--family`` and ``--blob-scale`` (by default the run'
 the run's label-free choice of map on those anomalies' masks exactly as training does
 (:meth:`~skipganomaly.training.validation.Validation.choose_map_on`: the run's map sources,
 smoothings and baselines), and prints the choice, the synthetic pixel AUROC of every candidate,
-and the test pixel AUROC and AUPRO of the chosen map (reported, never used to choose).
+the run's image score on that synthetic validation (each family's AUROC against the normal
+validation images, and the worst, the figure training selects on; with the run's own family and
+scale, the figure its history holds for the selected epoch), and the test pixel AUROC and AUPRO
+of the chosen map (reported, never used to choose). Runs trained otherwise but split alike (one
+seed) can so be compared on one synthetic validation, without labels.
 docs/normal-only.md#the-blobs-scale-and-a-bent-family reports it on four runs with real masks::
 
     python benchmarks/map_choice.py runs/bottle-0 --family warp --blob-scale image [--json F.json]
@@ -19,8 +23,9 @@ import numpy as np
 import torch
 from run_readback import read_back, write_json
 
-from skipganomaly.data.synthetic import run_synthetic_anomalies
-from skipganomaly.scoring.engine import ScoringOptions, pixel_metrics
+from skipganomaly.data.synthetic import normal_images, run_synthetic_anomalies
+from skipganomaly.scoring.decisions import group_aurocs, synthetic_scored_set
+from skipganomaly.scoring.engine import ScoringOptions, pixel_metrics, score_set
 from skipganomaly.training.validation import Validation
 
 
@@ -35,6 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     local = np.flatnonzero(synthetic.masks.mean((1, 2)) < 0.5)  # as validation: local damage only
     validation = Validation(config, splits, cpu, None, None, model)
     record = validation.choose_map_on(model, synthetic.images.subset(local), synthetic.masks[local], options)
+    anomalies = score_set(model, synthetic.images, options)
+    scored = synthetic_scored_set(
+        score_set(model, normal_images(splits.val), options),
+        anomalies,
+        synthetic.family_of(anomalies.indices),
+    )
+    by_family = group_aurocs(scored.labels, scored.score, scored.groups)
     test = pixel_metrics(model, splits.test, options)
     out = {
         "run": args.run,
@@ -43,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         "blob_scale": config.train.blob_scale,
         "choice": {key: record[key] for key in ("map", "map_smoothing", "map_baseline")},
         "synthetic_pixel_auroc": record["pixel_auroc"],
+        "synthetic_auroc": {"worst": min(by_family.values()), "by_family": by_family},
         "test": test,
     }
     baseline = " less the normal mean" if record["map_baseline"] == "mean" else ""
@@ -53,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for key, value in sorted(record["pixel_auroc"].items(), key=lambda item: -item[1]):
         print(f"  synthetic pixel AUROC {value:.4f}  {key}")
+    families = ", ".join(f"{name} {value:.4f}" for name, value in by_family.items())
+    print(f"  synthetic image AUROC of the run's score {min(by_family.values()):.4f} (worst; {families})")
     if test is None:
         print("  test: no masks")
     else:

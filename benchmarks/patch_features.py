@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "D at initialisation": fresh.patch_features_of,
         "pixels": pixel_regions,
     }
-    families = np.array([synthetic.images.ids[i].split(":")[1] for i in order["synthetic"]])
+    families = synthetic.family_of(order["synthetic"])
     labels = np.r_[np.zeros(len(order["normal"])), np.ones(len(families))]
     groups = np.r_[np.full(len(order["normal"]), ""), families]
     test_labels = splits.test.labels[order["test"]]

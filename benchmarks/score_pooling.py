@@ -28,7 +28,7 @@ from run_readback import read_back, write_json
 
 from skipganomaly.data.synthetic import normal_images, run_synthetic_anomalies
 from skipganomaly.models.objective import gaussian_smoothing
-from skipganomaly.scoring.decisions import worst_group_auroc
+from skipganomaly.scoring.decisions import group_aurocs
 from skipganomaly.scoring.engine import ScoringOptions, score_set
 from skipganomaly.scoring.metrics import auroc
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         "synthetic": score_set(model, synthetic.images, options),
         "test": score_set(model, splits.test, options),
     }
-    families = np.array([synthetic.images.ids[i].split(":")[1] for i in scored["synthetic"].indices])
+    families = synthetic.family_of(scored["synthetic"].indices)
     labels = np.concatenate([np.zeros(len(scored["normal"].score)), np.ones(len(families))])
     groups = np.concatenate([np.full(len(scored["normal"].score), ""), families])
     radius = min(size - 1, math.ceil(3 * max(SMOOTHINGS) * size))
@@ -89,13 +89,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def row(name: str, values: dict[str, np.ndarray]) -> None:
         both = np.concatenate([values["normal"], values["synthetic"]])
-        kinds = sorted(set(families.tolist()))
-        by_family = {
-            k: auroc(labels[(groups == "") | (groups == k)], both[(groups == "") | (groups == k)])
-            for k in kinds
-        }
+        by_family = group_aurocs(labels, both, groups)
         figures = {
-            "synthetic_worst": worst_group_auroc(labels, both, groups),
+            "synthetic_worst": min(by_family.values()),
             "synthetic_by_family": by_family,
             "test": auroc(scored["test"].labels, values["test"]),
         }

@@ -106,6 +106,32 @@ def test_blobs_at_image_scale_are_a_share_of_the_image_at_every_size():
     assert (apart < 0.4).all(), f"pixels scale should not be the 32 px draw enlarged: {apart.tolist()}"
 
 
+def _edge_per_area(masks: torch.Tensor) -> torch.Tensor:
+    """A mask's boundary length over its area: high for specks, low for regions."""
+    across = (masks[..., 1:] - masks[..., :-1]).abs().flatten(1).sum(1)
+    down = (masks[..., 1:, :] - masks[..., :-1, :]).abs().flatten(1).sum(1)
+    return (across + down) / masks.flatten(1).sum(1)
+
+
+def test_blobs_at_both_scales_are_specks_and_regions_half_each():
+    """blob_scale=both: of each size of noise cell, images 0 of every 4 (finer) and 1 (coarser)
+    are specks at 128 px as at the default, images 2 and 3 regions as at blob_scale=image."""
+
+    def edges(scale: str) -> torch.Tensor:
+        return _edge_per_area(
+            smooth_blobs(images(n=32, size=128), torch.Generator().manual_seed(7), scale=scale)
+        )
+
+    both = edges("both")
+    for finer_or_coarser in (0, 1):
+        specks, regions = both[finer_or_coarser::4], both[2 + finer_or_coarser :: 4]
+        assert specks.min() > 1.5 * regions.max(), (
+            f"edge per area: specks {specks.tolist()}, regions {regions.tolist()}"
+        )
+    pixels, image = edges("pixels"), edges("image")
+    assert pixels[0::4].min() > 1.5 * image[2::4].max(), (pixels.tolist(), image.tolist())
+
+
 def test_a_warp_moves_the_image_and_keeps_its_colours():
     x = images(n=8, size=64, seed=5)
     damaged, mask = CORRUPTION_FUNCTIONS["warp"](x, torch.Generator().manual_seed(6), "image")
@@ -351,7 +377,8 @@ def test_the_cli_reports_margins_controls_and_the_synthetic_choice(tmp_path):
 
     # benchmarks/map_choice.py redoes the run's choice of map as training made it, and on another
     # synthetic validation when asked.
-    chosen = {e["epoch"]: e for e in metrics["history"]}[metrics["epoch_best"]]["synthetic_val"]["map"]
+    selected = {e["epoch"]: e for e in metrics["history"]}[metrics["epoch_best"]]["synthetic_val"]
+    chosen = selected["map"]
     script = Path(__file__).parent.parent / "benchmarks" / "map_choice.py"
     for extra, family, scale in (
         ([], "stain,shuffle", "pixels"),
@@ -366,5 +393,9 @@ def test_the_cli_reports_margins_controls_and_the_synthetic_choice(tmp_path):
         figures = json.loads(out.read_text())
         assert (figures["synthetic_family"], figures["blob_scale"]) == (family, scale)
         assert all(0.0 <= v <= 1.0 for v in figures["synthetic_pixel_auroc"].values())
+        assert 0.0 <= figures["synthetic_auroc"]["worst"] <= 1.0
         if not extra:
             assert figures["choice"]["map"] == chosen, (figures["choice"], chosen)
+            # The run's score on its own synthetic validation: the figure that selected the epoch.
+            assert figures["synthetic_auroc"]["by_family"] == pytest.approx(selected["by_family"], abs=1e-6)
+            assert figures["synthetic_auroc"]["worst"] == pytest.approx(selected["auroc"], abs=1e-6)

@@ -47,16 +47,22 @@ def smooth_blobs(
     ``scale`` (``train.blob_scale``): ``"pixels"``, noise cells of 4 and 8 pixels at every size,
     so at 128 px a "blob" is a spray of specks (fine damage, like a thin crack's); ``"image"``,
     the same up to 32 px and at most :data:`BLOB_GRID` cells across above, so a blob is a share of
-    the image at every size (a region, like a broken part's). Which suits which data is measured
-    in docs/normal-only.md."""
+    the image at every size (a region, like a broken part's); ``"both"``, half the images at
+    each. Which suits which data is measured in docs/normal-only.md."""
     n, _, h, w = x.shape
     masks = torch.empty(n, 1, h, w, device=x.device)
-    for cells, most in zip((4, 8), BLOB_GRID, strict=True):  # finer and coarser, half the images each
-        chosen = torch.arange(n, device=x.device) % 2 == (cells == 8)
+    position = torch.arange(n, device=x.device)
+    # "both": of each half, the images 2, 3 of every 4 at image scale, the others at pixels
+    # ("pixels" and "image" draw one group per half, as they always did).
+    regions = (scale == "image",) if scale != "both" else (False, True)
+    for (cells, most), regional in itertools.product(zip((4, 8), BLOB_GRID, strict=True), regions):
+        chosen = position % 2 == (cells == 8)  # finer and coarser, half the images each
+        if scale == "both":
+            chosen &= (position // 2) % 2 == int(regional)
         k = int(chosen.sum())
         if k == 0:
             continue
-        if scale == "image":
+        if regional:
             grid = (max(2, min(h // cells, most)), max(2, min(w // cells, most)))
         else:
             grid = (max(2, h // cells), max(2, w // cells))

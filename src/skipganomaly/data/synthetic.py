@@ -33,6 +33,10 @@ class SyntheticAnomalies:
     masks: np.ndarray
     families: tuple[str, ...]
 
+    def family_of(self, indices: np.ndarray) -> np.ndarray:
+        """The family that damaged each of the anomalies ``indices`` (its id's second field)."""
+        return np.array([self.images.ids[i].split(":")[1] for i in indices])
+
 
 def synthetic_anomalies(
     normal: ImageSet,

@@ -169,15 +169,22 @@ def choose_pooling(judge: ScoredSet, val: ScoredSet, choose_subset: bool) -> tup
     return best, figures
 
 
-def worst_group_auroc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray | None) -> float:
-    """The AUROC of the normal images (label 0) against each group of anomalies alone, the
-    lowest over groups; the plain AUROC without groups. A detector chosen on it must find every
-    kind of synthetic anomaly, not the easiest kind very well."""
-    if groups is None:
-        return auroc(labels, scores)
+def group_aurocs(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> dict[str, float]:
+    """The AUROC of the normal images (label 0) against each group of anomalies alone (the
+    synthetic validation's families), by group name."""
     normal = labels == 0
     kinds = sorted(set(groups[labels == 1].tolist()))
-    return min(auroc(labels[normal | (groups == kind)], scores[normal | (groups == kind)]) for kind in kinds)
+    return {
+        kind: auroc(labels[normal | (groups == kind)], scores[normal | (groups == kind)]) for kind in kinds
+    }
+
+
+def worst_group_auroc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray | None) -> float:
+    """The lowest of :func:`group_aurocs`; the plain AUROC without groups. A detector chosen on it
+    must find every kind of synthetic anomaly, not the easiest kind very well."""
+    if groups is None:
+        return auroc(labels, scores)
+    return min(group_aurocs(labels, scores, groups).values())
 
 
 # The anomaly maps validation chooses among: the first two are what a model with a segmentation

@@ -63,8 +63,9 @@ CORRUPTION_SPECS: dict[str, CorruptionSpec] = {
     )
 }
 CORRUPTIONS = tuple(CORRUPTION_SPECS)
-# train.blob_scale: the blobs' noise cells of fixed pixels, or a fixed share of the image.
-BLOB_SCALES = ("pixels", "image")
+# train.blob_scale: the blobs' noise cells of fixed pixels, a fixed share of the image, or half
+# the blobs each way.
+BLOB_SCALES = ("pixels", "image", "both")
 
 
 def parse_corruptions(text: str, key: str = "train.corruptions") -> tuple[str, ...]:
@@ -93,7 +94,7 @@ def check_corruption_settings(config) -> None:
                 "validation needs families training never sees, so pick another"
             )
     if train.blob_scale not in BLOB_SCALES:
-        raise UserError(f"train.blob_scale={train.blob_scale!r}: choose {' or '.join(BLOB_SCALES)}")
+        raise UserError(f"train.blob_scale={train.blob_scale!r}: choose {', '.join(BLOB_SCALES)}")
     if not 0.0 < train.corruption_fraction <= 1.0:
         raise UserError(f"train.corruption_fraction={train.corruption_fraction}: a fraction in (0, 1]")
     if evaluation.synthetic_images < 8:

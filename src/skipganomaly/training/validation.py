@@ -26,6 +26,7 @@ from ..scoring.decisions import (
     choose_pooling,
     choose_terms,
     fit_term_statistics,
+    group_aurocs,
     map_key_text,
     selection_text,
     standardize_terms,
@@ -234,8 +235,7 @@ class Validation:
         val, test = score_splits(model, self.splits, options, context=self.context)
         synthetic = None
         if anomalies is not None:
-            families = np.array([self.synthetic.images.ids[i].split(":")[1] for i in anomalies.indices])
-            synthetic = synthetic_scored_set(val, anomalies, families)
+            synthetic = synthetic_scored_set(val, anomalies, self.synthetic.family_of(anomalies.indices))
         # Which terms count: chosen on labelled validation; under the synthetic validation every
         # term counts unless eval.synthetic_choose_terms (it favours the terms that see local
         # damage, measured in docs/normal-only.md).
@@ -285,14 +285,8 @@ class Validation:
         if synthetic is None:
             self.synthetic_record = None
             return
-        normal = synthetic.labels == 0
-        by_family = {
-            name: auroc(
-                synthetic.labels[normal | (synthetic.groups == name)],
-                synthetic.score[normal | (synthetic.groups == name)],
-            )
-            for name in self.synthetic.families
-        }
+        found = group_aurocs(synthetic.labels, synthetic.score, synthetic.groups)
+        by_family = {name: found[name] for name in self.synthetic.families if name in found}
         # What the epoch is chosen on: the worst family's AUROC (scoring.decisions.worst_group_auroc).
         self.synthetic_record |= {"auroc": min(by_family.values()), "by_family": by_family}
 
