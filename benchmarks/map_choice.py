@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 import torch
 from run_readback import read_back, write_json
 
@@ -37,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu = torch.device("cpu")
     options = ScoringOptions.for_run(config, splits.channels, cpu, None)
     synthetic = run_synthetic_anomalies(config, splits)
-    local = np.flatnonzero(synthetic.masks.mean((1, 2)) < 0.5)  # as validation: local damage only
+    local = synthetic.map_choosers(config.eval.synthetic_map_blobs)  # as validation chooses
     validation = Validation(config, splits, cpu, None, None, model)
     record = validation.choose_map_on(model, synthetic.images.subset(local), synthetic.masks[local], options)
     anomalies = score_set(model, synthetic.images, options)
@@ -53,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         "epoch": checkpoint.epoch,
         "synthetic_family": config.eval.synthetic_family,
         "blob_scale": config.train.blob_scale,
+        "map_blobs": config.eval.synthetic_map_blobs,
         "choice": {key: record[key] for key in ("map", "map_smoothing", "map_baseline")},
         "synthetic_pixel_auroc": record["pixel_auroc"],
         "synthetic_auroc": {"worst": min(by_family.values()), "by_family": by_family},
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     baseline = " less the normal mean" if record["map_baseline"] == "mean" else ""
     print(
         f"{args.run}, epoch {checkpoint.epoch}, synthetic {config.eval.synthetic_family} (blobs at "
-        f"{config.train.blob_scale} scale, {len(local)} local anomalies): chose {record['map']} "
+        f"{config.train.blob_scale} scale, map chosen on {len(local)} local anomalies, "
+        f"{config.eval.synthetic_map_blobs}): chose {record['map']} "
         f"smoothed {record['map_smoothing']:g}{baseline}"
     )
     for key, value in sorted(record["pixel_auroc"].items(), key=lambda item: -item[1]):

@@ -27,7 +27,7 @@ def read_back(doc: str, argv: list[str] | None, synthetic: bool = False, require
     """The run named on the command line, or None (after printing ``skipped: <why>``) when it
     cannot be read or lacks what the benchmark needs: a benchmark skips, it does not fail.
 
-    ``synthetic``: also take ``--family`` and ``--blob-scale`` and put them in the run's config,
+    ``synthetic``: also take ``--family``, ``--blob-scale`` and ``--map-blobs`` into the run's config,
     for a benchmark that rebuilds the synthetic validation. ``requires``: ``(test, why)``, where
     ``test(model)`` says whether the model has what the benchmark reads (checked before the data
     is loaded)."""
@@ -64,8 +64,9 @@ def write_json(path: str | None, figures: dict) -> None:
 
 
 def synthetic_options(parser) -> None:
-    """``--family`` and ``--blob-scale``: rebuild the run's synthetic validation otherwise."""
-    from skipganomaly.specs.corruptions import BLOB_SCALES
+    """``--family``, ``--blob-scale`` and ``--map-blobs``: rebuild the run's synthetic
+    validation otherwise."""
+    from skipganomaly.specs.corruptions import BLOB_SCALES, MAP_BLOBS
 
     parser.add_argument(
         "--family",
@@ -73,13 +74,21 @@ def synthetic_options(parser) -> None:
         "eval.synthetic_family (to ask which family's choice of map finds real defects)",
     )
     parser.add_argument("--blob-scale", choices=BLOB_SCALES, help="instead of the run's train.blob_scale")
+    parser.add_argument(
+        "--map-blobs", choices=MAP_BLOBS, help="instead of the run's eval.synthetic_map_blobs"
+    )
 
 
 def apply_synthetic_options(args, config) -> None:
-    """Put ``--family`` and ``--blob-scale``, where given, into the run's ``config``."""
+    """Put ``--family``, ``--blob-scale`` and ``--map-blobs``, where given, into the run's
+    ``config``."""
     from skipganomaly.specs.corruptions import parse_corruptions
+    from skipganomaly.specs.errors import UserError
 
     if args.family:
         parse_corruptions(args.family, "--family")
         config.eval.synthetic_family = args.family
     config.train.blob_scale = args.blob_scale or config.train.blob_scale
+    config.eval.synthetic_map_blobs = args.map_blobs or config.eval.synthetic_map_blobs
+    if config.eval.synthetic_map_blobs == "regions" and config.train.blob_scale == "pixels":
+        raise UserError("--map-blobs regions needs blobs that are regions: add --blob-scale both (or image)")

@@ -176,6 +176,8 @@ def test_families_are_one_registry_and_names_are_checked():
         ({"eval.target_fpr": 1.5}, "eval.target_fpr"),
         ({"eval.synthetic_family": ""}, "synthetic_family is empty"),
         ({"train.blob_scale": "huge"}, "train.blob_scale='huge'"),
+        ({"eval.synthetic_map_blobs": "most"}, "eval.synthetic_map_blobs='most'"),
+        ({"eval.synthetic_map_blobs": "regions"}, "needs blobs that are regions"),
     ],
 )
 def test_settings_that_cannot_work_are_refused_in_one_line(values, said):
@@ -328,6 +330,27 @@ def test_synthetic_anomalies_are_the_same_set_every_time():
     assert len({image.tobytes() for image in copies.images.images}) == 20
 
 
+def test_the_map_can_be_chosen_on_the_regional_stains_alone():
+    """blob_scale=both marks which synthetic stains are regions (their masks are, by edge per
+    area); eval.synthetic_map_blobs=regions chooses the map on those alone. Shuffle scales with
+    the image, so it counts as a region, but it is not local, so it never chooses a map."""
+    normal = synthetic_splits(size=128, n_train=16, n_eval=8).train
+    made = synthetic_anomalies(normal, ("stain", "shuffle"), 32, 3, image_size=128, channels=1, scale="both")
+    stain = made.family_of(np.arange(len(made.images))) == "stain"
+    assert made.regional[~stain].all()
+    regions, specks = stain & made.regional, stain & ~made.regional
+    assert regions.sum() >= 6 and specks.sum() >= 6, made.regional.tolist()
+    edges = _edge_per_area(torch.from_numpy(made.masks[:, None].astype(np.float32)))
+    assert edges[regions].mean() < 0.5 * edges[specks].mean(), (
+        edges[regions].tolist(),
+        edges[specks].tolist(),
+    )
+    assert made.map_choosers().tolist() == np.flatnonzero(stain).tolist()
+    assert made.map_choosers("regions").tolist() == np.flatnonzero(regions).tolist()
+    fine = synthetic_anomalies(normal, ("stain", "shuffle"), 32, 3, image_size=128, channels=1)
+    assert not fine.regional[stain].any() and fine.regional[~stain].all()
+
+
 # ------------------------------------------------------------------ training
 def test_normal_only_training_selects_on_the_synthetic_validation_and_resumes_exactly(tmp_path):
     splits = synthetic_splits(n_train=64, n_eval=16, protocol="normal-only")
@@ -383,6 +406,7 @@ def test_the_cli_reports_margins_controls_and_the_synthetic_choice(tmp_path):
     for extra, family, scale in (
         ([], "stain,shuffle", "pixels"),
         (["--family", "warp", "--blob-scale", "image"], "warp", "image"),
+        (["--blob-scale", "both", "--map-blobs", "regions"], "stain,shuffle", "both"),
     ):
         out = tmp_path / f"{family}.json"
         redone = subprocess.run(
@@ -392,6 +416,7 @@ def test_the_cli_reports_margins_controls_and_the_synthetic_choice(tmp_path):
         assert redone.returncode == 0, redone.stderr[-2000:]
         figures = json.loads(out.read_text())
         assert (figures["synthetic_family"], figures["blob_scale"]) == (family, scale)
+        assert figures["map_blobs"] == ("regions" if "--map-blobs" in extra else "all")
         assert all(0.0 <= v <= 1.0 for v in figures["synthetic_pixel_auroc"].values())
         assert 0.0 <= figures["synthetic_auroc"]["worst"] <= 1.0
         if not extra:

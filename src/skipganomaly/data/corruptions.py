@@ -34,6 +34,15 @@ def _rand(shape, x: torch.Tensor, generator: torch.Generator | None) -> torch.Te
     return torch.rand(shape, generator=generator, device=x.device, dtype=torch.float32)
 
 
+def regional_blobs(n: int, scale: str, device=None) -> torch.Tensor:
+    """Which of ``n`` images :func:`smooth_blobs` gives a region at ``scale`` (bool, (n,)):
+    all at ``"image"``, none at ``"pixels"``, images 2 and 3 of every 4 at ``"both"``."""
+    position = torch.arange(n, device=device)
+    if scale == "both":
+        return (position // 2) % 2 == 1
+    return torch.full((n,), scale == "image", device=device)
+
+
 def smooth_blobs(
     x: torch.Tensor,
     generator: torch.Generator | None = None,
@@ -51,14 +60,14 @@ def smooth_blobs(
     each. Which suits which data is measured in docs/normal-only.md."""
     n, _, h, w = x.shape
     masks = torch.empty(n, 1, h, w, device=x.device)
-    position = torch.arange(n, device=x.device)
-    # "both": of each half, the images 2, 3 of every 4 at image scale, the others at pixels
-    # ("pixels" and "image" draw one group per half, as they always did).
+    position, regional_of = torch.arange(n, device=x.device), regional_blobs(n, scale, x.device)
+    # "both": each half split again by regional_blobs ("pixels" and "image" draw one group per
+    # half, as they always did).
     regions = (scale == "image",) if scale != "both" else (False, True)
     for (cells, most), regional in itertools.product(zip((4, 8), BLOB_GRID, strict=True), regions):
         chosen = position % 2 == (cells == 8)  # finer and coarser, half the images each
         if scale == "both":
-            chosen &= (position // 2) % 2 == int(regional)
+            chosen &= regional_of == regional
         k = int(chosen.sum())
         if k == 0:
             continue

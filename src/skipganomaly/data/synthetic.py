@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..specs.corruptions import parse_corruptions
+from ..specs.corruptions import CORRUPTION_SPECS, parse_corruptions
 from .base import ImageSet
-from .corruptions import CORRUPTION_FUNCTIONS
+from .corruptions import CORRUPTION_FUNCTIONS, regional_blobs
 from .images import DEFAULT_MAX_IMAGE_PIXELS
 from .loading import iterate_batches, to_model_input
 
@@ -27,15 +27,27 @@ MAX_COPIES = 4
 @dataclass
 class SyntheticAnomalies:
     """Damaged copies of normal images (labels 1, in memory at the model's size; ids name the
-    family and the normal image), their masks (N, H, W) bool, and the families used."""
+    family and the normal image), their masks (N, H, W) bool, the families used, and whether each
+    damage is a region (N,) bool: a blob drawn at image scale, or a family without blobs, which
+    scales with the image (``train.blob_scale``; :func:`~.corruptions.regional_blobs`)."""
 
     images: ImageSet
     masks: np.ndarray
     families: tuple[str, ...]
+    regional: np.ndarray
 
     def family_of(self, indices: np.ndarray) -> np.ndarray:
         """The family that damaged each of the anomalies ``indices`` (its id's second field)."""
         return np.array([self.images.ids[i].split(":")[1] for i in indices])
+
+    def map_choosers(self, map_blobs: str = "all") -> np.ndarray:
+        """The indices of the anomalies the map is chosen on: the local ones (a whole-image
+        damage has no pixel to localise), and with ``map_blobs="regions"``
+        (``eval.synthetic_map_blobs``) only those whose damage is a region."""
+        local = self.masks.mean((1, 2)) < 0.5
+        if map_blobs == "regions":
+            local &= self.regional
+        return np.flatnonzero(local)
 
 
 def synthetic_anomalies(
@@ -59,17 +71,21 @@ def synthetic_anomalies(
     pick = np.sort(np.resize(rng.permutation(len(normal)), total))
     chosen = normal.subset(pick)
     generator = torch.Generator().manual_seed(seed)
-    images, masks, ids = [], [], []
+    images, masks, ids, regional = [], [], [], []
     for batch in iterate_batches(
         chosen, 128, image_size=image_size, channels=channels, max_pixels=max_pixels, skip_bad=True
     ):
         x = to_model_input(batch.images)
         damaged, mask = x.clone(), torch.zeros(x.shape[0], 1, *x.shape[2:])
+        region = np.ones(x.shape[0], dtype=bool)
         turn = (batch.indices % len(families)).numpy()
         for k, family in enumerate(families):
             rows = torch.from_numpy(np.flatnonzero(turn == k))
             if len(rows):
                 damaged[rows], mask[rows] = CORRUPTION_FUNCTIONS[family](x[rows], generator, scale)
+                if CORRUPTION_SPECS[family].blobs:  # as the family's one smooth_blobs call drew them
+                    region[rows.numpy()] = regional_blobs(len(rows), scale).numpy()
+        regional.append(region)
         as_uint8 = ((damaged + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
         images.append(as_uint8.permute(0, 2, 3, 1).numpy())
         masks.append(mask[:, 0].numpy() > 0.5)
@@ -86,6 +102,7 @@ def synthetic_anomalies(
         ),
         masks=np.concatenate(masks),
         families=families,
+        regional=np.concatenate(regional),
     )
 
 

@@ -156,6 +156,9 @@ class EvalConfig:
     # never sees, each applied to its share of up to this many held-out normal validation images.
     synthetic_family: str = "stain,shuffle"
     synthetic_images: int = 512
+    # Which local synthetic anomalies choose the map: "all", or "regions" (only the blobs drawn
+    # at image scale, with train.blob_scale=both; docs/normal-only.md#both-scales-at-once).
+    synthetic_map_blobs: str = "all"
     # Also choose which score terms count on the synthetic validation (the labelled validation
     # always chooses them). Off: every term counts, which measured better (docs/normal-only.md).
     synthetic_choose_terms: bool = False

@@ -18,10 +18,12 @@ from .errors import UserError
 
 @dataclass(frozen=True)
 class CorruptionSpec:
-    """One family of synthetic anomalies: its name and what it does, in one line."""
+    """One family of synthetic anomalies: its name, what it does in one line, and whether its
+    region is a smooth blob, sized by ``train.blob_scale`` (the others scale with the image)."""
 
     name: str
     title: str
+    blobs: bool = False
 
 
 CORRUPTION_SPECS: dict[str, CorruptionSpec] = {
@@ -31,6 +33,7 @@ CORRUPTION_SPECS: dict[str, CorruptionSpec] = {
             "blend",
             "a smooth random-noise (Perlin-like) blob filled with another image of the batch, "
             "blended at a random opacity (DRAEM)",
+            blobs=True,
         ),
         CorruptionSpec(
             "cutpaste",
@@ -39,10 +42,12 @@ CORRUPTION_SPECS: dict[str, CorruptionSpec] = {
         CorruptionSpec(
             "intensity",
             "a smooth blob whose brightness and contrast are changed, or which is blurred",
+            blobs=True,
         ),
         CorruptionSpec(
             "stain",
             "a smooth blob painted with one random colour and fine noise: a stain or a hole",
+            blobs=True,
         ),
         CorruptionSpec(
             "shuffle",
@@ -59,6 +64,7 @@ CORRUPTION_SPECS: dict[str, CorruptionSpec] = {
             "warp",
             "a smooth blob bent by a random flow: the image's own colours and texture in a new "
             "shape (a dent, a bend); the only family that changes geometry",
+            blobs=True,
         ),
     )
 }
@@ -66,6 +72,9 @@ CORRUPTIONS = tuple(CORRUPTION_SPECS)
 # train.blob_scale: the blobs' noise cells of fixed pixels, a fixed share of the image, or half
 # the blobs each way.
 BLOB_SCALES = ("pixels", "image", "both")
+# eval.synthetic_map_blobs: which local synthetic anomalies choose the map: all, or only those
+# whose damage is a region (a blob at image scale, or a family that scales with the image).
+MAP_BLOBS = ("all", "regions")
 
 
 def parse_corruptions(text: str, key: str = "train.corruptions") -> tuple[str, ...]:
@@ -95,6 +104,14 @@ def check_corruption_settings(config) -> None:
             )
     if train.blob_scale not in BLOB_SCALES:
         raise UserError(f"train.blob_scale={train.blob_scale!r}: choose {', '.join(BLOB_SCALES)}")
+    if evaluation.synthetic_map_blobs not in MAP_BLOBS:
+        raise UserError(
+            f"eval.synthetic_map_blobs={evaluation.synthetic_map_blobs!r}: choose {', '.join(MAP_BLOBS)}"
+        )
+    if evaluation.synthetic_map_blobs == "regions" and train.blob_scale == "pixels":
+        raise UserError(
+            "eval.synthetic_map_blobs=regions needs blobs that are regions: set train.blob_scale=both (or image)"
+        )
     if not 0.0 < train.corruption_fraction <= 1.0:
         raise UserError(f"train.corruption_fraction={train.corruption_fraction}: a fraction in (0, 1]")
     if evaluation.synthetic_images < 8:

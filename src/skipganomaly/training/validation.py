@@ -137,8 +137,7 @@ class Validation:
         model = self._model
         self.synthetic_record = {"families": list(self.synthetic.families)}
         if has_map_choice(model):
-            # Only the local anomalies: a whole-image anomaly has no pixel to localise.
-            local = np.flatnonzero(self.synthetic.masks.mean((1, 2)) < 0.5)
+            local = self.synthetic.map_choosers(self.config.eval.synthetic_map_blobs)
             self.synthetic_record |= self.choose_map_on(
                 model, self.synthetic.images.subset(local), self.synthetic.masks[local], options
             )
