@@ -82,13 +82,11 @@ def synthetic_options(parser) -> None:
 def apply_synthetic_options(args, config) -> None:
     """Put ``--family``, ``--blob-scale`` and ``--map-blobs``, where given, into the run's
     ``config``."""
-    from skipganomaly.specs.corruptions import parse_corruptions
-    from skipganomaly.specs.errors import UserError
+    from skipganomaly.specs.corruptions import check_blob_settings, parse_corruptions
 
     if args.family:
         parse_corruptions(args.family, "--family")
         config.eval.synthetic_family = args.family
     config.train.blob_scale = args.blob_scale or config.train.blob_scale
     config.eval.synthetic_map_blobs = args.map_blobs or config.eval.synthetic_map_blobs
-    if config.eval.synthetic_map_blobs == "regions" and config.train.blob_scale == "pixels":
-        raise UserError("--map-blobs regions needs blobs that are regions: add --blob-scale both (or image)")
+    check_blob_settings(config.train.blob_scale, config.eval.synthetic_map_blobs)

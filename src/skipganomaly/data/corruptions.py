@@ -61,13 +61,12 @@ def smooth_blobs(
     n, _, h, w = x.shape
     masks = torch.empty(n, 1, h, w, device=x.device)
     position, regional_of = torch.arange(n, device=x.device), regional_blobs(n, scale, x.device)
-    # "both": each half split again by regional_blobs ("pixels" and "image" draw one group per
-    # half, as they always did).
-    regions = (scale == "image",) if scale != "both" else (False, True)
+    # Each half split by regional_blobs: one group per half at "pixels" and "image" (as they
+    # always drew), two at "both".
+    regions = (False, True) if scale == "both" else (scale == "image",)
     for (cells, most), regional in itertools.product(zip((4, 8), BLOB_GRID, strict=True), regions):
-        chosen = position % 2 == (cells == 8)  # finer and coarser, half the images each
-        if scale == "both":
-            chosen &= regional_of == regional
+        # finer and coarser, half the images each; specks or regions as regional_blobs says
+        chosen = (position % 2 == (cells == 8)) & (regional_of == regional)
         k = int(chosen.sum())
         if k == 0:
             continue

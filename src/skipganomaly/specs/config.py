@@ -123,8 +123,9 @@ class TrainConfig:
     corruptions: str = ""
     corruption_fraction: float = 0.5
     # The size of the blob families' damage, in training and in the synthetic validation:
-    # "pixels" (cells of 4 and 8 px: specks at 128 px) or "image" (a share of the image at every
-    # size); the same up to 32 px (data/corruptions.smooth_blobs, docs/normal-only.md).
+    # "pixels" (cells of 4 and 8 px: specks at 128 px), "image" (a share of the image at every
+    # size) or "both" (half each); the same up to 32 px (data/corruptions.smooth_blobs,
+    # docs/normal-only.md).
     blob_scale: str = "pixels"
     d_reinit_threshold: float = 1e-5
     seed: int = 0

@@ -88,6 +88,19 @@ def parse_corruptions(text: str, key: str = "train.corruptions") -> tuple[str, .
     return names
 
 
+def check_blob_settings(blob_scale: str, map_blobs: str) -> None:
+    """``train.blob_scale`` and ``eval.synthetic_map_blobs``, alone and together (a run's
+    configuration, or a read-back benchmark's overrides of it); raises a one-line UserError."""
+    if blob_scale not in BLOB_SCALES:
+        raise UserError(f"train.blob_scale={blob_scale!r}: choose {', '.join(BLOB_SCALES)}")
+    if map_blobs not in MAP_BLOBS:
+        raise UserError(f"eval.synthetic_map_blobs={map_blobs!r}: choose {', '.join(MAP_BLOBS)}")
+    if map_blobs == "regions" and blob_scale == "pixels":
+        raise UserError(
+            "eval.synthetic_map_blobs=regions needs blobs that are regions: set train.blob_scale=both (or image)"
+        )
+
+
 def check_corruption_settings(config) -> None:
     """The rules between ``train.corruptions``, ``model.segmentation_head`` and the synthetic
     validation's family, on a resolved configuration; raises a one-line UserError."""
@@ -102,16 +115,7 @@ def check_corruption_settings(config) -> None:
                 f"eval.synthetic_family: {name!r} is also in train.corruptions; the synthetic "
                 "validation needs families training never sees, so pick another"
             )
-    if train.blob_scale not in BLOB_SCALES:
-        raise UserError(f"train.blob_scale={train.blob_scale!r}: choose {', '.join(BLOB_SCALES)}")
-    if evaluation.synthetic_map_blobs not in MAP_BLOBS:
-        raise UserError(
-            f"eval.synthetic_map_blobs={evaluation.synthetic_map_blobs!r}: choose {', '.join(MAP_BLOBS)}"
-        )
-    if evaluation.synthetic_map_blobs == "regions" and train.blob_scale == "pixels":
-        raise UserError(
-            "eval.synthetic_map_blobs=regions needs blobs that are regions: set train.blob_scale=both (or image)"
-        )
+    check_blob_settings(train.blob_scale, evaluation.synthetic_map_blobs)
     if not 0.0 < train.corruption_fraction <= 1.0:
         raise UserError(f"train.corruption_fraction={train.corruption_fraction}: a fraction in (0, 1]")
     if evaluation.synthetic_images < 8:
