@@ -424,3 +424,39 @@ def test_the_cli_reports_margins_controls_and_the_synthetic_choice(tmp_path):
             # The run's score on its own synthetic validation: the figure that selected the epoch.
             assert figures["synthetic_auroc"]["by_family"] == pytest.approx(selected["by_family"], abs=1e-6)
             assert figures["synthetic_auroc"]["worst"] == pytest.approx(selected["auroc"], abs=1e-6)
+
+    # benchmarks/term_choice.py reads the terms back with the model's standardisation: their sum
+    # is the model's score (its test AUROC the run's), and each family set's pick is the subset
+    # with the highest worst-family AUROC among the ones it printed.
+    script = Path(__file__).parent.parent / "benchmarks" / "term_choice.py"
+    out = tmp_path / "terms.json"
+    probed = subprocess.run(
+        [sys.executable, str(script), str(run), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert probed.returncode == 0, probed.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    terms, subsets = figures["terms"], figures["subsets"]
+    # (in float64 here, float32 in the model: rounding may swap a near tie or two)
+    assert figures["rows"]["sum"]["test"] == pytest.approx(metrics["test"]["auroc"], abs=1e-3)
+    assert subsets["+".join(terms)] == figures["rows"]["sum"]
+    assert len(subsets) == 2 ** len(terms) - 1
+    for family_set, pick in figures["chosen"].items():
+        families = family_set.split(",")
+        best = max(min(row[f] for f in families) for row in subsets.values())
+        assert pick["worst"] == pytest.approx(best), (family_set, pick, best)
+        assert subsets[pick["terms"]]["test"] == pick["test"]
+    for row in figures["rows"].values():
+        assert set(row) == {
+            "stain",
+            "shuffle",
+            "chimera",
+            "warp",
+            "overlay",
+            "overlay-matched",
+            "bend",
+            "test",
+        }
+        assert all(0.0 <= v <= 1.0 for v in row.values()), row
