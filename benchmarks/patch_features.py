@@ -10,7 +10,10 @@ upsampled and smoothed as the run smooths), on three kinds of region features:
 * ``D at initialisation``: the same network with fresh DCGAN weights (seed 0): what the
   architecture alone gives, the control for what adversarial training adds;
 * ``pixels``: the image averaged over 4 x 4 blocks, each with its 3 x 3 neighbours (27 values
-  for RGB): no network at all.
+  for RGB): no network at all;
+* ``G's encoder``: the run's generator's encoder after its second and third blocks (1/4 and 1/8
+  of the side, as D's), through the LeakyReLU the next block would apply, each averaged over its
+  3 x 3 neighbours, the coarser upsampled: a generator taught to restore, as feature extractor.
 
 For each it prints the synthetic validation's AUROC (worst family: what a label-free choice
 sees), the test AUROC and, where test has masks, the test pixel AUROC (reported, never used to
@@ -32,7 +35,7 @@ from run_readback import read_back, write_json
 from skipganomaly.data.loading import iterate_batches, to_model_input
 from skipganomaly.data.synthetic import normal_images, run_synthetic_anomalies
 from skipganomaly.models.blocks import init_weights
-from skipganomaly.models.patch_knn import nearest_patch_distance, patch_map, sample_bank
+from skipganomaly.models.patch_knn import PATCH_BLOCKS, nearest_patch_distance, patch_map, sample_bank
 from skipganomaly.scoring.decisions import worst_group_auroc
 from skipganomaly.scoring.engine import pixel_masks
 from skipganomaly.scoring.metrics import auroc, pixel_auroc
@@ -43,6 +46,24 @@ def pixel_regions(x: torch.Tensor) -> torch.Tensor:
     blocks = F.avg_pool2d(x, 4)
     h, w = blocks.shape[-2:]
     return F.unfold(blocks, 3, padding=1).view(x.shape[0], -1, h, w)
+
+
+def generator_regions(model):
+    """The features of ``G's encoder`` (module docstring) for ``model``'s UNet generator."""
+
+    def features_of(x: torch.Tensor) -> torch.Tensor:
+        taken, h = [], x
+        for block_index, block in enumerate(model.generator.down[: max(PATCH_BLOCKS)]):
+            h = block(h)
+            if block_index + 1 in PATCH_BLOCKS:
+                taken.append(
+                    F.avg_pool2d(F.leaky_relu(h, 0.2), 3, stride=1, padding=1, count_include_pad=False)
+                )
+        size = taken[0].shape[-2:]
+        upsampled = [F.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in taken[1:]]
+        return torch.cat([taken[0], *upsampled], dim=1)
+
+    return features_of
 
 
 @torch.inference_mode()
@@ -92,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "D trained": model.patch_features_of,
         "D at initialisation": fresh.patch_features_of,
         "pixels": pixel_regions,
+        "G's encoder": generator_regions(model),
     }
     families = synthetic.family_of(order["synthetic"])
     labels = np.r_[np.zeros(len(order["normal"])), np.ones(len(families))]

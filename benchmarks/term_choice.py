@@ -5,8 +5,9 @@ synthetic validation's local families rate the reconstruction error and the segm
 first, and on digits those miss real anomalies (docs/normal-only.md). This benchmark asks whether
 another held-out family, or a correction of the terms, would let a label-free rule choose them.
 It reads one finished run at its selected epoch and prints, for each term alone and for the
-standardised sum (the model's own standardisation), the AUROC of the normal validation images
-against each candidate family, and test AUROC (reported, never used to choose):
+standardised sum of every term (the model's own standardisation; the model's score where every
+term counts, as under ``normal-only``), the AUROC of the normal validation images against each
+candidate family, and test AUROC (reported, never used to choose):
 
 * the package's held-out families (``stain``, ``shuffle``, ``chimera``, ``warp``, blobs at the
   run's ``train.blob_scale``) and three whole-image probes defined here, not offered as
@@ -14,7 +15,9 @@ against each candidate family, and test AUROC (reported, never used to choose):
   semantic anomaly made of normal images), ``overlay-matched`` (the same, rescaled to the first
   image's mean and standard deviation per channel, so that it is not fainter than a normal
   image) and ``bend`` (the whole image bent by a smooth flow of 6% to 12% of the side: a new
-  shape in the image's own colours);
+  shape in the image's own colours); the package's families share up to 128 anomalies each (at
+  most four copies of each normal image in all, as the synthetic validation draws them), each
+  probe damages every normal validation image once;
 * for each set of families in :data:`FAMILY_SETS`, the subset of terms with the highest worst
   family AUROC (what ``eval.synthetic_choose_terms=true`` would pick on those families) and its
   test AUROC;

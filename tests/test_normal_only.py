@@ -460,3 +460,19 @@ def test_the_cli_reports_margins_controls_and_the_synthetic_choice(tmp_path):
             "test",
         }
         assert all(0.0 <= v <= 1.0 for v in row.values()), row
+
+    # benchmarks/patch_features.py: the patch term's nearest-region distance on each kind of
+    # region features, G's encoder among them.
+    script = Path(__file__).parent.parent / "benchmarks" / "patch_features.py"
+    out = tmp_path / "regions.json"
+    regions = subprocess.run(
+        [sys.executable, str(script), str(run), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert regions.returncode == 0, regions.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert list(rows) == ["D trained", "D at initialisation", "pixels", "G's encoder"]
+    for name, row in rows.items():
+        assert 0.0 <= row["synthetic_worst"] <= 1.0 and 0.0 <= row["test"] <= 1.0, (name, row)
