@@ -56,6 +56,13 @@ def read_back(doc: str, argv: list[str] | None, synthetic: bool = False, require
     return ReadBack(args, checkpoint, config, model, prepare_data(config.data))
 
 
+# ``read_back``'s ``requires`` for a benchmark that reads the standardised score terms.
+STANDARDISED_TERMS = (
+    lambda model: bool(getattr(model, "score_terms", ())),
+    "scores with Eq. 5, not with standardised terms",
+)
+
+
 def write_json(path: str | None, figures: dict) -> None:
     """Write ``figures`` to ``path`` (the ``--json`` option) when one was given."""
     if path:

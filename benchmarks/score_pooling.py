@@ -24,7 +24,7 @@ import sys
 
 import numpy as np
 import torch
-from run_readback import read_back, write_json
+from run_readback import STANDARDISED_TERMS, read_back, write_json
 
 from skipganomaly.data.synthetic import normal_images, run_synthetic_anomalies
 from skipganomaly.models.objective import gaussian_smoothing
@@ -44,14 +44,7 @@ def pooled(maps: torch.Tensor, fraction: float) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    run = read_back(
-        __doc__,
-        argv,
-        requires=(
-            lambda model: bool(getattr(model, "score_terms", ())),
-            "scores with Eq. 5, not with standardised terms",
-        ),
-    )
+    run = read_back(__doc__, argv, requires=STANDARDISED_TERMS)
     if run is None:
         return 0
     args, checkpoint, config, model, splits = run.args, run.checkpoint, run.config, run.model, run.splits

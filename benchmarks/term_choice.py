@@ -39,7 +39,7 @@ import sys
 import numpy as np
 import torch
 import torch.nn.functional as F
-from run_readback import read_back, write_json
+from run_readback import STANDARDISED_TERMS, read_back, write_json
 
 from skipganomaly.data.base import ImageSet
 from skipganomaly.data.loading import iterate_batches, to_model_input
@@ -131,14 +131,7 @@ def statistics_of(images: ImageSet, indices: np.ndarray, config, channels: int) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    run = read_back(
-        __doc__,
-        argv,
-        requires=(
-            lambda model: bool(getattr(model, "score_terms", ())),
-            "scores with Eq. 5, not with standardised terms",
-        ),
-    )
+    run = read_back(__doc__, argv, requires=STANDARDISED_TERMS)
     if run is None:
         return 0
     args, checkpoint, config, model, splits = run.args, run.checkpoint, run.config, run.model, run.splits

@@ -377,6 +377,17 @@ def test_normal_only_training_selects_on_the_synthetic_validation_and_resumes_ex
         assert torch.equal(value, b.scoring_state_dict[key]), key
 
 
+def read_back(benchmark: str, run: Path, out: Path, *extra: str) -> dict:
+    """Run ``benchmarks/<benchmark>`` on a finished run; the figures it wrote to ``out``."""
+    script = Path(__file__).parent.parent / "benchmarks" / benchmark
+    done = subprocess.run(
+        [sys.executable, str(script), str(run), "--json", str(out), *extra],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
 def test_the_cli_reports_margins_controls_and_the_synthetic_choice(tmp_path):
     run = tmp_path / "run"
     result = subprocess.run(
@@ -402,19 +413,12 @@ def test_the_cli_reports_margins_controls_and_the_synthetic_choice(tmp_path):
     # synthetic validation when asked.
     selected = {e["epoch"]: e for e in metrics["history"]}[metrics["epoch_best"]]["synthetic_val"]
     chosen = selected["map"]
-    script = Path(__file__).parent.parent / "benchmarks" / "map_choice.py"
     for extra, family, scale in (
         ([], "stain,shuffle", "pixels"),
         (["--family", "warp", "--blob-scale", "image"], "warp", "image"),
         (["--blob-scale", "both", "--map-blobs", "regions"], "stain,shuffle", "both"),
     ):
-        out = tmp_path / f"{family}.json"
-        redone = subprocess.run(
-            [sys.executable, str(script), str(run), "--json", str(out), *extra],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert redone.returncode == 0, redone.stderr[-2000:]
-        figures = json.loads(out.read_text())
+        figures = read_back("map_choice.py", run, tmp_path / f"{family}.json", *extra)
         assert (figures["synthetic_family"], figures["blob_scale"]) == (family, scale)
         assert figures["map_blobs"] == ("regions" if "--map-blobs" in extra else "all")
         assert all(0.0 <= v <= 1.0 for v in figures["synthetic_pixel_auroc"].values())
@@ -428,16 +432,7 @@ def test_the_cli_reports_margins_controls_and_the_synthetic_choice(tmp_path):
     # benchmarks/term_choice.py reads the terms back with the model's standardisation: their sum
     # is the model's score (its test AUROC the run's), and each family set's pick is the subset
     # with the highest worst-family AUROC among the ones it printed.
-    script = Path(__file__).parent.parent / "benchmarks" / "term_choice.py"
-    out = tmp_path / "terms.json"
-    probed = subprocess.run(
-        [sys.executable, str(script), str(run), "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert probed.returncode == 0, probed.stderr[-2000:]
-    figures = json.loads(out.read_text())
+    figures = read_back("term_choice.py", run, tmp_path / "terms.json")
     terms, subsets = figures["terms"], figures["subsets"]
     # (in float64 here, float32 in the model: rounding may swap a near tie or two)
     assert figures["rows"]["sum"]["test"] == pytest.approx(metrics["test"]["auroc"], abs=1e-3)
@@ -463,16 +458,7 @@ def test_the_cli_reports_margins_controls_and_the_synthetic_choice(tmp_path):
 
     # benchmarks/patch_features.py: the patch term's nearest-region distance on each kind of
     # region features, G's encoder among them.
-    script = Path(__file__).parent.parent / "benchmarks" / "patch_features.py"
-    out = tmp_path / "regions.json"
-    regions = subprocess.run(
-        [sys.executable, str(script), str(run), "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert regions.returncode == 0, regions.stderr[-2000:]
-    rows = json.loads(out.read_text())["rows"]
+    rows = read_back("patch_features.py", run, tmp_path / "regions.json")["rows"]
     assert list(rows) == ["D trained", "D at initialisation", "pixels", "G's encoder"]
     for name, row in rows.items():
         assert 0.0 <= row["synthetic_worst"] <= 1.0 and 0.0 <= row["test"] <= 1.0, (name, row)
