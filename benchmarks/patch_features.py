@@ -4,7 +4,7 @@ Reads one finished run at its selected epoch (its best checkpoint and its data, 
 ``config.yaml`` says) and scores its images with the patch term's nearest-region distance
 (``skipganomaly.models.patch_knn``: the highest distance of an image's regions to a bank of
 ``model.patch_bank`` regions drawn from the normal training images; the map, its distances
-upsampled and smoothed as the run smooths), on three kinds of region features:
+upsampled and smoothed as the run smooths), on four kinds of region features:
 
 * ``D trained``: the run's discriminator, as the patch term uses it;
 * ``D at initialisation``: the same network with fresh DCGAN weights (seed 0): what the
