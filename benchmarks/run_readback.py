@@ -1,8 +1,8 @@
 """What the benchmarks that read back one finished run share (``map_smoothing.py``,
 ``map_choice.py``, ``score_pooling.py``, ``patch_features.py``, ``term_choice.py``): their
-command line (the run folder and ``--json``; ``--family`` and ``--blob-scale`` for those that rebuild the synthetic
-validation), the run's best checkpoint, config, model in eval mode and data, or one line saying
-why it is skipped."""
+command line (the run folder and ``--json``; ``--family`` and ``--blob-scale`` for those that
+rebuild the synthetic validation), the run's best checkpoint, config, model in eval mode and
+data, or one line saying why it is skipped."""
 
 from __future__ import annotations
 
